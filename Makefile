@@ -1,0 +1,43 @@
+# isboot — see README.md. Every target that needs system packages runs `make deps` first.
+SHELL   := /bin/bash
+GO      ?= go
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+BUILD   := build
+export ISBOOT_CACHE ?= $(HOME)/.cache/isboot
+export CGO_ENABLED := 0
+LDFLAGS := -s -w -X main.Version=$(VERSION)
+# Test timeout for the whole suite (CI allows 90 minutes in all).
+TEST_TIMEOUT ?= 75m
+
+.PHONY: all isboot deps initramfs demo test test-unit bench clean
+
+all: isboot
+
+isboot:
+	@mkdir -p $(BUILD)
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BUILD)/isboot ./cmd/isboot
+
+deps:
+	@bash internal/deps/deps.sh
+	@$(GO) mod download
+
+initramfs: deps isboot
+	$(GO) run ./initramfs/cmd/mkinitramfs -isboot $(BUILD)/isboot -o $(BUILD)/isboot-initramfs.cpio.gz
+
+demo: deps isboot
+	$(GO) run ./cmd/demo
+
+# Unit tier only: no root, no packages, seconds.
+test-unit:
+	$(GO) test -short -count=1 ./...
+
+# All tiers: unit, integration (root: tgtd, istgt, libnbd, netns) and VM (QEMU/TCG).
+test: deps
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./...
+
+clean:
+	rm -rf $(BUILD)
