@@ -1,0 +1,147 @@
+package cmdline
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want CmdLine
+	}{
+		{"empty", "", CmdLine{}},
+		{"unrelated keys ignored", "console=ttyS0 quiet BOOT_IMAGE=/vmlinuz", CmdLine{}},
+		{"debug levels", "isboot.debug=3 ibft.verbose=1 ibft.acpi_table=2", CmdLine{Debug: 3, IBFTVerbose: true, IBFTACPITable: 2}},
+		{"bare flags", "isboot.debug isboot.shell isboot.dhcp ibft.verbose", CmdLine{Debug: 1, Shell: true, DHCP: true, IBFTVerbose: true}},
+		{"dash equals underscore", "ibft.acpi-table=1", CmdLine{IBFTACPITable: 1}},
+		{"root uuid lowercased", "root=UUID=0A1B-C2 rw", CmdLine{Root: Root{RootUUID, "0a1b-c2"}, ReadWrite: true}},
+		{"root label", "root=LABEL=My Root", CmdLine{Root: Root{RootLabel, "My"}}},
+		{"quoted label", `root="LABEL=My Root" ro`, CmdLine{Root: Root{RootLabel, "My Root"}}},
+		{"partuuid", "root=PARTUUID=ABC-01", CmdLine{Root: Root{RootPartUUID, "abc-01"}}},
+		{"partlabel", "root=PARTLABEL=rootfs", CmdLine{Root: Root{RootPartLabel, "rootfs"}}},
+		{"path and fs", "root=/dev/nbd0p2 rootfstype=ext4 rootflags=noatime,discard init=/bin/sh",
+			CmdLine{Root: Root{RootPath, "/dev/nbd0p2"}, RootFSType: "ext4", RootFlags: "noatime,discard", Init: "/bin/sh"}},
+		{"last ro/rw wins", "rw ro", CmdLine{}},
+		{"init args", "isboot.debug=2 -- single foo", CmdLine{Debug: 2, InitArgs: []string{"single", "foo"}}},
+		{"initiator", "rd.iscsi.initiator=iqn.2024-01.org.example:host1", CmdLine{Initiator: "iqn.2024-01.org.example:host1"}},
+		{"netroot minimal", "netroot=iscsi:10.0.2.2::::iqn.2024-01.org.example:disk",
+			CmdLine{Netroot: &Netroot{Server: "10.0.2.2", Target: "iqn.2024-01.org.example:disk"}}},
+		{"netroot full", "netroot=iscsi:u:p@a:b:rs@192.168.1.5:6:3261:2:iqn.x:y",
+			CmdLine{Netroot: &Netroot{User: "u", Secret: "p@a", RevUser: "b", RevSecret: "rs", Server: "192.168.1.5", Proto: "6", Port: 3261, LUN: 2, Target: "iqn.x:y"}}},
+		{"netroot ipv6", "netroot=iscsi:user:pw@[fd00::2]::3260:1:iqn.2024-01.org.example:disk",
+			CmdLine{Netroot: &Netroot{User: "user", Secret: "pw", Server: "fd00::2", Port: 3260, LUN: 1, Target: "iqn.2024-01.org.example:disk"}}},
+		{"netroot hostname", "netroot=iscsi:san.example.org:::0:iqn.t",
+			CmdLine{Netroot: &Netroot{Server: "san.example.org", Target: "iqn.t"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ParseString(tt.in)
+			if err != nil {
+				t.Fatalf("ParseString(%q): %v", tt.in, err)
+			}
+			if !reflect.DeepEqual(*got, tt.want) {
+				t.Errorf("ParseString(%q)\n got %+v\nwant %+v", tt.in, *got, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		in      string
+		wantErr string // substring of the one line
+	}{
+		{"isboot.debug=4", `isboot.debug: "4" is not a number from 0 to 3`},
+		{"isboot.debug=x", "isboot.debug:"},
+		{"ibft.acpi_table=0", "ibft.acpi_table:"},
+		{"ibft.verbose=maybe", `ibft.verbose: "maybe" is not 0 or 1`},
+		{"root=", "root: empty value"},
+		{"root=FOO=bar", `root: "FOO=bar": want UUID=`},
+		{"root=UUID=", "root:"},
+		{"root=sda1", "root:"},
+		{"init=sbin/init", "init:"},
+		{"rd.iscsi.initiator=", "rd.iscsi.initiator: empty"},
+		{"netroot=nfs:1.2.3.4:/x", "netroot: want iscsi:"},
+		{"netroot=iscsi:1.2.3.4", "netroot: too few fields"},
+		{"netroot=iscsi:1.2.3.4:::iqn.x", "netroot: too few fields"},
+		{"netroot=iscsi:1.2.3.4::99999:0:iqn.x", `netroot: port "99999"`},
+		{"netroot=iscsi:1.2.3.4::abc:0:iqn.x", `netroot: port "abc"`},
+		{"netroot=iscsi:1.2.3.4:::-1:iqn.x", `netroot: lun "-1"`},
+		{"netroot=iscsi:1.2.3.4:udp:::iqn.x", `netroot: protocol "udp"`},
+		{"netroot=iscsi:1.2.3.4::::", "netroot: empty target"},
+		{"netroot=iscsi:::::iqn.x", "netroot: empty server"},
+		{"netroot=iscsi:[fd00::1::::iqn.x", "netroot: server: missing ']'"},
+		{"netroot=iscsi:[fd00::1]x::::iqn.x", "netroot: server: want ':'"},
+		{"netroot=iscsi:onlyuser@1.2.3.4::::iqn.x", "netroot: credentials: want user:secret"},
+		{"netroot=iscsi:u:@1.2.3.4::::iqn.x", "netroot: credentials: empty"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			_, err := ParseString("console=ttyS0 " + tt.in + " quiet")
+			if err == nil {
+				t.Fatalf("ParseString(%q): no error, want %q", tt.in, tt.wantErr)
+			}
+			if !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("ParseString(%q) error %q, want it to contain %q", tt.in, err, tt.wantErr)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("error is more than one line: %q", err)
+			}
+		})
+	}
+}
+
+// A malformed key is reported but the keys around it still take effect.
+func TestParseKeepsGoodKeys(t *testing.T) {
+	c, err := ParseString("isboot.debug=9 root=LABEL=r rw")
+	if err == nil {
+		t.Fatal("want an error for isboot.debug=9")
+	}
+	if c.Root != (Root{RootLabel, "r"}) || !c.ReadWrite || c.Debug != 0 {
+		t.Errorf("got %+v", *c)
+	}
+}
+
+func TestSecretsNeverFormatted(t *testing.T) {
+	const secret = "s3cr3t-Pa55"
+	const rsecret = "r3v-S3cret"
+	good := "netroot=iscsi:alice:" + secret + ":bob:" + rsecret + "@10.0.0.1::3260:1:iqn.t:x"
+	c, err := ParseString(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := c.Netroot.String()
+	if strings.Contains(s, secret) || strings.Contains(s, rsecret) {
+		t.Errorf("Netroot.String() leaks a secret: %s", s)
+	}
+	if want := "iscsi:alice:***:bob:***@10.0.0.1::3260:1:iqn.t:x"; s != want {
+		t.Errorf("Netroot.String() = %q, want %q", s, want)
+	}
+	for _, bad := range []string{
+		"netroot=iscsi:alice:" + secret + ":bob@10.0.0.1::3260:1:iqn.t",
+		"netroot=iscsi:alice:" + secret + "@10.0.0.1::port:1:iqn.t",
+		"netroot=iscsi:alice:" + secret + "@10.0.0.1::1:lun:iqn.t",
+	} {
+		_, err := ParseString(bad)
+		if err == nil {
+			t.Fatalf("%s: no error", bad)
+		}
+		if strings.Contains(err.Error(), secret) {
+			t.Errorf("error leaks the secret: %v", err)
+		}
+	}
+}
+
+func TestNetrootStringIPv6(t *testing.T) {
+	n := &Netroot{Server: "fd00::2", LUN: 0, Target: "iqn.t"}
+	if got, want := n.String(), "iscsi:[fd00::2]:::0:iqn.t"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	back, err := ParseNetroot(n.String())
+	if err != nil || !reflect.DeepEqual(back, n) {
+		t.Errorf("round trip: %+v, %v", back, err)
+	}
+}
