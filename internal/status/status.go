@@ -1,0 +1,214 @@
+// Package status writes and reads /run/isboot/status: the daemon's state as sysctl-style
+// "key: value" lines, rewritten atomically so readers never see half a file.
+//
+// The writer works relative to an open directory, because the daemon keeps writing
+// after switch_root has moved /run out from under its old root: a path would then
+// point into the emptied initramfs, the directory handle still points at the real /run.
+package status
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// DefaultDir is where the boot writes the status file; DefaultPath is the file.
+const (
+	DefaultDir  = "/run/isboot"
+	DefaultPath = DefaultDir + "/status"
+	fileName    = "status"
+)
+
+// State is the daemon's phase.
+type State string
+
+const (
+	Discovering  State = "discovering"
+	Configuring  State = "configuring"
+	LoggingIn    State = "logging-in"
+	Serving      State = "serving"
+	Reconnecting State = "reconnecting"
+	Failed       State = "failed"
+)
+
+// Status is everything the file shows. It has no field for a secret, and Lines drops
+// any extra key that names one.
+type Status struct {
+	Version   string
+	PID       int
+	Device    string // "nbd0"
+	NIC       string // "eth0"
+	Debug     int
+	State     State
+	Target    string // target IQN
+	Portal    string // "10.0.2.2:3260"
+	LUN       uint64
+	Size      int64 // bytes
+	LastError string
+	Session   Session
+	Counters  Counters
+	IBFT      []KV // hw.ibft.* lines as the ibft package prints them
+}
+
+// Session is the logged-in iSCSI session.
+type Session struct {
+	ISID   string // 12 hex digits
+	TSIH   uint16
+	Params []KV // every negotiated key, e.g. MaxRecvDataSegmentLength: 262144
+}
+
+// Counters accumulate over the daemon's life.
+type Counters struct {
+	Reconnects uint64
+	Commands   uint64
+	ReadBytes  uint64
+	WriteBytes uint64
+	Errors     uint64
+}
+
+// KV is one line of the file.
+type KV struct {
+	Key, Value string
+}
+
+// isSecret reports keys that must never reach the file (CHAP secrets, whatever their
+// exact spelling in the source they come from).
+func isSecret(key string) bool {
+	k := strings.ToLower(key)
+	return strings.Contains(k, "secret") || strings.Contains(k, "password")
+}
+
+// Lines renders s in the file's order.
+func (s *Status) Lines() []KV {
+	p := "net.isboot."
+	kv := []KV{
+		{p + "version", s.Version},
+		{p + "pid", strconv.Itoa(s.PID)},
+		{p + "state", string(s.State)},
+		{p + "device", s.Device},
+		{p + "nic", s.NIC},
+		{p + "debug", strconv.Itoa(s.Debug)},
+		{p + "target", s.Target},
+		{p + "portal", s.Portal},
+		{p + "lun", strconv.FormatUint(s.LUN, 10)},
+		{p + "size", strconv.FormatInt(s.Size, 10)},
+		{p + "last_error", s.LastError},
+		{p + "session.isid", s.Session.ISID},
+		{p + "session.tsih", strconv.Itoa(int(s.Session.TSIH))},
+	}
+	for _, e := range s.Session.Params {
+		kv = append(kv, KV{p + "session." + e.Key, e.Value})
+	}
+	kv = append(kv,
+		KV{p + "reconnects", strconv.FormatUint(s.Counters.Reconnects, 10)},
+		KV{p + "commands", strconv.FormatUint(s.Counters.Commands, 10)},
+		KV{p + "read_bytes", strconv.FormatUint(s.Counters.ReadBytes, 10)},
+		KV{p + "write_bytes", strconv.FormatUint(s.Counters.WriteBytes, 10)},
+		KV{p + "errors", strconv.FormatUint(s.Counters.Errors, 10)},
+	)
+	kv = append(kv, s.IBFT...)
+	out := kv[:0]
+	for _, e := range kv {
+		if !isSecret(e.Key) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// Marshal renders s as the file's bytes.
+func (s *Status) Marshal() []byte {
+	var b bytes.Buffer
+	for _, e := range s.Lines() {
+		// A value never spans lines, whatever an error message held.
+		v := strings.NewReplacer("\n", " ", "\r", " ").Replace(e.Value)
+		fmt.Fprintf(&b, "%s: %s\n", e.Key, v)
+	}
+	return b.Bytes()
+}
+
+// Writer rewrites the status file in one directory.
+type Writer struct {
+	dir *os.File
+}
+
+// NewWriter creates dir if needed and holds it open.
+func NewWriter(dir string) (*Writer, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("status: %w", err)
+	}
+	d, err := os.OpenFile(dir, unix.O_DIRECTORY|os.O_RDONLY, 0)
+	if err != nil {
+		return nil, fmt.Errorf("status: %w", err)
+	}
+	return &Writer{dir: d}, nil
+}
+
+// Write replaces the file: a temporary file renamed over the old one.
+func (w *Writer) Write(s *Status) error {
+	const tmp = ".status.tmp"
+	dfd := int(w.dir.Fd())
+	fd, err := unix.Openat(dfd, tmp, unix.O_CREAT|unix.O_WRONLY|unix.O_TRUNC|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return fmt.Errorf("status: create %s/%s: %w", w.dir.Name(), tmp, err)
+	}
+	f := os.NewFile(uintptr(fd), tmp)
+	_, werr := f.Write(s.Marshal())
+	cerr := f.Close()
+	if err := errors.Join(werr, cerr); err != nil {
+		return fmt.Errorf("status: write %s/%s: %w", w.dir.Name(), tmp, err)
+	}
+	if err := unix.Renameat(dfd, tmp, dfd, fileName); err != nil {
+		return fmt.Errorf("status: rename to %s/%s: %w", w.dir.Name(), fileName, err)
+	}
+	return nil
+}
+
+// Close releases the directory.
+func (w *Writer) Close() error { return w.dir.Close() }
+
+// Parse reads "key: value" lines. Blank lines and lines starting with '#' are skipped;
+// any other line without ": " is an error naming its line number.
+func Parse(r io.Reader) ([]KV, error) {
+	var kv []KV
+	sc := bufio.NewScanner(r)
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Text()
+		if strings.TrimSpace(line) == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || k == "" || strings.ContainsAny(k, " \t") {
+			return nil, fmt.Errorf("status: line %d: want \"key: value\", got %q", n, line)
+		}
+		kv = append(kv, KV{k, strings.TrimPrefix(v, " ")})
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("status: %w", err)
+	}
+	return kv, nil
+}
+
+// JSON renders lines as one flat object, keys in file order, values as strings.
+func JSON(kv []KV) []byte {
+	var b bytes.Buffer
+	b.WriteString("{")
+	for i, e := range kv {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		k, _ := json.Marshal(e.Key)
+		v, _ := json.Marshal(e.Value)
+		fmt.Fprintf(&b, "\n  %s: %s", k, v)
+	}
+	b.WriteString("\n}\n")
+	return b.Bytes()
+}
