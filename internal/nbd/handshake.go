@@ -1,0 +1,172 @@
+package nbd
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+)
+
+// maxOptionData bounds what a client may send with one option; every option we know
+// carries at most a name (up to 4 KiB by the spec) and a few info requests.
+const maxOptionData = 16 << 10
+
+// handshake runs the server side of the fixed newstyle negotiation. It reports whether
+// the client entered transmission; (false, nil) means it aborted cleanly.
+func (s *Server) handshake(r *bufio.Reader, w net.Conn) (bool, error) {
+	var b [18]byte
+	binary.BigEndian.PutUint64(b[0:], magicNBD)
+	binary.BigEndian.PutUint64(b[8:], magicIHaveOpt)
+	binary.BigEndian.PutUint16(b[16:], flagFixedNewstyle|flagNoZeroes)
+	if _, err := w.Write(b[:]); err != nil {
+		return false, fmt.Errorf("handshake: %w", err)
+	}
+	if _, err := io.ReadFull(r, b[:4]); err != nil {
+		return false, fmt.Errorf("handshake: client flags: %w", err)
+	}
+	cflags := binary.BigEndian.Uint32(b[:4])
+	if cflags&^(flagCFixedNewstyle|flagCNoZeroes) != 0 {
+		return false, fmt.Errorf("handshake: unknown client flags %#x", cflags)
+	}
+	noZeroes := cflags&flagCNoZeroes != 0
+	for {
+		var h [16]byte
+		if _, err := io.ReadFull(r, h[:]); err != nil {
+			return false, fmt.Errorf("handshake: option header: %w", err)
+		}
+		if m := binary.BigEndian.Uint64(h[0:]); m != magicIHaveOpt {
+			return false, fmt.Errorf("handshake: bad option magic %#x", m)
+		}
+		opt := binary.BigEndian.Uint32(h[8:])
+		n := binary.BigEndian.Uint32(h[12:])
+		if n > maxOptionData {
+			return false, fmt.Errorf("handshake: option %d carries %d bytes", opt, n)
+		}
+		data := make([]byte, n)
+		if _, err := io.ReadFull(r, data); err != nil {
+			return false, fmt.Errorf("handshake: option %d data: %w", opt, err)
+		}
+		switch opt {
+		case optExportName:
+			if !s.knowsExport(string(data)) {
+				return false, fmt.Errorf("handshake: unknown export %q", data)
+			}
+			reply := make([]byte, 10, 10+124)
+			binary.BigEndian.PutUint64(reply[0:], uint64(s.dev.Size()))
+			binary.BigEndian.PutUint16(reply[8:], s.TransmissionFlags())
+			if !noZeroes {
+				reply = reply[:10+124]
+			}
+			if _, err := w.Write(reply); err != nil {
+				return false, fmt.Errorf("handshake: %w", err)
+			}
+			return true, nil
+		case optAbort:
+			optReply(w, opt, repAck, nil) // best effort: the client may already be gone
+			return false, nil
+		case optList:
+			if n != 0 {
+				if err := optReply(w, opt, repErrInvalid, []byte("LIST takes no data")); err != nil {
+					return false, err
+				}
+				continue
+			}
+			name := []byte(s.opts.ExportName)
+			d := binary.BigEndian.AppendUint32(nil, uint32(len(name)))
+			d = append(append(d, name...), s.opts.Description...)
+			if err := optReply(w, opt, repServer, d); err != nil {
+				return false, err
+			}
+			if err := optReply(w, opt, repAck, nil); err != nil {
+				return false, err
+			}
+		case optInfo, optGo:
+			done, err := s.infoOrGo(w, opt, data)
+			if err != nil || (done && opt == optGo) {
+				return err == nil, err
+			}
+		default:
+			if err := optReply(w, opt, repErrUnsup, nil); err != nil {
+				return false, err
+			}
+		}
+	}
+}
+
+func (s *Server) knowsExport(name string) bool {
+	return name == "" || name == s.opts.ExportName
+}
+
+// infoOrGo answers NBD_OPT_INFO and NBD_OPT_GO. It reports whether the export was
+// accepted (for GO: transmission starts).
+func (s *Server) infoOrGo(w io.Writer, opt uint32, data []byte) (bool, error) {
+	bad := func(msg string) (bool, error) { return false, optReply(w, opt, repErrInvalid, []byte(msg)) }
+	if len(data) < 4 {
+		return bad("short request")
+	}
+	nameLen := binary.BigEndian.Uint32(data)
+	if uint64(len(data)) < 4+uint64(nameLen)+2 {
+		return bad("short request")
+	}
+	name := string(data[4 : 4+nameLen])
+	rest := data[4+nameLen:]
+	nreq := int(binary.BigEndian.Uint16(rest))
+	rest = rest[2:]
+	if len(rest) != 2*nreq {
+		return bad("info request count does not match length")
+	}
+	if !s.knowsExport(name) {
+		return false, optReply(w, opt, repErrUnknown, []byte("unknown export"))
+	}
+	var wantName, wantDesc bool
+	for i := range nreq {
+		switch binary.BigEndian.Uint16(rest[2*i:]) {
+		case infoName:
+			wantName = true
+		case infoDescription:
+			wantDesc = true
+		}
+	}
+	info := binary.BigEndian.AppendUint16(nil, infoExport)
+	info = binary.BigEndian.AppendUint64(info, uint64(s.dev.Size()))
+	info = binary.BigEndian.AppendUint16(info, s.TransmissionFlags())
+	if err := optReply(w, opt, repInfo, info); err != nil {
+		return false, err
+	}
+	// Block sizes go out unasked: they are advice, and clients that honour them avoid
+	// our read-modify-write path.
+	bs := uint32(s.blockSize())
+	info = binary.BigEndian.AppendUint16(info[:0], infoBlockSize)
+	info = binary.BigEndian.AppendUint32(info, bs)
+	info = binary.BigEndian.AppendUint32(info, max(bs, 4096))
+	info = binary.BigEndian.AppendUint32(info, uint32(s.opts.MaxRequest))
+	if err := optReply(w, opt, repInfo, info); err != nil {
+		return false, err
+	}
+	if wantName {
+		info = binary.BigEndian.AppendUint16(info[:0], infoName)
+		if err := optReply(w, opt, repInfo, append(info, s.opts.ExportName...)); err != nil {
+			return false, err
+		}
+	}
+	if wantDesc && s.opts.Description != "" {
+		info = binary.BigEndian.AppendUint16(info[:0], infoDescription)
+		if err := optReply(w, opt, repInfo, append(info, s.opts.Description...)); err != nil {
+			return false, err
+		}
+	}
+	return true, optReply(w, opt, repAck, nil)
+}
+
+func optReply(w io.Writer, opt, typ uint32, data []byte) error {
+	b := make([]byte, 20, 20+len(data))
+	binary.BigEndian.PutUint64(b[0:], magicOptReply)
+	binary.BigEndian.PutUint32(b[8:], opt)
+	binary.BigEndian.PutUint32(b[12:], typ)
+	binary.BigEndian.PutUint32(b[16:], uint32(len(data)))
+	if _, err := w.Write(append(b, data...)); err != nil {
+		return fmt.Errorf("handshake: option %d reply: %w", opt, err)
+	}
+	return nil
+}

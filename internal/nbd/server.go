@@ -1,0 +1,329 @@
+package nbd
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/semaphore"
+
+	"github.com/isboot/isboot/internal/blockdev"
+)
+
+// Options bound what one Server may hold in memory and in flight.
+type Options struct {
+	// ExportName is what NBD_OPT_LIST advertises. Clients may ask for it or for "".
+	ExportName  string
+	Description string
+	// MaxRequest is the largest READ/WRITE payload accepted (default 32 MiB, the
+	// kernel's largest nbd request). Larger reads fail with EINVAL; a larger write
+	// closes the connection, since its payload cannot be buffered.
+	MaxRequest int
+	// QueueDepth is the number of requests in flight per connection (default 128).
+	QueueDepth int
+	// MaxBufferBytes bounds the payload bytes held by requests in flight over all
+	// connections (default 128 MiB); the reader waits for room before reading more.
+	MaxBufferBytes int64
+	// Logf receives backend failures and protocol errors (default log.Printf).
+	Logf func(format string, args ...any)
+}
+
+// Stats are cumulative counters over all connections.
+type Stats struct {
+	Commands, ReadBytes, WriteBytes, Errors uint64
+}
+
+// Server exports one blockdev.Device. It is safe to serve many connections at once;
+// the device is shared, so a flush on any connection covers writes completed on all of
+// them (which is what CAN_MULTI_CONN promises).
+type Server struct {
+	dev    blockdev.Device
+	opts   Options
+	bufs   *bufPool
+	budget *semaphore.Weighted
+	// rmw serialises read-modify-write cycles for unaligned writes, so two of them
+	// touching the same block cannot lose each other's bytes.
+	rmw sync.Mutex
+
+	commands, readBytes, writeBytes, errs atomic.Uint64
+}
+
+// NewServer returns a server for dev.
+func NewServer(dev blockdev.Device, opts Options) *Server {
+	if opts.MaxRequest <= 0 {
+		opts.MaxRequest = 32 << 20
+	}
+	if opts.QueueDepth <= 0 {
+		opts.QueueDepth = 128
+	}
+	if opts.MaxBufferBytes < int64(opts.MaxRequest) {
+		opts.MaxBufferBytes = max(128<<20, int64(opts.MaxRequest))
+	}
+	if opts.Logf == nil {
+		opts.Logf = log.Printf
+	}
+	return &Server{
+		dev:    dev,
+		opts:   opts,
+		bufs:   newBufPool(opts.MaxRequest, opts.MaxBufferBytes),
+		budget: semaphore.NewWeighted(opts.MaxBufferBytes),
+	}
+}
+
+// Stats returns the counters so far.
+func (s *Server) Stats() Stats {
+	return Stats{s.commands.Load(), s.readBytes.Load(), s.writeBytes.Load(), s.errs.Load()}
+}
+
+// TransmissionFlags are the flags the server offers for its device, both in the
+// handshake and (for the kernel) as NBD_ATTR_SERVER_FLAGS.
+func (s *Server) TransmissionFlags() uint16 {
+	f := uint16(FlagHasFlags | FlagSendFlush | FlagSendFUA | FlagSendTrim |
+		FlagSendWriteZeroes | FlagCanMultiConn)
+	if s.dev.ReadOnly() {
+		f |= FlagReadOnly
+	}
+	return f
+}
+
+// Serve accepts connections on l until ctx is done or l fails, serving each (handshake,
+// then transmission) in its own goroutine. It closes l.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	defer l.Close()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("nbd: accept: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.ServeConn(ctx, c); err != nil {
+				s.opts.Logf("nbd: %s: %v", c.RemoteAddr(), err)
+			}
+		}()
+	}
+}
+
+// ServeConn runs the fixed newstyle handshake on c and then serves requests until the
+// client disconnects or ctx is done. It closes c.
+func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	br := bufio.NewReaderSize(c, 64<<10)
+	transmit, err := s.handshake(br, c)
+	if err != nil || !transmit {
+		return err
+	}
+	c.SetDeadline(time.Time{})
+	return s.transmit(ctx, c, br)
+}
+
+// ServeTransmission serves requests on c, which is already in the transmission phase
+// (a socket handed to the kernel, which does no handshake). It closes c.
+func (s *Server) ServeTransmission(ctx context.Context, c net.Conn) error {
+	defer c.Close()
+	return s.transmit(ctx, c, bufio.NewReaderSize(c, 64<<10))
+}
+
+// errClientAbort ends a handshake without transmission and without complaint.
+var errClientAbort = errors.New("client aborted")
+
+type request struct {
+	flags  uint16
+	typ    uint16
+	cookie uint64
+	off    uint64
+	length uint32
+}
+
+type conn struct {
+	s     *Server
+	c     net.Conn
+	r     *bufio.Reader
+	slots chan struct{}
+	wg    sync.WaitGroup
+	wmu   sync.Mutex
+	rhdr  [replySize]byte // reply header, guarded by wmu
+	werr  error           // first reply write error, guarded by wmu
+}
+
+func (s *Server) transmit(ctx context.Context, c net.Conn, br *bufio.Reader) error {
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	cn := &conn{s: s, c: c, r: br, slots: make(chan struct{}, s.opts.QueueDepth)}
+	defer cn.wg.Wait()
+	var hdr [requestSize]byte
+	for {
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+			if errors.Is(err, io.EOF) || ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("read request: %w", err)
+		}
+		if m := binary.BigEndian.Uint32(hdr[0:]); m != magicRequest {
+			return fmt.Errorf("bad request magic %#x", m)
+		}
+		req := request{
+			flags:  binary.BigEndian.Uint16(hdr[4:]),
+			typ:    binary.BigEndian.Uint16(hdr[6:]),
+			cookie: binary.BigEndian.Uint64(hdr[8:]),
+			off:    binary.BigEndian.Uint64(hdr[16:]),
+			length: binary.BigEndian.Uint32(hdr[24:]),
+		}
+		if req.typ == cmdDisc {
+			return nil // deferred Wait lets requests in flight finish replying
+		}
+		var payload int64
+		if req.typ == cmdRead || req.typ == cmdWrite {
+			payload = int64(req.length)
+		}
+		if payload > int64(s.opts.MaxRequest) {
+			if req.typ == cmdWrite {
+				return fmt.Errorf("write of %d bytes exceeds the %d-byte maximum", req.length, s.opts.MaxRequest)
+			}
+			payload = 0 // rejected with EINVAL in do, no buffer needed
+		}
+		cn.slots <- struct{}{}
+		if err := s.budget.Acquire(ctx, payload); err != nil {
+			<-cn.slots
+			return nil
+		}
+		var buf []byte
+		if payload > 0 {
+			buf = s.bufs.get(int(payload))
+		}
+		if req.typ == cmdWrite {
+			if _, err := io.ReadFull(br, buf); err != nil {
+				cn.release(buf, payload)
+				return fmt.Errorf("read write payload: %w", err)
+			}
+		}
+		cn.wg.Add(1)
+		go func() {
+			defer cn.wg.Done()
+			defer cn.release(buf, payload)
+			errno := s.do(req, buf)
+			s.commands.Add(1)
+			if errno != 0 {
+				s.errs.Add(1)
+			}
+			var data []byte
+			if req.typ == cmdRead && errno == 0 {
+				data = buf
+			}
+			cn.reply(req.cookie, errno, data)
+		}()
+	}
+}
+
+func (cn *conn) release(buf []byte, payload int64) {
+	if buf != nil {
+		cn.s.bufs.put(buf)
+	}
+	cn.s.budget.Release(payload)
+	<-cn.slots
+}
+
+// reply sends one simple reply. Replies go out in completion order, not request order.
+func (cn *conn) reply(cookie uint64, errno uint32, data []byte) {
+	cn.wmu.Lock()
+	defer cn.wmu.Unlock()
+	if cn.werr != nil {
+		return
+	}
+	binary.BigEndian.PutUint32(cn.rhdr[0:], magicSimpleRepl)
+	binary.BigEndian.PutUint32(cn.rhdr[4:], errno)
+	binary.BigEndian.PutUint64(cn.rhdr[8:], cookie)
+	var err error
+	if len(data) == 0 {
+		_, err = cn.c.Write(cn.rhdr[:])
+	} else {
+		v := net.Buffers{cn.rhdr[:], data}
+		_, err = v.WriteTo(cn.c)
+	}
+	if err != nil {
+		cn.werr = err
+		cn.c.Close() // the reader sees the error and ends the connection
+	}
+}
+
+// do executes one request and returns the NBD error value (0 for success).
+func (s *Server) do(req request, buf []byte) uint32 {
+	const knownFlags = cmdFlagFUA | cmdFlagNoHole
+	if req.flags&^knownFlags != 0 {
+		return errInval
+	}
+	size := uint64(s.dev.Size())
+	off, n := req.off, uint64(req.length)
+	if req.typ != cmdFlush && (off > size || n > size-off) {
+		return errInval
+	}
+	fua := req.flags&cmdFlagFUA != 0
+	var err error
+	switch req.typ {
+	case cmdRead:
+		if n > uint64(s.opts.MaxRequest) {
+			return errInval
+		}
+		err = s.read(buf, int64(off))
+		if err == nil {
+			s.readBytes.Add(n)
+		}
+	case cmdWrite, cmdTrim, cmdWriteZeroes:
+		if s.dev.ReadOnly() {
+			return errPerm
+		}
+		switch req.typ {
+		case cmdWrite:
+			err = s.write(buf, int64(off), fua)
+			if err == nil {
+				s.writeBytes.Add(n)
+			}
+		case cmdTrim:
+			err = s.trim(int64(off), int64(n))
+		default:
+			// NO_HOLE needs nothing extra: WriteZeroes never promises to deallocate.
+			err = s.writeZeroes(int64(off), int64(n))
+		}
+		if err == nil && fua && req.typ != cmdWrite {
+			err = s.dev.Flush()
+		}
+	case cmdFlush:
+		err = s.dev.Flush()
+	default:
+		return errInval
+	}
+	return s.errno(req, err)
+}
+
+var cmdNames = map[uint16]string{cmdRead: "read", cmdWrite: "write", cmdFlush: "flush",
+	cmdTrim: "trim", cmdWriteZeroes: "write-zeroes"}
+
+func (s *Server) errno(req request, err error) uint32 {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, blockdev.ErrOutOfRange):
+		return errInval
+	case errors.Is(err, blockdev.ErrReadOnly):
+		return errPerm
+	}
+	s.opts.Logf("nbd: %s at %d+%d: %v", cmdNames[req.typ], req.off, req.length, err)
+	return errIO
+}
