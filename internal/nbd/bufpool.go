@@ -8,7 +8,7 @@ import "sync"
 // most maxRetained bytes; anything beyond that is left to the garbage collector.
 type bufPool struct {
 	mu          sync.Mutex
-	free        [][][]byte   // free[i] holds buffers of minBuf<<i bytes
+	free        [][][]byte // free[i] holds buffers of minBuf<<i bytes
 	retained    int64
 	maxRetained int64
 }

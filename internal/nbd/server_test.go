@@ -216,7 +216,7 @@ func TestBackendFailureIsEIOAndLogged(t *testing.T) {
 // it has seen at once.
 type gateDev struct {
 	*blockdev.Mem
-	gate             chan struct{}
+	gate              chan struct{}
 	inside, maxInside atomic.Int32
 }
 
