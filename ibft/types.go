@@ -12,11 +12,15 @@ type Table struct {
 	Source     string // where it was found: "acpi:/sys/...", "mem:0x9a000", "sysfs", "file:..."
 	Signature  string // "iBFT", "IBFT" or "BIFT"
 	Revision   uint8
-	OEMID      string
-	OEMTableID string
-	Initiator  Initiator
-	NICs       []NIC    // every NIC structure present, in control-structure order
-	Targets    []Target // every target structure present, in control-structure order
+	OEMID      string // up to 6 bytes
+	OEMTableID string // up to 8 bytes
+	// The rest of the ACPI header, kept so a decoded table encodes back unchanged.
+	OEMRevision     uint32
+	CreatorID       string // up to 4 bytes ("ASL compiler id")
+	CreatorRevision uint32
+	Initiator       Initiator
+	NICs            []NIC    // every NIC structure present, in control-structure order
+	Targets         []Target // every target structure present, in control-structure order
 }
 
 // Structure flags.
