@@ -109,8 +109,12 @@ func TestFioRandRWVerify(t *testing.T) {
 	var res struct {
 		Jobs []struct {
 			Error int `json:"error"`
-			Read  struct{ IOBytes int64 `json:"io_bytes"` } `json:"read"`
-			Write struct{ IOBytes int64 `json:"io_bytes"` } `json:"write"`
+			Read  struct {
+				IOBytes int64 `json:"io_bytes"`
+			} `json:"read"`
+			Write struct {
+				IOBytes int64 `json:"io_bytes"`
+			} `json:"write"`
 		} `json:"jobs"`
 	}
 	if i := bytes.IndexByte(out, '{'); i >= 0 {
