@@ -1,0 +1,68 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/isboot/isboot/ibft"
+	"github.com/u-root/u-root/pkg/kmodule"
+)
+
+func init() { register("ibft", "find, validate and print the iSCSI Boot Firmware Table", runIbft) }
+
+func runIbft(args []string) int {
+	return ibftMain(args, os.Stdout, os.Stderr)
+}
+
+func ibftMain(args []string, stdout, stderr io.Writer) int {
+	fl := flag.NewFlagSet("ibft", flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	file := fl.String("file", "", "decode this file instead of searching the system")
+	source := fl.String("source", ibft.SourceAuto, "where to look: auto, acpi, mem or sysfs")
+	table := fl.Int("table", 1, "ACPI instance to use, 1-based (like ibft.acpi_table=N)")
+	asJSON := fl.Bool("json", false, "print one JSON object")
+	showSecrets := fl.Bool("show-secrets", false, `print CHAP secrets instead of "***"`)
+	verbose := fl.Bool("verbose", false, "log each search step to stderr (like ibft.verbose=1)")
+	fl.Usage = func() {
+		fmt.Fprintln(stderr, "usage: isboot ibft [--file PATH | --source auto|acpi|mem|sysfs] [--table N] [--json] [--show-secrets] [--verbose]")
+		fl.PrintDefaults()
+	}
+	if err := fl.Parse(args); err != nil {
+		return 2
+	}
+	if fl.NArg() > 0 {
+		fl.Usage()
+		return 2
+	}
+	opts := ibft.FindOptions{
+		Source:     *source,
+		Table:      *table,
+		LoadModule: func(name string) error { return kmodule.Probe(name, "") },
+	}
+	if *file != "" {
+		opts.Source, opts.File = ibft.SourceFile, *file
+	}
+	if *verbose {
+		opts.Logf = func(format string, a ...any) { fmt.Fprintf(stderr, format+"\n", a...) }
+	}
+	t, _, err := ibft.Find(opts)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	if *asJSON {
+		b, err := t.JSON(*showSecrets)
+		if err != nil {
+			fmt.Fprintln(stderr, "ibft:", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "%s\n", b)
+		return 0
+	}
+	for _, kv := range t.Keys(*showSecrets) {
+		fmt.Fprintln(stdout, kv)
+	}
+	return 0
+}
