@@ -1,0 +1,118 @@
+package netcfg
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"github.com/u-root/u-root/pkg/kmodule"
+	"golang.org/x/sys/unix"
+)
+
+// maxColdplugRounds bounds the coldplug loop; real chains are two deep (virtio_pci, then
+// virtio_net for the virtio device virtio_pci creates).
+const maxColdplugRounds = 8
+
+// coldplug loads the drivers for the PCI device dev (a sysfs directory) and for every
+// device that appears below it, repeating until a round loads nothing new: a driver may
+// create child devices that need drivers of their own. Module loads run synchronously
+// and so do the probes they trigger for already-present devices, so a new child is in
+// sysfs when load returns.
+func coldplug(dev string, aliases *Aliases, load func(module string) error, logf func(string, ...any)) ([]string, error) {
+	seenAlias := map[string]bool{}
+	tried := map[string]bool{}
+	var loaded []string
+	var errs []error
+	for round := 0; round < maxColdplugRounds; round++ {
+		progress := false
+		for _, alias := range modaliasesUnder(dev) {
+			if seenAlias[alias] {
+				continue
+			}
+			seenAlias[alias] = true
+			mods := aliases.Lookup(alias)
+			if len(mods) == 0 {
+				logf("netcfg: no module for %s (built in, or no driver)", alias)
+			}
+			for _, m := range mods {
+				if tried[m] {
+					continue
+				}
+				tried[m] = true
+				logf("netcfg: loading %s for %s", m, alias)
+				if err := load(m); err != nil {
+					errs = append(errs, fmt.Errorf("load %s: %w", m, err))
+					continue
+				}
+				loaded = append(loaded, m)
+				progress = true
+			}
+		}
+		if !progress {
+			break
+		}
+	}
+	if len(loaded) == 0 && len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	for _, err := range errs {
+		logf("netcfg: warning: %v", err)
+	}
+	return loaded, nil
+}
+
+// modaliasesUnder lists the modalias of dev and of every device below it. WalkDir does
+// not follow symlinks, which keeps the walk inside the device's own subtree.
+func modaliasesUnder(dev string) []string {
+	var out []string
+	filepath.WalkDir(dev, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || d.Name() != "modalias" {
+			return nil
+		}
+		if b, err := os.ReadFile(path); err == nil {
+			if s := strings.TrimSpace(string(b)); s != "" {
+				out = append(out, s)
+			}
+		}
+		return nil
+	})
+	return out
+}
+
+// kmoduleLoader loads modules with their dependencies from <root>/lib/modules/<kver>.
+func kmoduleLoader(root, kver string) (func(string) error, error) {
+	p, err := kmodule.NewProber(kmodule.ProbeOpts{RootDir: root, KVer: kver})
+	if err != nil {
+		return nil, err
+	}
+	return func(name string) error { return p.Probe(name, "") }, nil
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+var pciName = regexp.MustCompile(`^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$`)
+
+// pciDeviceOf finds the PCI device behind network interface name in sysfs, walking up
+// from the device link because virtio NICs hang below a virtio device, not the PCI one.
+func pciDeviceOf(sysfs, name string) (string, bool) {
+	dev, err := filepath.EvalSymlinks(filepath.Join(sysfs, "class/net", name, "device"))
+	if err != nil {
+		return "", false
+	}
+	for d := dev; d != "/" && d != "."; d = filepath.Dir(d) {
+		if pciName.MatchString(filepath.Base(d)) {
+			return filepath.Base(d), true
+		}
+	}
+	return "", false
+}
