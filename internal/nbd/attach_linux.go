@@ -1,0 +1,252 @@
+package nbd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// AttachConfig describes a kernel attachment.
+type AttachConfig struct {
+	KernelConfig
+	// Connections is the number of sockets the kernel spreads requests over (default 1;
+	// more than one relies on CAN_MULTI_CONN, which Server always offers).
+	Connections int
+	// RetryInterval is how often missing connections are re-offered to the kernel
+	// when no LINK_DEAD prompts it (default 2 s).
+	RetryInterval time.Duration
+}
+
+// Attachment is a Server attached to /dev/nbdN through socketpairs. It keeps the device
+// served: when a socket dies (LINK_DEAD, or our end sees it close) it hands the kernel
+// a fresh one with RECONFIGURE. Nothing on that path opens files or resolves names,
+// so it keeps working after switch_root.
+type Attachment struct {
+	srv   *Server
+	g     *genl
+	watch *linkDeadWatch
+	cfg   AttachConfig
+	index int
+
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	live    atomic.Int32
+	kick    chan struct{}
+	stop    chan struct{} // ends repairLoop
+	stopped atomic.Bool
+
+	reconfigures atomic.Uint64
+}
+
+// Attach serves srv on a kernel nbd device. If cfg.Index names a device that is still
+// configured (a previous server died and left it waiting), Attach takes it over with
+// RECONFIGURE instead of NBD_CMD_CONNECT, so the device and its mounts survive.
+func Attach(srv *Server, cfg AttachConfig) (*Attachment, error) {
+	if cfg.Connections <= 0 {
+		cfg.Connections = 1
+	}
+	if cfg.RetryInterval <= 0 {
+		cfg.RetryInterval = 2 * time.Second
+	}
+	if cfg.Size == 0 {
+		cfg.Size = srv.dev.Size()
+	}
+	if cfg.BlockSize == 0 {
+		cfg.BlockSize = int(srv.blockSize())
+	}
+	if cfg.ServerFlags == 0 {
+		cfg.ServerFlags = srv.TransmissionFlags()
+	}
+	g, err := openGenl()
+	if err != nil {
+		return nil, err
+	}
+	// Subscribe before connecting so no LINK_DEAD can slip past.
+	watch, err := g.watchLinkDead()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	a := &Attachment{srv: srv, g: g, watch: watch, cfg: cfg, index: cfg.Index, ctx: ctx, cancel: cancel,
+		kick: make(chan struct{}, 1), stop: make(chan struct{})}
+
+	takeover := false
+	if cfg.Index >= 0 {
+		st, err := g.status(cfg.Index)
+		if err != nil {
+			a.abort()
+			return nil, err
+		}
+		takeover = len(st) == 1 && st[0].Connected
+	}
+	fds, err := a.newSockets(cfg.Connections)
+	if err != nil {
+		a.abort()
+		return nil, err
+	}
+	if takeover {
+		srv.opts.Logf("nbd: nbd%d is still configured: taking it over with RECONFIGURE", cfg.Index)
+		err = g.reconfigure(cfg.Index, cfg.KernelConfig, fds)
+	} else {
+		a.index, err = g.connect(cfg.KernelConfig, fds)
+	}
+	closeAll(fds) // the kernel holds its own references now (or refused them)
+	if err != nil {
+		a.abort()
+		return nil, err
+	}
+	a.wg.Add(2)
+	go a.watchLoop()
+	go a.repairLoop()
+	return a, nil
+}
+
+// Index is N of /dev/nbdN.
+func (a *Attachment) Index() int { return a.index }
+
+// Device is the block device name, e.g. "nbd0".
+func (a *Attachment) Device() string { return fmt.Sprintf("nbd%d", a.index) }
+
+// Live is the number of sockets currently served.
+func (a *Attachment) Live() int { return int(a.live.Load()) }
+
+// Reconfigures counts successful RECONFIGURE calls after the initial attach.
+func (a *Attachment) Reconfigures() uint64 { return a.reconfigures.Load() }
+
+// newSockets makes n socketpairs, starts serving our ends and returns the kernel ends.
+func (a *Attachment) newSockets(n int) ([]int, error) {
+	var kernel []int
+	for range n {
+		pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			closeAll(kernel)
+			return nil, fmt.Errorf("nbd: socketpair: %w", err)
+		}
+		f := os.NewFile(uintptr(pair[0]), "nbd-server")
+		c, err := net.FileConn(f) // dups the fd
+		f.Close()
+		if err != nil {
+			unix.Close(pair[1])
+			closeAll(kernel)
+			return nil, fmt.Errorf("nbd: socketpair conn: %w", err)
+		}
+		kernel = append(kernel, pair[1])
+		a.live.Add(1)
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			err := a.srv.ServeTransmission(a.ctx, c)
+			a.live.Add(-1)
+			if a.stopped.Load() {
+				return
+			}
+			if err != nil {
+				a.srv.opts.Logf("nbd: %s: connection ended: %v", a.Device(), err)
+			}
+			a.poke()
+		}()
+	}
+	return kernel, nil
+}
+
+func closeAll(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+func (a *Attachment) poke() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (a *Attachment) watchLoop() {
+	defer a.wg.Done()
+	for {
+		idx, err := a.watch.next()
+		if err != nil {
+			if !a.stopped.Load() {
+				a.srv.opts.Logf("nbd: %s: LINK_DEAD watch: %v", a.Device(), err)
+			}
+			return
+		}
+		if idx == a.index || idx < 0 {
+			a.poke()
+		}
+	}
+}
+
+// repairLoop re-offers sockets while fewer than cfg.Connections are live. The kernel
+// only takes a socket in place of one it has marked dead, which may happen a moment
+// after our end saw the close, so it retries on a timer as well as on LINK_DEAD.
+func (a *Attachment) repairLoop() {
+	defer a.wg.Done()
+	t := time.NewTicker(a.cfg.RetryInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-a.stop:
+			return
+		case <-a.kick:
+		case <-t.C:
+		}
+		missing := a.cfg.Connections - a.Live()
+		if missing <= 0 || a.stopped.Load() {
+			continue
+		}
+		fds, err := a.newSockets(missing)
+		if err != nil {
+			a.srv.opts.Logf("nbd: %s: %v", a.Device(), err)
+			continue
+		}
+		err = a.g.reconfigure(a.index, a.cfg.KernelConfig, fds)
+		closeAll(fds)
+		if err != nil {
+			a.srv.opts.Logf("nbd: %s: %v", a.Device(), err)
+			continue
+		}
+		a.reconfigures.Add(1)
+	}
+}
+
+// Close disconnects the device cleanly: the kernel sends NBD_CMD_DISC on every socket
+// and shuts them down. Requests still queued in the kernel fail, so callers unmount or
+// sync first. Close waits for the connections to finish and flushes the backend.
+func (a *Attachment) Close() error {
+	a.halt()
+	err := a.g.disconnect(a.index)
+	cut := time.AfterFunc(30*time.Second, a.cancel) // a kernel that never closes its end
+	a.wg.Wait()
+	cut.Stop()
+	a.cancel()
+	return errors.Join(err, a.srv.dev.Flush())
+}
+
+// Detach stops serving without telling the kernel: the device stays configured and
+// waits (up to its dead-connection timeout) for another server to RECONFIGURE it.
+func (a *Attachment) Detach() { a.abort() }
+
+// halt stops the repair machinery; connections keep running.
+func (a *Attachment) halt() {
+	if a.stopped.Swap(true) {
+		return
+	}
+	a.watch.close()
+	close(a.stop)
+}
+
+func (a *Attachment) abort() {
+	a.halt()
+	a.cancel()
+	a.wg.Wait()
+}
