@@ -1,0 +1,410 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/isboot/isboot/ibft"
+	"github.com/isboot/isboot/internal/blockdev"
+	"github.com/isboot/isboot/internal/nbd"
+)
+
+func init() {
+	register("serve", "expose an iSCSI LUN over NBD (socket) or as /dev/nbdN", runServe)
+}
+
+// serveConfig is everything `isboot serve` needs; the daemon role builds one too.
+type serveConfig struct {
+	// iSCSI source: an iBFT file, or portals + target + LUN.
+	ibftFile      string
+	portals       []string
+	target        string
+	lun           uint64
+	initiator     string
+	chapUser      string
+	chapSecret    string // read from a file, never from argv
+	revCHAPUser   string
+	revCHAPSecret string
+	headerDigest  string
+	dataDigest    string
+	// NBD side: exactly one of listen and attach.
+	listen      string // "unix:PATH" or "tcp:HOST:PORT"
+	attach      string // "any" or "/dev/nbdN"
+	connections int
+	kernel      nbd.KernelConfig
+	// Testing aids: serve a file or memory instead of an iSCSI LUN.
+	file     string
+	memSize  int64
+	readOnly bool
+}
+
+func runServe(args []string) int {
+	cfg, code := parseServeFlags(args, os.Stderr)
+	if code >= 0 {
+		return code
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	logger := log.New(os.Stderr, "isboot serve: ", 0)
+	if err := serve(ctx, cfg, logger.Printf); err != nil {
+		fmt.Fprintln(os.Stderr, "isboot serve:", err)
+		return 1
+	}
+	return 0
+}
+
+// parseServeFlags returns the config, or an exit code >= 0 when there is nothing to run.
+func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, int) {
+	fl := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	cfg := &serveConfig{}
+	var portals, chapFile, revFile, lun, mem string
+	var timeout, deadTimeout time.Duration
+	fl.StringVar(&cfg.ibftFile, "ibft", "", "take portal, target, LUN, initiator and CHAP from this iBFT file")
+	fl.StringVar(&portals, "portal", "", "iSCSI portal(s) HOST:PORT[,HOST:PORT]")
+	fl.StringVar(&cfg.target, "target", "", "target IQN")
+	fl.StringVar(&lun, "lun", "", "LUN number")
+	fl.StringVar(&cfg.initiator, "initiator", "", "initiator IQN (default: from the iBFT, else a generated one)")
+	fl.StringVar(&cfg.chapUser, "chap-user", "", "CHAP user name")
+	fl.StringVar(&chapFile, "chap-secret-file", "", "file holding the CHAP secret")
+	fl.StringVar(&cfg.revCHAPUser, "rev-chap-user", "", "mutual (reverse) CHAP user name")
+	fl.StringVar(&revFile, "rev-chap-secret-file", "", "file holding the mutual CHAP secret")
+	fl.StringVar(&cfg.headerDigest, "header-digest", "none", "none or crc32c")
+	fl.StringVar(&cfg.dataDigest, "data-digest", "none", "none or crc32c")
+	fl.StringVar(&cfg.listen, "listen", "", "serve NBD on unix:PATH or tcp:HOST:PORT")
+	fl.StringVar(&cfg.attach, "attach", "", "attach to the kernel: /dev/nbdN, or no value for the first free device")
+	fl.IntVar(&cfg.connections, "connections", 1, "sockets to the kernel (--attach)")
+	fl.DurationVar(&timeout, "timeout", 0, "kernel per-request timeout (--attach; 0: none)")
+	fl.DurationVar(&deadTimeout, "dead-conn-timeout", 10*time.Minute, "how long the kernel waits for a new server once all sockets died (--attach)")
+	fl.BoolVar(&cfg.kernel.DestroyOnDisconnect, "destroy-on-disconnect", false, "delete the device when disconnected (never for a root device)")
+	fl.BoolVar(&cfg.kernel.DisconnectOnClose, "disconnect-on-close", false, "disconnect when the last opener closes the device (never for a root device)")
+	fl.StringVar(&cfg.file, "file", "", "testing aid: serve this file (or block device) instead of an iSCSI LUN")
+	fl.StringVar(&mem, "mem", "", "testing aid: serve a zero-filled in-memory disk of this size (e.g. 64M)")
+	fl.BoolVar(&cfg.readOnly, "read-only", false, "export read-only")
+	fl.Usage = func() {
+		fmt.Fprintln(stderr, `usage: isboot serve (--ibft FILE | --portal HOST:PORT[,HOST:PORT] --target IQN --lun N)
+    [--initiator IQN] [--chap-user U --chap-secret-file F] [--rev-chap-user U --rev-chap-secret-file F]
+    [--header-digest none|crc32c] [--data-digest none|crc32c]
+    (--listen unix:PATH | --listen tcp:HOST:PORT | --attach [/dev/nbdN]) [--connections N]`)
+		fl.PrintDefaults()
+	}
+	if err := fl.Parse(optionalAttachValue(args)); err != nil {
+		return nil, 2
+	}
+	usage := func(format string, a ...any) (*serveConfig, int) {
+		fmt.Fprintf(stderr, "isboot serve: "+format+"\n", a...)
+		return nil, 2
+	}
+	if fl.NArg() > 0 {
+		return usage("unexpected argument %q", fl.Arg(0))
+	}
+	if portals != "" {
+		cfg.portals = strings.Split(portals, ",")
+	}
+	if lun != "" {
+		n, err := strconv.ParseUint(lun, 0, 64)
+		if err != nil {
+			return usage("--lun %q: not a number", lun)
+		}
+		cfg.lun = n
+	}
+	if mem != "" {
+		n, err := parseSize(mem)
+		if err != nil {
+			return usage("--mem %q: %v", mem, err)
+		}
+		cfg.memSize = n
+	}
+	sources := 0
+	for _, set := range []bool{cfg.ibftFile != "", cfg.target != "" || len(cfg.portals) > 0, cfg.file != "", cfg.memSize > 0} {
+		if set {
+			sources++
+		}
+	}
+	switch {
+	case sources != 1:
+		return usage("give exactly one of --ibft, --portal/--target/--lun (or --file, --mem for tests)")
+	case cfg.target != "" && len(cfg.portals) == 0, len(cfg.portals) > 0 && cfg.target == "":
+		return usage("--portal and --target go together")
+	case (cfg.listen == "") == (cfg.attach == ""):
+		return usage("give exactly one of --listen and --attach")
+	case cfg.connections < 1 || cfg.connections > 16:
+		return usage("--connections %d: want 1..16", cfg.connections)
+	case (cfg.chapUser == "") != (chapFile == ""):
+		return usage("--chap-user and --chap-secret-file go together")
+	case (cfg.revCHAPUser == "") != (revFile == ""):
+		return usage("--rev-chap-user and --rev-chap-secret-file go together")
+	case cfg.revCHAPUser != "" && cfg.chapUser == "":
+		return usage("mutual CHAP needs --chap-user as well")
+	}
+	for _, d := range []string{cfg.headerDigest, cfg.dataDigest} {
+		if d != "none" && d != "crc32c" {
+			return usage("digest %q: want none or crc32c", d)
+		}
+	}
+	var err error
+	if cfg.chapSecret, err = readSecret(chapFile); err != nil {
+		return usage("%v", err)
+	}
+	if cfg.revCHAPSecret, err = readSecret(revFile); err != nil {
+		return usage("%v", err)
+	}
+	cfg.kernel.Index = -1
+	if cfg.attach != "" && cfg.attach != "any" {
+		idx, ok := strings.CutPrefix(cfg.attach, "/dev/nbd")
+		n, err := strconv.Atoi(idx)
+		if !ok || err != nil || n < 0 {
+			return usage("--attach %q: want /dev/nbdN", cfg.attach)
+		}
+		cfg.kernel.Index = n
+	}
+	cfg.kernel.Timeout, cfg.kernel.DeadConnTimeout = timeout, deadTimeout
+	return cfg, -1
+}
+
+// optionalAttachValue lets --attach stand alone ("first free device"): the flag package
+// has no optional values, so a bare --attach becomes --attach=any.
+func optionalAttachValue(args []string) []string {
+	out := make([]string, 0, len(args))
+	for i, a := range args {
+		if (a == "--attach" || a == "-attach") && (i+1 == len(args) || strings.HasPrefix(args[i+1], "-")) {
+			a = "--attach=any"
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+func readSecret(path string) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("secret file: %w", err)
+	}
+	s := strings.TrimRight(string(b), "\r\n")
+	if s == "" {
+		return "", fmt.Errorf("secret file %s is empty", path)
+	}
+	return s, nil
+}
+
+// parseSize reads 512, 64K, 64M, 1G (binary units).
+func parseSize(s string) (int64, error) {
+	mult := int64(1)
+	switch {
+	case strings.HasSuffix(s, "K"):
+		mult = 1 << 10
+	case strings.HasSuffix(s, "M"):
+		mult = 1 << 20
+	case strings.HasSuffix(s, "G"):
+		mult = 1 << 30
+	}
+	if mult > 1 {
+		s = s[:len(s)-1]
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 || n > (1<<50)/mult {
+		return 0, errors.New("want a positive size like 64M")
+	}
+	return n * mult, nil
+}
+
+// serve opens the backend and exposes it until ctx is done.
+func serve(ctx context.Context, cfg *serveConfig, logf func(string, ...any)) error {
+	dev, closeDev, err := openBackend(ctx, cfg, logf)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := closeDev(); err != nil {
+			logf("close backend: %v", err)
+		}
+	}()
+	srv := nbd.NewServer(dev, nbd.Options{ExportName: cfg.target, Logf: logf})
+	if cfg.listen != "" {
+		l, err := listen(cfg.listen)
+		if err != nil {
+			return err
+		}
+		logf("serving %d bytes on %s", dev.Size(), cfg.listen)
+		if err := srv.Serve(ctx, l); err != nil {
+			return err
+		}
+		return dev.Flush()
+	}
+	a, err := nbd.Attach(srv, nbd.AttachConfig{KernelConfig: cfg.kernel, Connections: cfg.connections})
+	if err != nil {
+		return err
+	}
+	logf("serving /dev/%s (%d bytes, %d connections)", a.Device(), dev.Size(), cfg.connections)
+	<-ctx.Done()
+	logf("disconnecting /dev/%s", a.Device())
+	return a.Close()
+}
+
+func listen(spec string) (net.Listener, error) {
+	network, addr, ok := strings.Cut(spec, ":")
+	switch {
+	case ok && network == "unix":
+		if fi, err := os.Stat(addr); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			os.Remove(addr) // a stale socket from an earlier run
+		}
+	case ok && network == "tcp":
+	default:
+		return nil, fmt.Errorf("--listen %q: want unix:PATH or tcp:HOST:PORT", spec)
+	}
+	l, err := net.Listen(network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("--listen: %w", err)
+	}
+	return l, nil
+}
+
+// openBackend returns the device to serve and how to release it (flush and log out).
+func openBackend(ctx context.Context, cfg *serveConfig, logf func(string, ...any)) (blockdev.Device, func() error, error) {
+	switch {
+	case cfg.memSize > 0:
+		return blockdev.NewMem(cfg.memSize, 512, cfg.readOnly), func() error { return nil }, nil
+	case cfg.file != "":
+		d, err := openFileDev(cfg.file, cfg.readOnly)
+		if err != nil {
+			return nil, nil, err
+		}
+		return d, d.Close, nil
+	}
+	if cfg.ibftFile != "" {
+		if err := cfg.fromIBFT(); err != nil {
+			return nil, nil, err
+		}
+	}
+	return dialISCSI(ctx, cfg, logf)
+}
+
+// fromIBFT fills the iSCSI source from the boot target of an iBFT file; flags given
+// explicitly (initiator, digests) still win.
+func (cfg *serveConfig) fromIBFT() error {
+	t, _, err := ibft.Find(ibft.FindOptions{Source: ibft.SourceFile, File: cfg.ibftFile})
+	if err != nil {
+		return err
+	}
+	_, tg, err := t.Boot()
+	if err != nil {
+		return err
+	}
+	port := tg.Port
+	if port == 0 {
+		port = 3260
+	}
+	cfg.portals = []string{net.JoinHostPort(tg.IP.String(), strconv.Itoa(int(port)))}
+	cfg.target, cfg.lun = tg.Name, tg.LUN
+	if cfg.initiator == "" {
+		cfg.initiator = t.Initiator.Name
+	}
+	if tg.CHAPType != ibft.CHAPNone && cfg.chapUser == "" {
+		cfg.chapUser, cfg.chapSecret = tg.CHAPName, tg.CHAPSecret
+		if tg.CHAPType == ibft.CHAPMutual {
+			cfg.revCHAPUser, cfg.revCHAPSecret = tg.RevCHAPName, tg.RevCHAPSecret
+		}
+	}
+	return nil
+}
+
+// fileDev is a testing aid: a regular file or block device as a blockdev.Device.
+type fileDev struct {
+	f        *os.File
+	size     int64
+	readOnly bool
+}
+
+func openFileDev(path string, readOnly bool) (*fileDev, error) {
+	mode := os.O_RDWR
+	if readOnly {
+		mode = os.O_RDONLY
+	}
+	f, err := os.OpenFile(path, mode, 0)
+	if err != nil {
+		return nil, fmt.Errorf("--file: %w", err)
+	}
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil || size < 512 {
+		f.Close()
+		return nil, fmt.Errorf("--file %s: size %d: %v", path, size, err)
+	}
+	return &fileDev{f: f, size: size - size%512, readOnly: readOnly}, nil
+}
+
+func (d *fileDev) ReadAt(p []byte, off int64) (int, error) { return d.f.ReadAt(p, off) }
+func (d *fileDev) WriteAt(p []byte, off int64) (int, error) {
+	if d.readOnly {
+		return 0, blockdev.ErrReadOnly
+	}
+	return d.f.WriteAt(p, off)
+}
+func (d *fileDev) WriteAtFUA(p []byte, off int64) (int, error) {
+	n, err := d.WriteAt(p, off)
+	if err == nil {
+		err = unix.Fdatasync(int(d.f.Fd()))
+	}
+	return n, err
+}
+func (d *fileDev) Flush() error {
+	if d.readOnly {
+		return nil
+	}
+	return unix.Fdatasync(int(d.f.Fd()))
+}
+
+// Unmap punches a hole where the file system can; it is only a hint.
+func (d *fileDev) Unmap(off, length int64) error {
+	if d.readOnly {
+		return blockdev.ErrReadOnly
+	}
+	unix.Fallocate(int(d.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+	return nil
+}
+
+func (d *fileDev) WriteZeroes(off, length int64) error {
+	if d.readOnly {
+		return blockdev.ErrReadOnly
+	}
+	fd := int(d.f.Fd())
+	if unix.Fallocate(fd, unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, off, length) == nil ||
+		unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length) == nil {
+		return nil
+	}
+	zero := make([]byte, min(length, 1<<20))
+	for length > 0 {
+		n := min(length, int64(len(zero)))
+		if _, err := d.f.WriteAt(zero[:n], off); err != nil {
+			return err
+		}
+		off, length = off+n, length-n
+	}
+	return nil
+}
+
+func (d *fileDev) Size() int64    { return d.size }
+func (d *fileDev) BlockSize() int { return 512 }
+func (d *fileDev) ReadOnly() bool { return d.readOnly }
+func (d *fileDev) Close() error   { return errors.Join(d.Flush(), d.f.Close()) }
+
+// dialISCSI logs into the target and returns its LUN; wired to the iscsi package once
+// that lands.
+func dialISCSI(ctx context.Context, cfg *serveConfig, logf func(string, ...any)) (blockdev.Device, func() error, error) {
+	return nil, nil, errors.New("iSCSI initiator not built in yet")
+}

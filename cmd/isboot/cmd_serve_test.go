@@ -1,0 +1,133 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestServeFlags(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "secret")
+	os.WriteFile(secret, []byte("s3cr3t-value\n"), 0o600)
+	for _, c := range []struct {
+		args []string
+		bad  string // substring of the usage error, "" when valid
+	}{
+		{[]string{"--portal", "127.0.0.1:3260", "--target", "iqn.x:t", "--lun", "1", "--listen", "unix:/x"}, ""},
+		{[]string{"--portal", "a:1,b:2", "--target", "iqn.x:t", "--lun", "1", "--attach", "/dev/nbd3", "--connections", "2"}, ""},
+		{[]string{"--mem", "64M", "--attach"}, ""},
+		{[]string{"--mem", "64M", "--attach", "--connections", "2"}, ""},
+		{[]string{"--ibft", "f", "--chap-user", "u", "--chap-secret-file", secret, "--listen", "tcp:127.0.0.1:0"}, ""},
+		{[]string{"--mem", "64M"}, "exactly one of --listen and --attach"},
+		{[]string{"--mem", "64M", "--listen", "unix:/x", "--attach"}, "exactly one of --listen and --attach"},
+		{[]string{"--listen", "unix:/x"}, "exactly one of --ibft"},
+		{[]string{"--ibft", "f", "--mem", "1M", "--listen", "unix:/x"}, "exactly one of --ibft"},
+		{[]string{"--target", "iqn.x:t", "--listen", "unix:/x"}, "--portal and --target go together"},
+		{[]string{"--mem", "1M", "--attach", "/dev/sda"}, "want /dev/nbdN"},
+		{[]string{"--mem", "1M", "--attach", "--connections", "0"}, "want 1..16"},
+		{[]string{"--mem", "1M", "--listen", "unix:/x", "--chap-user", "u"}, "go together"},
+		{[]string{"--mem", "1M", "--listen", "unix:/x", "--chap-user", "u", "--chap-secret-file", filepath.Join(dir, "nope")}, "secret file"},
+		{[]string{"--mem", "1M", "--listen", "unix:/x", "--header-digest", "md5"}, "want none or crc32c"},
+		{[]string{"--mem", "12Q", "--listen", "unix:/x"}, "--mem"},
+	} {
+		var stderr bytes.Buffer
+		cfg, code := parseServeFlags(c.args, &stderr)
+		if c.bad == "" {
+			if code != -1 || cfg == nil {
+				t.Errorf("%q: rejected: %s", c.args, stderr.String())
+			}
+			continue
+		}
+		if code != 2 || !strings.Contains(stderr.String(), c.bad) {
+			t.Errorf("%q: exit %d, stderr %q, want usage error with %q", c.args, code, stderr.String(), c.bad)
+		}
+		if strings.Contains(stderr.String(), "s3cr3t") {
+			t.Errorf("%q: secret in output", c.args)
+		}
+	}
+	cfg, _ := parseServeFlags([]string{"--mem", "1M", "--listen", "unix:/x", "--chap-user", "u", "--chap-secret-file", secret}, new(bytes.Buffer))
+	if cfg.chapSecret != "s3cr3t-value" {
+		t.Errorf("secret read as %q", cfg.chapSecret)
+	}
+	if cfg, _ := parseServeFlags([]string{"--mem", "1M", "--attach", "/dev/nbd7"}, new(bytes.Buffer)); cfg.kernel.Index != 7 {
+		t.Errorf("--attach /dev/nbd7: index %d", cfg.kernel.Index)
+	}
+	if cfg, _ := parseServeFlags([]string{"--mem", "1M", "--attach"}, new(bytes.Buffer)); cfg.kernel.Index != -1 {
+		t.Errorf("bare --attach: index %d, want -1 (first free)", cfg.kernel.Index)
+	}
+}
+
+// startServe runs the serve command in-process until the test ends and waits for its
+// unix socket.
+func startServe(t *testing.T, args ...string) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "nbd.sock")
+	cfg, code := parseServeFlags(append(args, "--listen", "unix:"+sock), os.Stderr)
+	if code >= 0 {
+		t.Fatalf("flags %q rejected", args)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, cfg, t.Logf) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(sock); err == nil {
+			return sock
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("serve ended early: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("serve did not create its socket")
+		}
+	}
+}
+
+func needPeer(t *testing.T, tools ...string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("integration test: skipped with -short")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("integration test: needs root")
+	}
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed (make deps)", tool)
+		}
+	}
+}
+
+func TestServeFileRoundTrip(t *testing.T) {
+	needPeer(t, "nbdcopy", "nbdinfo")
+	dir := t.TempDir()
+	disk, src := filepath.Join(dir, "disk"), filepath.Join(dir, "src")
+	os.WriteFile(disk, make([]byte, 8<<20), 0o600)
+	data := bytes.Repeat([]byte("isboot serve --file "), 8<<20/20+1)[:8<<20]
+	os.WriteFile(src, data, 0o600)
+	sock := startServe(t, "--file", disk)
+	uri := "nbd+unix:///?socket=" + sock
+	if out, err := exec.Command("nbdcopy", src, uri).CombinedOutput(); err != nil {
+		t.Fatalf("nbdcopy: %v\n%s", err, out)
+	}
+	if got, _ := os.ReadFile(disk); !bytes.Equal(got, data) {
+		t.Error("file contents differ from what nbdcopy wrote through serve")
+	}
+	out, err := exec.Command("nbdinfo", "--size", uri).Output()
+	if err != nil || strings.TrimSpace(string(out)) != "8388608" {
+		t.Errorf("nbdinfo --size: %q, %v", out, err)
+	}
+}
