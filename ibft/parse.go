@@ -77,7 +77,10 @@ func Parse(b []byte) (*Table, error) {
 		Targets:         []Target{},
 	}
 	d := decoder{b: b}
-	return t, d.structures(t)
+	if err := d.structures(t); err != nil {
+		return nil, err
+	}
+	return t, nil
 }
 
 // decoder reads structures out of one checked table.
