@@ -246,13 +246,24 @@ func (ap *applier) linkByMAC() (netlink.Link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netcfg: list links: %w", err)
 	}
+	// VLANs (and a bond over the NIC) share its MAC: prefer a real device, and never
+	// take a link stacked on another.
+	var other netlink.Link
 	for _, l := range links {
-		// A VLAN shares its parent's MAC: take the link that is not stacked on another.
-		if bytesEqual(l.Attrs().HardwareAddr, ap.p.MAC) && l.Attrs().ParentIndex == 0 && l.Type() != "vlan" {
+		if !bytesEqual(l.Attrs().HardwareAddr, ap.p.MAC) {
+			continue
+		}
+		switch l.Type() {
+		case "device":
 			return l, nil
+		case "vlan", "macvlan", "macvtap", "ipvlan":
+		default:
+			if other == nil {
+				other = l
+			}
 		}
 	}
-	return nil, nil
+	return other, nil
 }
 
 func (ap *applier) presentMACs() string {

@@ -71,4 +71,3 @@ func TestColdplugVirtioChain(t *testing.T) {
 		t.Errorf("failing load: err = %v, want it to name e1000", err)
 	}
 }
-

@@ -7,7 +7,6 @@
 package netcfg
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -56,37 +55,11 @@ type Overrides struct {
 // The iBFT has no PCI segment; segment 0 is assumed.
 type PCIAddr uint16
 
-func (p PCIAddr) Bus() uint8      { return uint8(p >> 8) }
-func (p PCIAddr) Device() uint8   { return uint8(p>>3) & 0x1f }
-func (p PCIAddr) Function() uint8 { return uint8(p) & 0x7 }
-
 // String is the lspci form, "00:03.0".
-func (p PCIAddr) String() string {
-	return fmt.Sprintf("%02x:%02x.%x", p.Bus(), p.Device(), p.Function())
-}
+func (p PCIAddr) String() string { return ibft.BDFString(uint16(p)) }
 
 // SysfsName is the device's directory name under /sys/bus/pci/devices.
 func (p PCIAddr) SysfsName() string { return "0000:" + p.String() }
-
-// BootNIC picks the NIC the firmware booted through: the NIC of the first valid,
-// boot-selected target, else the first boot-selected NIC, else the first valid NIC.
-func BootNIC(t *ibft.Table) (int, error) {
-	for _, tg := range t.Targets {
-		if tg.Flags&(ibft.FlagValid|ibft.FlagBootSelected) == ibft.FlagValid|ibft.FlagBootSelected {
-			if _, err := findNIC(t, tg.NIC); err == nil {
-				return tg.NIC, nil
-			}
-		}
-	}
-	for _, want := range []uint8{ibft.FlagValid | ibft.FlagBootSelected, ibft.FlagValid} {
-		for _, n := range t.NICs {
-			if n.Flags&want == want {
-				return n.Index, nil
-			}
-		}
-	}
-	return 0, errors.New("netcfg: the iBFT has no valid NIC")
-}
 
 func findNIC(t *ibft.Table, index int) (*ibft.NIC, error) {
 	for i := range t.NICs {
@@ -101,7 +74,7 @@ func findNIC(t *ibft.Table, index int) (*ibft.NIC, error) {
 	return nil, fmt.Errorf("netcfg: the iBFT has no nic%d (it has: %s)", index, orNone(strings.Join(have, ", ")))
 }
 
-// NewPlan decides how to configure iBFT NIC nic (see BootNIC) and reach the targets
+// NewPlan decides how to configure iBFT NIC nic (Table.BootChoice picks the boot NIC) and reach the targets
 // that use it. It fails, naming the field, when the NIC cannot be configured.
 func NewPlan(t *ibft.Table, nic int, ov Overrides) (*Plan, error) {
 	n, err := findNIC(t, nic)
