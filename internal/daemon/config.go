@@ -1,0 +1,71 @@
+// Package daemon is isboot's serving daemon: it logs into the iSCSI target, attaches
+// the LUN to a kernel NBD device and keeps it served for the life of the system,
+// through switch_root, reconnects and systemd's shutdown.
+//
+// PID 1 starts it as a child named "@isboot" (see Start): the '@' tells systemd this
+// process backs the root filesystem, so its killing spree at shutdown spares it. The
+// configuration, secrets included, arrives over an inherited pipe, never in argv or
+// the environment, and the daemon reports its progress back over a second pipe.
+package daemon
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/isboot/isboot/internal/status"
+)
+
+// Argv0 is the name the daemon runs under.
+const Argv0 = "@isboot"
+
+// Config is everything the daemon needs; it is sent to the child as JSON.
+type Config struct {
+	Portals       []string // "host:port"; the first is tried first
+	Target        string
+	Initiator     string
+	LUN           uint64
+	CHAPUser      string `json:",omitempty"`
+	CHAPSecret    string `json:",omitempty"`
+	RevCHAPUser   string `json:",omitempty"`
+	RevCHAPSecret string `json:",omitempty"`
+	HeaderDigest  bool   // CRC32C header digests (offered, the target decides)
+	DataDigest    bool
+
+	Device      int // N of /dev/nbdN; -1 lets the kernel pick
+	Connections int // NBD sockets (the iSCSI session is shared)
+
+	StatusDir string      // "" disables the status file
+	NIC       string      // interface carrying the session, for the status file
+	IBFT      []status.KV // hw.ibft.* lines, secrets masked
+	Debug     int
+	Version   string
+}
+
+// String describes the configuration for logs, without secrets.
+func (c *Config) String() string {
+	auth := "no CHAP"
+	switch {
+	case c.RevCHAPUser != "":
+		auth = fmt.Sprintf("mutual CHAP as %q, target %q", c.CHAPUser, c.RevCHAPUser)
+	case c.CHAPUser != "":
+		auth = fmt.Sprintf("CHAP as %q", c.CHAPUser)
+	}
+	return fmt.Sprintf("%s LUN %d at %s (initiator %s, %s)", c.Target, c.LUN, strings.Join(c.Portals, ","), c.Initiator, auth)
+}
+
+func (c *Config) encode(w io.Writer) error {
+	return json.NewEncoder(w).Encode(c)
+}
+
+func decodeConfig(r io.Reader) (*Config, error) {
+	var c Config
+	if err := json.NewDecoder(r).Decode(&c); err != nil {
+		return nil, fmt.Errorf("daemon: config: %w", err)
+	}
+	if len(c.Portals) == 0 || c.Target == "" {
+		return nil, fmt.Errorf("daemon: config: no portal or target")
+	}
+	return &c, nil
+}

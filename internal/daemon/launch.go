@@ -1,0 +1,126 @@
+package daemon
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// The child finds its configuration and its report pipe at these descriptors.
+const (
+	configFD = 3
+	reportFD = 4
+)
+
+// EventKind is what the daemon tells its parent.
+type EventKind string
+
+const (
+	EventReady EventKind = "ready" // Text: the device, e.g. "nbd0"
+	EventRetry EventKind = "retry" // Text: why the last attempt failed; it tries again
+	EventFatal EventKind = "fatal" // Text: why it gave up (or a permanent error, like a refused login)
+)
+
+// Event is one report line from the daemon.
+type Event struct {
+	Kind EventKind
+	Text string
+}
+
+// Child is a started daemon.
+type Child struct {
+	Cmd *exec.Cmd
+	// Events carries the daemon's reports; it is closed when the daemon closes its end
+	// (after it is ready) or exits.
+	Events <-chan Event
+}
+
+// Start runs exe as the "@isboot" daemon in its own session, hands it cfg over a pipe
+// and returns at once. console receives the daemon's stdout and stderr.
+func Start(exe string, cfg *Config, console *os.File) (*Child, error) {
+	cfgR, cfgW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("daemon: pipe: %w", err)
+	}
+	evR, evW, err := os.Pipe()
+	if err != nil {
+		cfgR.Close()
+		cfgW.Close()
+		return nil, fmt.Errorf("daemon: pipe: %w", err)
+	}
+	cmd := &exec.Cmd{
+		Path:        exe,
+		Args:        []string{Argv0},
+		Env:         []string{}, // nothing inherited; nothing secret goes here either
+		Stdout:      console,
+		Stderr:      console,
+		ExtraFiles:  []*os.File{cfgR, evW}, // fds 3 and 4
+		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
+	}
+	err = cmd.Start()
+	cfgR.Close()
+	evW.Close()
+	if err != nil {
+		cfgW.Close()
+		evR.Close()
+		return nil, fmt.Errorf("daemon: start %s: %w", exe, err)
+	}
+	// The pipe holds 64 KiB, far more than a config, so this does not block.
+	err = cfg.encode(cfgW)
+	cfgW.Close()
+	if err != nil {
+		evR.Close()
+		return nil, fmt.Errorf("daemon: send config: %w", err)
+	}
+	events := make(chan Event, 16)
+	go readEvents(evR, events)
+	return &Child{Cmd: cmd, Events: events}, nil
+}
+
+func readEvents(r io.ReadCloser, out chan<- Event) {
+	defer close(out)
+	defer r.Close()
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		kind, text, _ := strings.Cut(sc.Text(), " ")
+		out <- Event{Kind: EventKind(kind), Text: text}
+	}
+}
+
+// reporter is the child's end of the report pipe. Writes never block: a parent that
+// stopped reading (it went to the rescue shell, or exec'd the real init) must not stall
+// the daemon, so a report that does not fit is dropped. After ready it is closed.
+type reporter struct {
+	fd int // -1: closed
+}
+
+func newReporter(fd int) *reporter {
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return &reporter{fd: -1}
+	}
+	unix.CloseOnExec(fd)
+	return &reporter{fd: fd}
+}
+
+func (r *reporter) send(kind EventKind, text string) {
+	if r == nil || r.fd < 0 {
+		return
+	}
+	text = strings.NewReplacer("\n", " ", "\r", " ").Replace(text)
+	if _, err := unix.Write(r.fd, []byte(string(kind)+" "+text+"\n")); err != nil && err != unix.EAGAIN {
+		r.close() // EPIPE: nobody listens any more
+	}
+}
+
+func (r *reporter) close() {
+	if r != nil && r.fd >= 0 {
+		unix.Close(r.fd)
+		r.fd = -1
+	}
+}

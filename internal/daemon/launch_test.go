@@ -1,0 +1,152 @@
+package daemon
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// The test binary plays the daemon when started as "@isboot" (by Start).
+func TestMain(m *testing.M) {
+	if os.Args[0] == Argv0 {
+		os.Exit(testChild())
+	}
+	os.Exit(m.Run())
+}
+
+// Task flags set by PR_SET_IO_FLUSHER (include/linux/sched.h).
+const pfIOFlusher = 0x00080000 | 0x00100000 // PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE
+
+// threadFlags returns the PF_* flags of every thread of this process.
+func threadFlags() (map[string]uint64, error) {
+	tasks, err := filepath.Glob("/proc/self/task/*/stat")
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]uint64{}
+	for _, p := range tasks {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue // the thread exited
+		}
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		flags, err := strconv.ParseUint(f[6], 10, 64) // field 9, "flags"
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", p, err)
+		}
+		out[filepath.Base(filepath.Dir(p))] = flags
+	}
+	return out, nil
+}
+
+func testChild() int {
+	flErr := becomeIOFlusher() // re-execs on success; returns here afterwards with the flag set
+	rep := newReporter(reportFD)
+	cfg, err := decodeConfig(os.NewFile(configFD, "config"))
+	if err != nil {
+		rep.send(EventFatal, err.Error())
+		return 1
+	}
+	// Make the runtime start more threads, then look at all of them.
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runtime.LockOSThread()
+			<-stop
+		}()
+	}
+	time.Sleep(50 * time.Millisecond)
+	flags, err := threadFlags()
+	close(stop)
+	wg.Wait()
+	if err != nil {
+		rep.send(EventFatal, err.Error())
+		return 1
+	}
+	withFlag := 0
+	for _, f := range flags {
+		if f&pfIOFlusher == pfIOFlusher {
+			withFlag++
+		}
+	}
+	cmdline, _ := os.ReadFile("/proc/self/cmdline")
+	environ, _ := os.ReadFile("/proc/self/environ")
+	leak := strings.Contains(string(cmdline)+string(environ), cfg.CHAPSecret)
+	rep.send(EventRetry, fmt.Sprintf("flusher-error=%v", flErr))
+	rep.send(EventReady, fmt.Sprintf("threads=%d flusher=%d leak=%v target=%s secret-ok=%v argv0=%s",
+		len(flags), withFlag, leak, cfg.Target, cfg.CHAPSecret == secret, strings.Split(string(cmdline), "\x00")[0]))
+	return 0
+}
+
+func TestStartPassesConfigOverPipe(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	child, err := Start(exe, testConfig(""), os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { child.Cmd.Process.Kill(); child.Cmd.Wait() })
+	var got []Event
+	timeout := time.After(30 * time.Second)
+	for done := false; !done; {
+		select {
+		case e, ok := <-child.Events:
+			if !ok {
+				done = true
+				break
+			}
+			got = append(got, e)
+		case <-timeout:
+			t.Fatalf("no end of events; got %v", got)
+		}
+	}
+	if err := child.Cmd.Wait(); err != nil {
+		t.Fatalf("child: %v (events %v)", err, got)
+	}
+	if len(got) != 2 || got[1].Kind != EventReady {
+		t.Fatalf("events %v", got)
+	}
+	r := got[1].Text
+	for _, want := range []string{"leak=false", "target=iqn.2024-01.org.example:disk", "secret-ok=true", "argv0=@isboot"} {
+		if !strings.Contains(r, want) {
+			t.Errorf("child report %q lacks %q", r, want)
+		}
+	}
+	if !hasCapSysResource() {
+		t.Logf("no CAP_SYS_RESOURCE here: PR_SET_IO_FLUSHER not checked (%s)", got[0].Text)
+		return
+	}
+	// Every thread, including those the runtime started after the re-exec, has the flag.
+	var threads, flusher int
+	fmt.Sscanf(r[strings.Index(r, "threads="):], "threads=%d flusher=%d", &threads, &flusher)
+	if got[0].Text != "flusher-error=<nil>" || threads < 5 || flusher != threads {
+		t.Errorf("IO_FLUSHER on %d of %d threads (%s)", flusher, threads, got[0].Text)
+	}
+}
+
+// hasCapSysResource reports whether PR_SET_IO_FLUSHER is allowed (containers often drop it).
+func hasCapSysResource() bool {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err == nil && caps&(1<<24) != 0 // CAP_SYS_RESOURCE
+		}
+	}
+	return false
+}

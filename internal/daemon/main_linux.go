@@ -1,0 +1,118 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"runtime"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/isboot/isboot/internal/klog"
+)
+
+// prctl options (linux/prctl.h) that x/sys does not name yet.
+const (
+	prSetIOFlusher = 57
+	prGetIOFlusher = 58
+)
+
+// Main is the "@isboot" role: it prepares the process to serve the root device, reads
+// its configuration from fd 3 and serves until shut down. It returns the exit code.
+func Main(dial Dialer, version string) int {
+	if err := becomeIOFlusher(); err != nil {
+		// Without it, memory reclaim may wait on writeback to our own device: a
+		// deadlock under pressure, but not a reason to leave the root unserved.
+		fmt.Fprintf(os.Stderr, "isboot: warning: %v\n", err)
+	}
+	// MCL_ONFAULT: lock pages as they are touched; without it the Go heap's reserved
+	// address space would be populated (tens of MiB) up front.
+	if err := unix.Mlockall(unix.MCL_CURRENT | unix.MCL_FUTURE | unix.MCL_ONFAULT); err != nil {
+		fmt.Fprintf(os.Stderr, "isboot: warning: mlockall: %v\n", err)
+	}
+	if err := os.WriteFile("/proc/self/oom_score_adj", []byte("-1000\n"), 0); err != nil {
+		fmt.Fprintf(os.Stderr, "isboot: warning: oom_score_adj: %v\n", err)
+	}
+	cfg, err := decodeConfig(os.NewFile(configFD, "config"))
+	unix.Close(configFD)
+	rep := newReporter(reportFD)
+	if err != nil {
+		rep.send(EventFatal, err.Error())
+		fmt.Fprintf(os.Stderr, "isboot: %v\n", err)
+		return 1
+	}
+	if cfg.Version == "" {
+		cfg.Version = version
+	}
+	log := klog.Open("isboot", cfg.Debug)
+	devDir, _ := os.Open("/dev") // held: switch_root moves /dev away from our root
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, ShutdownSignals...)
+	// systemd's shutdown SIGSTOPs and SIGCONTs everything; SIGHUP comes when the
+	// console session ends. Neither should end the daemon.
+	signal.Ignore(unix.SIGHUP, unix.SIGPIPE)
+	err = Run(context.Background(), cfg, Options{
+		Dial: dial,
+		Logf: log.Printf,
+		Report: func(e Event) {
+			rep.send(e.Kind, e.Text)
+			if e.Kind != EventRetry {
+				rep.close()
+			}
+		},
+		Signals: sigs,
+		InUse:   func(dev string) bool { return devDir != nil && inUse(devDir, dev) },
+	})
+	if err != nil {
+		log.Errorf("%v", err)
+		return 1
+	}
+	return 0
+}
+
+// becomeIOFlusher sets PR_SET_IO_FLUSHER for every thread. The flag is per thread and
+// inherited by threads created later, but the Go runtime has started threads before
+// main: so set it on a locked thread and re-exec from that thread. After exec the only
+// thread carries the flag and every runtime thread inherits it.
+func becomeIOFlusher() error {
+	if v, err := unix.PrctlRetInt(prGetIOFlusher, 0, 0, 0, 0); err == nil && v == 1 {
+		return nil
+	}
+	runtime.LockOSThread()
+	if err := unix.Prctl(prSetIOFlusher, 1, 0, 0, 0); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("PR_SET_IO_FLUSHER: %w", err)
+	}
+	// argv (with its '@'), environment and fds 3 and 4 pass through unchanged.
+	err := unix.Exec("/proc/self/exe", os.Args, os.Environ())
+	runtime.UnlockOSThread()
+	return fmt.Errorf("re-exec for PR_SET_IO_FLUSHER: %w", err)
+}
+
+// IOFlusher reports whether the calling thread has PR_SET_IO_FLUSHER.
+func IOFlusher() bool {
+	v, err := unix.PrctlRetInt(prGetIOFlusher, 0, 0, 0, 0)
+	return err == nil && v == 1
+}
+
+// inUse reports whether the kernel still holds dev or one of its partitions: an
+// exclusive open fails with EBUSY while a filesystem is mounted on it. It works
+// through the /dev handle taken at start, since /dev is elsewhere after switch_root.
+func inUse(devDir *os.File, dev string) bool {
+	names := []string{dev}
+	for i := 1; i <= 16; i++ {
+		names = append(names, dev+"p"+strconv.Itoa(i))
+	}
+	for _, n := range names {
+		fd, err := unix.Openat(int(devDir.Fd()), n, unix.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+		if err == unix.EBUSY {
+			return true
+		}
+		if err == nil {
+			unix.Close(fd)
+		}
+	}
+	return false
+}

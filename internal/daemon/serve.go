@@ -1,0 +1,284 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/isboot/isboot/internal/blockdev"
+	"github.com/isboot/isboot/internal/nbd"
+	"github.com/isboot/isboot/internal/status"
+)
+
+// Session is a logged-in LUN, as the daemon needs it.
+type Session interface {
+	// LUN is the block device the NBD server exports.
+	LUN() blockdev.Device
+	// Info describes the session for the status file.
+	Info() SessionInfo
+	// Logout ends the session (after the last flush).
+	Logout(ctx context.Context) error
+}
+
+// SessionInfo is the iSCSI side of the status file.
+type SessionInfo struct {
+	ISID       string
+	TSIH       uint16
+	Portal     string // the portal in use
+	Params     []status.KV
+	Reconnects uint64
+	Recovering bool // the session is down and being re-established
+	LastError  string
+}
+
+// Dialer logs in. A permanent failure (refused credentials, no such target) wraps
+// ErrPermanent: retrying cannot fix it, so the boot should stop and say so.
+type Dialer func(ctx context.Context, cfg *Config, logf func(string, ...any)) (Session, error)
+
+// ErrPermanent marks login failures that retrying will not fix.
+var ErrPermanent = errors.New("permanent")
+
+// Options are Run's side effects; tests replace them.
+type Options struct {
+	Dial Dialer
+	// Attach connects the NBD server to a kernel device; nil: nbd.Attach.
+	Attach func(*nbd.Server, nbd.AttachConfig) (Attachment, error)
+	Logf   func(format string, args ...any)
+	// Report hears the boot-time events (ready, retry, fatal); nil: nobody listens.
+	Report func(Event)
+	// StatusInterval is how often the status file is rewritten while serving (5 s).
+	StatusInterval time.Duration
+	// Signals delivers SIGTERM/SIGINT; nil: none.
+	Signals <-chan os.Signal
+	// InUse reports whether the kernel still needs the device (mounted, open
+	// exclusively); a shutdown request is ignored while it does. nil: never in use.
+	InUse func(device string) bool
+	// MaxBackoff caps the wait between login attempts (30 s).
+	MaxBackoff time.Duration
+	// Pid is written to the status file (default os.Getpid()).
+	Pid int
+}
+
+// Attachment is what Run needs of an attached kernel device (nbd.Attachment).
+type Attachment interface {
+	Device() string
+	Reconfigures() uint64
+	Live() int
+	Close() error
+}
+
+type daemon struct {
+	cfg  *Config
+	o    Options
+	stat *status.Writer
+
+	mu          sync.Mutex
+	st          status.Status // guarded by mu
+	loginErrors uint64        // guarded by mu: failed logins, counted with the NBD errors
+}
+
+// Run serves cfg until ctx ends or a shutdown is accepted, then flushes and logs out.
+// It returns nil after a clean stop.
+func Run(ctx context.Context, cfg *Config, o Options) error {
+	if o.Logf == nil {
+		o.Logf = func(string, ...any) {}
+	}
+	if o.Report == nil {
+		o.Report = func(Event) {}
+	}
+	if o.Attach == nil {
+		o.Attach = func(s *nbd.Server, c nbd.AttachConfig) (Attachment, error) { return nbd.Attach(s, c) }
+	}
+	if o.StatusInterval <= 0 {
+		o.StatusInterval = 5 * time.Second
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = 30 * time.Second
+	}
+	if o.Pid == 0 {
+		o.Pid = os.Getpid()
+	}
+	if o.Dial == nil {
+		return errors.New("daemon: no dialer")
+	}
+	d := &daemon{cfg: cfg, o: o}
+	d.st = status.Status{
+		Version: cfg.Version, PID: o.Pid, NIC: cfg.NIC, Debug: cfg.Debug, Target: cfg.Target,
+		LUN: cfg.LUN, IBFT: cfg.IBFT, State: status.LoggingIn,
+	}
+	if len(cfg.Portals) > 0 {
+		d.st.Portal = cfg.Portals[0]
+	}
+	if cfg.StatusDir != "" {
+		w, err := status.NewWriter(cfg.StatusDir)
+		if err != nil {
+			o.Logf("warning: %v; serving without a status file", err)
+		} else {
+			d.stat = w
+			defer w.Close()
+		}
+	}
+	d.flush()
+
+	sess, err := d.login(ctx)
+	if err != nil {
+		return err
+	}
+	lun := sess.LUN()
+	srv := nbd.NewServer(lun, nbd.Options{ExportName: cfg.Target, Logf: o.Logf})
+	att, err := o.Attach(srv, nbd.AttachConfig{
+		KernelConfig: nbd.KernelConfig{
+			Index: cfg.Device,
+			// No request timeout: a root device waits for the target, however long.
+			Timeout: 0,
+			// Requests wait this long for fresh sockets when every one died.
+			DeadConnTimeout: 24 * time.Hour,
+		},
+		Connections: max(cfg.Connections, 1),
+	})
+	if err != nil {
+		err = fmt.Errorf("daemon: attach NBD: %w", err)
+		d.fail(err)
+		_ = sess.Logout(context.Background())
+		return err
+	}
+	d.update(func(st *status.Status) {
+		st.State, st.Device, st.Size, st.LastError = status.Serving, att.Device(), lun.Size(), ""
+	})
+	d.refresh(sess, srv, att)
+	o.Logf("serving %s (%d MiB) on /dev/%s", cfg.Target, lun.Size()>>20, att.Device())
+	o.Report(Event{EventReady, att.Device()})
+
+	tick := time.NewTicker(o.StatusInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return d.stop(sess, att)
+		case <-tick.C:
+			d.refresh(sess, srv, att)
+		case sig := <-o.Signals:
+			if o.InUse != nil && o.InUse(att.Device()) {
+				o.Logf("%v: /dev/%s is still in use: serving on", sig, att.Device())
+				continue
+			}
+			o.Logf("%v: /dev/%s is no longer in use: stopping", sig, att.Device())
+			return d.stop(sess, att)
+		}
+	}
+}
+
+// login dials until it succeeds, backing off up to MaxBackoff. Only ctx or a
+// permanent error ends it.
+func (d *daemon) login(ctx context.Context) (Session, error) {
+	backoff := time.Second
+	for attempt := 1; ; attempt++ {
+		d.o.Logf("logging in to %s (attempt %d)", d.cfg, attempt)
+		sess, err := d.o.Dial(ctx, d.cfg, d.o.Logf)
+		if err == nil {
+			return sess, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		d.update(func(st *status.Status) {
+			d.loginErrors++
+			st.LastError = err.Error()
+			st.Counters.Errors = d.loginErrors
+		})
+		if errors.Is(err, ErrPermanent) {
+			d.fail(err)
+			return nil, err
+		}
+		d.o.Logf("login failed: %v; retrying in %v", err, backoff)
+		d.o.Report(Event{EventRetry, err.Error()})
+		d.flush()
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, d.o.MaxBackoff)
+	}
+}
+
+func (d *daemon) fail(err error) {
+	d.update(func(st *status.Status) { st.State, st.LastError = status.Failed, err.Error() })
+	d.o.Logf("%v", err)
+	d.o.Report(Event{EventFatal, err.Error()})
+}
+
+// refresh copies the counters into the status and rewrites the file.
+func (d *daemon) refresh(sess Session, srv *nbd.Server, att Attachment) {
+	info := sess.Info()
+	ns := srv.Stats()
+	d.update(func(st *status.Status) {
+		st.Session = status.Session{ISID: info.ISID, TSIH: info.TSIH, Params: info.Params}
+		if info.Portal != "" {
+			st.Portal = info.Portal
+		}
+		st.Counters = status.Counters{
+			Reconnects: info.Reconnects + att.Reconfigures(),
+			Commands:   ns.Commands, ReadBytes: ns.ReadBytes, WriteBytes: ns.WriteBytes,
+			Errors: d.loginErrors + ns.Errors,
+		}
+		switch {
+		case info.Recovering || att.Live() == 0:
+			st.State = status.Reconnecting
+		default:
+			st.State = status.Serving
+		}
+		if info.LastError != "" {
+			st.LastError = info.LastError
+		}
+	})
+}
+
+// update changes the status and rewrites the file if anything visible changed state.
+func (d *daemon) update(f func(*status.Status)) {
+	d.mu.Lock()
+	old := d.st.State
+	f(&d.st)
+	changed := d.st.State != old
+	d.mu.Unlock()
+	if changed {
+		d.o.Logf("state: %s", d.st.State)
+	}
+	d.flush()
+}
+
+func (d *daemon) flush() {
+	if d.stat == nil {
+		return
+	}
+	d.mu.Lock()
+	st := d.st
+	d.mu.Unlock()
+	if err := d.stat.Write(&st); err != nil {
+		d.o.Logf("warning: %v", err)
+	}
+}
+
+// stop disconnects the device (the kernel flushes and sends DISC), then logs out.
+func (d *daemon) stop(sess Session, att Attachment) error {
+	err := att.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = errors.Join(err, sess.Logout(ctx))
+	if d.stat != nil {
+		d.update(func(st *status.Status) { st.State = status.Failed; st.LastError = "stopped" })
+	}
+	if err != nil {
+		d.o.Logf("stop: %v", err)
+		return fmt.Errorf("daemon: stop: %w", err)
+	}
+	d.o.Logf("stopped: /dev/%s disconnected, logged out", att.Device())
+	return nil
+}
+
+// ShutdownSignals are the signals that ask the daemon to stop.
+var ShutdownSignals = []os.Signal{syscall.SIGTERM, syscall.SIGINT}
