@@ -240,7 +240,7 @@ func (p *Plan) String() string {
 	line := func(k, format string, args ...any) {
 		fmt.Fprintf(&b, "  %-9s %s\n", k+":", fmt.Sprintf(format, args...))
 	}
-	line("link", "the interface with MAC %s (PCI %s; its driver is loaded from the modalias if it is missing)", p.MAC, p.PCI)
+	line("link", "MAC %s at PCI %s (if no link has that MAC, load the driver by the device's modalias)", p.MAC, p.PCI)
 	if p.VLAN != 0 {
 		line("vlan", "%d: create <link>.%d on top and configure that", p.VLAN, p.VLAN)
 	}
