@@ -27,7 +27,10 @@ type CmdLine struct {
 	ReadWrite     bool   // rw given after (or without) ro; the kernel's default is ro
 	Init          string // init=; "" means the default, /sbin/init
 	Shell         bool   // isboot.shell: rescue shell before switch_root
-	DHCP          bool   // isboot.dhcp: configure the NIC by DHCP instead of the iBFT
+	DHCP          bool   // isboot.dhcp: renew the iBFT's lease by DHCP after configuring it
+	// Timeout is isboot.timeout=SECONDS: how long the boot waits for the LUN before
+	// the rescue shell (the daemon keeps trying). -1: not given; 0: forever.
+	Timeout int
 	Netroot       *Netroot
 	Initiator     string   // rd.iscsi.initiator=
 	InitArgs      []string // everything after "--", passed to init
@@ -116,7 +119,7 @@ func Parse(r io.Reader) (*CmdLine, error) {
 
 // ParseString is Parse for a string.
 func ParseString(s string) (*CmdLine, error) {
-	c := &CmdLine{}
+	c := &CmdLine{Timeout: -1}
 	var errs []error
 	words := split(s)
 	for i, w := range words {
@@ -151,6 +154,8 @@ func (c *CmdLine) set(key, val string, hasVal bool) error {
 		c.Shell, err = boolValue(val, hasVal)
 	case "isboot.dhcp":
 		c.DHCP, err = boolValue(val, hasVal)
+	case "isboot.timeout":
+		c.Timeout, err = intIn(val, 0, 1<<20)
 	case "root":
 		c.Root, err = parseRoot(val)
 	case "rootfstype":

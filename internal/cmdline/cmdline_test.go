@@ -16,6 +16,7 @@ func TestParse(t *testing.T) {
 		{"unrelated keys ignored", "console=ttyS0 quiet BOOT_IMAGE=/vmlinuz", CmdLine{}},
 		{"debug levels", "isboot.debug=3 ibft.verbose=1 ibft.acpi_table=2", CmdLine{Debug: 3, IBFTVerbose: true, IBFTACPITable: 2}},
 		{"bare flags", "isboot.debug isboot.shell isboot.dhcp ibft.verbose", CmdLine{Debug: 1, Shell: true, DHCP: true, IBFTVerbose: true}},
+		{"timeout", "isboot.timeout=30", CmdLine{Timeout: 30}},
 		{"dash equals underscore", "ibft.acpi-table=1", CmdLine{IBFTACPITable: 1}},
 		{"root uuid lowercased", "root=UUID=0A1B-C2 rw", CmdLine{Root: Root{RootUUID, "0a1b-c2"}, ReadWrite: true}},
 		{"root label", "root=LABEL=My Root", CmdLine{Root: Root{RootLabel, "My"}}},
@@ -42,6 +43,9 @@ func TestParse(t *testing.T) {
 			if err != nil {
 				t.Fatalf("ParseString(%q): %v", tt.in, err)
 			}
+			if tt.want.Timeout == 0 {
+				tt.want.Timeout = -1
+			}
 			if !reflect.DeepEqual(*got, tt.want) {
 				t.Errorf("ParseString(%q)\n got %+v\nwant %+v", tt.in, *got, tt.want)
 			}
@@ -57,6 +61,7 @@ func TestParseErrors(t *testing.T) {
 		{"isboot.debug=4", `isboot.debug: "4" is not a number from 0 to 3`},
 		{"isboot.debug=x", "isboot.debug:"},
 		{"ibft.acpi_table=0", "ibft.acpi_table:"},
+		{"isboot.timeout=-5", "isboot.timeout:"},
 		{"ibft.verbose=maybe", `ibft.verbose: "maybe" is not 0 or 1`},
 		{"root=", "root: empty value"},
 		{"root=FOO=bar", `root: "FOO=bar": want UUID=`},
