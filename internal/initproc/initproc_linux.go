@@ -1,0 +1,387 @@
+// Package initproc is isboot as PID 1 in the initramfs: it mounts the early
+// filesystems, reads the kernel command line, loads modules, turns the iBFT into a boot
+// plan, configures the NIC, starts the "@isboot" daemon, waits for its NBD device,
+// finds and mounts the root filesystem, and switch_roots into the real init.
+//
+// Every failure prints one line and ends in a rescue shell: PID 1 never returns.
+package initproc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/u-root/u-root/pkg/mount"
+	"golang.org/x/sys/unix"
+
+	"github.com/isboot/isboot/ibft"
+	"github.com/isboot/isboot/internal/cmdline"
+	"github.com/isboot/isboot/internal/daemon"
+	"github.com/isboot/isboot/internal/klog"
+	"github.com/isboot/isboot/internal/rootfind"
+	"github.com/isboot/isboot/internal/status"
+	"github.com/isboot/isboot/netcfg"
+)
+
+// defaultTimeout is how long the boot waits for the LUN unless isboot.timeout says.
+const defaultTimeout = 120 * time.Second
+
+// step is one boot step: a name to print and the work.
+type step struct {
+	name string
+	run  func() error
+}
+
+func (s step) String() string { return s.name }
+
+// boot is the state the steps share.
+type boot struct {
+	version string
+	start   time.Time
+	log     *klog.Logger
+	mods    modules
+	cmd     *cmdline.CmdLine
+	table   *ibft.Table
+	plan    *Plan
+	nic     string
+	child   *daemon.Child
+	device  string // "nbd0"
+	rootDev string // "/dev/nbd0p2"
+	rootFS  rootfind.FS
+}
+
+// Run is PID 1's boot. It never returns.
+func Run(version string) {
+	b := &boot{version: version, start: time.Now()}
+	defer func() {
+		if r := recover(); r != nil {
+			b.rescue(fmt.Errorf("internal error: %v", r))
+		}
+	}()
+	// Before /dev and /proc there is no kernel log; the console is fd 1 and 2.
+	var early []error
+	for _, m := range earlyMounts {
+		if err := m.Do(); err != nil {
+			early = append(early, err)
+		}
+	}
+	b.log = klog.Open("isboot", 0)
+	b.mods.logf = b.log.Debugf
+	log.SetFlags(0) // u-root's packages log through the standard logger
+	log.SetOutput(logWriter{b.log})
+	b.log.Infof("isboot %s as /init", version)
+	if err := errors.Join(early...); err != nil {
+		b.rescue(err)
+	}
+	for _, s := range b.steps() {
+		t0 := time.Now()
+		b.log.Debugf(1, "step: %s", s)
+		if err := s.run(); err != nil {
+			b.rescue(fmt.Errorf("%s: %w", s, err))
+		}
+		b.log.Debugf(2, "step: %s done in %v", s, time.Since(t0).Round(time.Millisecond))
+	}
+	b.rescue(errors.New("switch_root returned"))
+}
+
+func (b *boot) steps() []step {
+	return []step{
+		{"read the kernel command line", b.readCmdline},
+		{"load storage modules", b.loadStorageModules},
+		{"find the iBFT", b.findIBFT},
+		{"plan the boot", b.makePlan},
+		{"configure the network", b.configureNetwork},
+		{"start the daemon", b.startDaemon},
+		{"wait for the LUN", b.waitDevice},
+		{"rescue shell (isboot.shell)", b.optionalShell},
+		{"find root", b.findRoot},
+		{"mount root", b.mountRoot},
+		{"switch root", b.switchRoot},
+	}
+}
+
+type logWriter struct{ l *klog.Logger }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.l.Infof("%s", strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func (b *boot) readCmdline() error {
+	c, err := cmdline.Read()
+	if c != nil {
+		b.cmd = c
+		b.log.SetVerbosity(c.Debug)
+	}
+	return err
+}
+
+func (b *boot) loadStorageModules() error {
+	// nbd with partitions; crc32c first, as ext4 and jbd2 want it but only name it as
+	// a soft dependency, which the loader does not follow.
+	if err := b.mods.Load("nbd", "max_part=16"); err != nil {
+		return err
+	}
+	for _, m := range []string{"crc32c_intel", "crc32c_generic"} {
+		if err := b.mods.Load(m, ""); err != nil {
+			b.log.Debugf(1, "%v", err)
+		}
+	}
+	return nil
+}
+
+func (b *boot) findIBFT() error {
+	logf := func(format string, a ...any) { b.log.Debugf(2, format, a...) }
+	if b.cmd.IBFTVerbose {
+		logf = b.log.Infof
+	}
+	t, _, err := ibft.Find(ibft.FindOptions{Table: b.cmd.IBFTACPITable, Logf: logf, LoadModule: b.mods.LoadModule})
+	if err != nil {
+		if b.cmd.Netroot != nil {
+			b.log.Warnf("%v; going on with netroot=", err)
+			return nil
+		}
+		return err
+	}
+	b.table = t
+	b.log.Infof("iBFT found at %s", t.Source)
+	return nil
+}
+
+func (b *boot) makePlan() error {
+	p, err := MakePlan(b.cmd, b.table)
+	if err != nil {
+		return err
+	}
+	p.Daemon.Version = b.version
+	p.Daemon.StatusDir = status.DefaultDir
+	b.plan = p
+	for _, n := range p.Notes {
+		b.log.Infof("note: %s", n)
+	}
+	b.log.Infof("target: %s", &p.Daemon)
+	return nil
+}
+
+func (b *boot) configureNetwork() error {
+	np, err := netcfg.NewPlan(b.table, b.plan.NIC, netcfg.Overrides{Targets: b.plan.Targets, Renew: b.cmd.DHCP})
+	if err != nil {
+		return err
+	}
+	for _, w := range np.Warnings {
+		b.log.Warnf("netcfg: %s", w)
+	}
+	b.log.Debugf(1, "network plan:\n%s", np)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	applied, err := netcfg.Apply(ctx, np, netcfg.Options{
+		LoadModule: b.mods.LoadModule,
+		Logf:       func(f string, a ...any) { b.log.Debugf(1, f, a...) },
+	})
+	if err != nil {
+		return err
+	}
+	b.nic = applied.Link
+	b.plan.Daemon.NIC = applied.Link
+	b.log.Infof("network: %s is %s", applied.Link, np.Addr)
+	return nil
+}
+
+func (b *boot) startDaemon() error {
+	exe, err := os.Executable()
+	if err != nil {
+		exe = "/init"
+	}
+	con, err := os.OpenFile("/dev/console", os.O_WRONLY, 0)
+	if err != nil {
+		con = os.Stderr
+	}
+	b.child, err = daemon.Start(exe, &b.plan.Daemon, con)
+	if con != os.Stderr {
+		con.Close()
+	}
+	if err != nil {
+		return err
+	}
+	b.log.Debugf(1, "daemon started, pid %d", b.child.Cmd.Process.Pid)
+	return nil
+}
+
+// waitDevice waits for the daemon's "ready", saying every 5 s what it waits for.
+func (b *boot) waitDevice() error {
+	timeout := defaultTimeout
+	if b.cmd.Timeout >= 0 {
+		timeout = time.Duration(b.cmd.Timeout) * time.Second
+	}
+	var deadline <-chan time.Time
+	if timeout > 0 {
+		deadline = time.After(timeout)
+	}
+	t0 := time.Now()
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	last := ""
+	what := fmt.Sprintf("%s at %s", b.plan.Daemon.Target, strings.Join(b.plan.Daemon.Portals, ","))
+	for {
+		select {
+		case e, ok := <-b.child.Events:
+			if !ok {
+				return fmt.Errorf("the daemon exited before %s was ready (%s)", what, orNothing(last))
+			}
+			switch e.Kind {
+			case daemon.EventReady:
+				b.device = e.Text
+				b.log.Infof("%s is /dev/%s (%.1f s after /init)", what, b.device, time.Since(b.start).Seconds())
+				return nil
+			case daemon.EventFatal:
+				return fmt.Errorf("%s: %s", what, e.Text)
+			case daemon.EventRetry:
+				last = e.Text
+			}
+		case <-tick.C:
+			b.log.Infof("waiting for %s: %.0f s so far; last: %s", what, time.Since(t0).Seconds(), orNothing(last))
+		case <-deadline:
+			return fmt.Errorf("no login to %s in %v (isboot.timeout=); last error: %s", what, timeout, orNothing(last))
+		}
+	}
+}
+
+func orNothing(s string) string {
+	if s == "" {
+		return "none reported"
+	}
+	return s
+}
+
+func (b *boot) optionalShell() error {
+	if b.cmd.Shell {
+		b.log.Infof("isboot.shell: rescue shell before switch_root; exit it to go on")
+		b.rescueShell()
+	}
+	return nil
+}
+
+func (b *boot) findRoot() error {
+	if b.cmd.Root.Kind == cmdline.RootPath {
+		b.rootDev = b.cmd.Root.Value
+		if err := waitPath(b.rootDev, 10*time.Second); err != nil {
+			return err
+		}
+		f, err := os.Open(b.rootDev)
+		if err != nil {
+			return err
+		}
+		b.rootFS = rootfind.ProbeFS(f)
+		f.Close()
+		return nil
+	}
+	dev := "/dev/" + b.device
+	f, err := os.Open(dev) // the first open makes the kernel read the partition table
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	size, err := f.Seek(0, 2)
+	if err != nil {
+		return fmt.Errorf("%s: size: %w", dev, err)
+	}
+	disk, err := rootfind.Probe(f, size)
+	if err != nil {
+		return err
+	}
+	choice, err := disk.Find(b.cmd.Root)
+	if err != nil {
+		return err
+	}
+	b.rootDev, b.rootFS = dev, choice.FS
+	if choice.Partition > 0 {
+		b.rootDev = fmt.Sprintf("%sp%d", dev, choice.Partition)
+		if err := waitPath(b.rootDev, 3*time.Second); err != nil {
+			// The kernel scans partitions on open; ask again explicitly.
+			_ = unix.IoctlSetInt(int(f.Fd()), unix.BLKRRPART, 0)
+			if err := waitPath(b.rootDev, 10*time.Second); err != nil {
+				return err
+			}
+		}
+	}
+	b.log.Infof("root: %s (%s)", b.rootDev, choice.Why)
+	return nil
+}
+
+func waitPath(p string, d time.Duration) error {
+	end := time.Now().Add(d)
+	for {
+		if _, err := os.Stat(p); err == nil {
+			return nil
+		} else if time.Now().After(end) {
+			return fmt.Errorf("%s did not appear in %v", p, d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (b *boot) mountRoot() error {
+	fstype := b.cmd.RootFSType
+	if fstype == "" {
+		fstype = b.rootFS.MountType()
+	}
+	if fstype == "" {
+		return fmt.Errorf("%s: no known filesystem (give rootfstype=)", b.rootDev)
+	}
+	if err := b.mods.Load(fstype, ""); err != nil {
+		b.log.Debugf(1, "%v (built in?)", err)
+	}
+	m := rootMount(b.rootDev, fstype, b.cmd.RootFlags, b.cmd.ReadWrite)
+	b.log.Infof("%s", m)
+	return m.Do()
+}
+
+func (b *boot) switchRoot() error {
+	init := b.cmd.Init
+	if init == "" {
+		init = "/sbin/init"
+	}
+	if err := checkInit(newRoot, init); err != nil {
+		return err
+	}
+	if len(b.cmd.InitArgs) > 0 {
+		b.log.Warnf("arguments after -- are not passed to %s", init)
+	}
+	b.log.Infof("switching to the real root, exec %s (%.2f s after /init)", init, time.Since(b.start).Seconds())
+	// Nothing left to wait for: the daemon carries on alone.
+	return mount.SwitchRoot(newRoot, init)
+}
+
+// checkInit makes sure init exists in the new root before the initramfs (and with it
+// the rescue shell) is deleted. Symlinks resolve inside the new root.
+func checkInit(root, init string) error {
+	p := init
+	for range 16 {
+		full := filepath.Join(root, p)
+		st, err := os.Lstat(full)
+		if err != nil {
+			return fmt.Errorf("init %s: %w (give init=)", init, err)
+		}
+		if st.Mode()&os.ModeSymlink == 0 {
+			if st.Mode()&0o111 == 0 || !st.Mode().IsRegular() {
+				return fmt.Errorf("init %s: not an executable file", init)
+			}
+			return nil
+		}
+		target, err := os.Readlink(full)
+		if err != nil {
+			return fmt.Errorf("init %s: %w", init, err)
+		}
+		if filepath.IsAbs(target) {
+			p = target
+		} else {
+			p = filepath.Join(filepath.Dir(p), target)
+		}
+	}
+	return fmt.Errorf("init %s: too many symlinks", init)
+}

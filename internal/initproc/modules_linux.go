@@ -1,0 +1,63 @@
+package initproc
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/u-root/u-root/pkg/kmodule"
+	"golang.org/x/sys/unix"
+)
+
+// modules loads kernel modules from the initramfs (lib/modules/<kver> with
+// modules.dep), each once.
+type modules struct {
+	logf   func(level int, format string, a ...any)
+	mu     sync.Mutex
+	prober *kmodule.Prober
+	err    error
+	tried  map[string]error
+}
+
+func (m *modules) init() error {
+	if m.prober == nil && m.err == nil {
+		m.prober, m.err = kmodule.NewProber(kmodule.ProbeOpts{})
+		m.tried = map[string]error{}
+	}
+	return m.err
+}
+
+// Load loads name (and what modules.dep says it needs) with params. Loading a module
+// that is already loaded, or built in, succeeds.
+func (m *modules) Load(name, params string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.init(); err != nil {
+		return fmt.Errorf("modules: %w", err)
+	}
+	if err, ok := m.tried[name]; ok {
+		return err
+	}
+	err := m.prober.Probe(name, params)
+	if err != nil && isBuiltin(name) {
+		err = nil
+	}
+	if err != nil {
+		err = fmt.Errorf("load module %s: %w", name, err)
+	} else {
+		m.logf(1, "loaded module %s %s", name, params)
+	}
+	m.tried[name] = err
+	return err
+}
+
+// LoadModule is Load without parameters, for callers that take func(string) error.
+func (m *modules) LoadModule(name string) error { return m.Load(name, "") }
+
+// isBuiltin reports a module the running kernel already has: built in (with a
+// /sys/module entry) or loaded.
+func isBuiltin(name string) bool {
+	name = strings.ReplaceAll(name, "-", "_")
+	var st unix.Stat_t
+	return unix.Stat("/sys/module/"+name, &st) == nil
+}
