@@ -1,0 +1,126 @@
+// Package testtarget starts real iSCSI targets (tgtd, istgt, gotgt) on loopback for tests.
+// Every process it starts is killed in t.Cleanup, also when the test fails.
+package testtarget
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Target is what every launcher returns: where to connect and what to log in to.
+type Target interface {
+	Addr() string // "127.0.0.1:port"
+	TargetIQN() string
+	LUNNumber() uint64
+}
+
+// CHAP holds one CHAP account. Empty User means no account.
+type CHAP struct {
+	User, Secret string
+}
+
+// InCI reports whether tests run under CI (`make test`), where missing tools are failures.
+func InCI() bool { return os.Getenv("CI") != "" }
+
+// requireRoot skips (or fails in CI) unless the test may start real targets.
+func requireRoot(t testing.TB, tools ...string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("integration test: skipped under -short")
+	}
+	skip := func(format string, args ...any) {
+		if InCI() {
+			t.Fatalf(format, args...)
+		}
+		t.Skipf(format, args...)
+	}
+	if os.Geteuid() != 0 {
+		skip("needs root to run iSCSI targets")
+	}
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			skip("%s not installed (make deps)", tool)
+		}
+	}
+}
+
+// CreateBacking makes a sparse backing file of size bytes in dir.
+func CreateBacking(t testing.TB, dir string, size int64) string {
+	t.Helper()
+	path := fmt.Sprintf("%s/lun.img", dir)
+	if err := sparseFile(path, size); err != nil {
+		t.Fatalf("testtarget: backing file: %v", err)
+	}
+	return path
+}
+
+// waitListening polls until addr accepts TCP connections or the deadline passes.
+func waitListening(addr string, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not listening after %v: %v", addr, d, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitClosed polls until nothing accepts on addr any more.
+func waitClosed(addr string, d time.Duration) {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+		if err != nil {
+			return
+		}
+		c.Close()
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that nothing listens on, from [lo, hi].
+func FreePort(t testing.TB, lo, hi int) int {
+	t.Helper()
+	for p := lo; p <= hi; p++ {
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return p
+	}
+	t.Fatalf("testtarget: no free port in %d-%d", lo, hi)
+	return 0
+}
+
+// logTail returns the last lines of a log file for failure messages.
+func logTail(path string) string {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > 15 {
+		lines = lines[len(lines)-15:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// tempDir is a directory that lives as long as the process (for gotgt, which does).
+func tempDir() (string, error) { return os.MkdirTemp("", "isboot-gotgt-") }
+
+func sparseFile(path string, size int64) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Truncate(size)
+}

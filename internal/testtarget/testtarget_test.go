@@ -1,0 +1,60 @@
+package testtarget
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// iscsiLs logs in with libiscsi's iscsi-inq and returns its listing: an independent
+// initiator proves the launched target really serves the LUN.
+func iscsiLs(t *testing.T, tg Target, user, secret string) (string, error) {
+	t.Helper()
+	if _, err := exec.LookPath("iscsi-inq"); err != nil {
+		t.Skip("iscsi-inq not installed")
+	}
+	auth := ""
+	if user != "" {
+		auth = user + "%" + secret + "@"
+	}
+	url := fmt.Sprintf("iscsi://%s%s/%s/%d", auth, tg.Addr(), tg.TargetIQN(), tg.LUNNumber())
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "iscsi-inq", "-i", "iqn.2026-01.org.isboot.test:ls", url).CombinedOutput()
+	return string(out), err
+}
+
+func TestTgtdServesLUN(t *testing.T) {
+	d := StartTgtd(t, TgtdOptions{Port: FreePort(t, 13290, 13299), ControlPort: 19, Size: 32 << 20,
+		CHAP: CHAP{"alice", "alicesecret12"}})
+	out, err := iscsiLs(t, d, "alice", "alicesecret12")
+	if err != nil || !strings.Contains(out, "Peripheral Device Type") {
+		t.Fatalf("iscsi-inq: %v\n%s\n%s", err, out, d.Log())
+	}
+	if out, err := iscsiLs(t, d, "alice", "wrongsecret12"); err == nil {
+		t.Fatalf("login with a wrong secret succeeded:\n%s", out)
+	}
+	d.Restart()
+	if out, err := iscsiLs(t, d, "alice", "alicesecret12"); err != nil {
+		t.Fatalf("after restart: %v\n%s", err, out)
+	}
+}
+
+func TestIstgtServesLUN(t *testing.T) {
+	s := StartIstgt(t, IstgtOptions{Port: FreePort(t, 13280, 13289), Size: 32 << 20})
+	out, err := iscsiLs(t, s, "", "")
+	if err != nil || !strings.Contains(out, "Peripheral Device Type") {
+		t.Fatalf("iscsi-inq: %v\n%s\n%s", err, out, s.Log())
+	}
+}
+
+func TestGotgtServesLUN(t *testing.T) {
+	g := StartGotgt(t, GotgtOptions{Port: FreePort(t, 13270, 13279), Size: 32 << 20})
+	out, err := iscsiLs(t, g, "", "")
+	if err != nil || !strings.Contains(out, "Peripheral Device Type") {
+		t.Fatalf("iscsi-inq: %v\n%s", err, out)
+	}
+}

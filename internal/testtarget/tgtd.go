@@ -1,0 +1,213 @@
+package testtarget
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TgtdOptions configures one tgtd instance with one target and LUN 1.
+type TgtdOptions struct {
+	Port        int    // TCP port on 127.0.0.1 (from the caller's range)
+	ControlPort int    // tgtd -C N (from the caller's range)
+	IQN         string // default iqn.2026-01.org.isboot.test:tgtd<port>
+	Backing     string // backing file; default a 64 MiB sparse file in t.TempDir()
+	Size        int64  // size of the default backing file
+	CHAP        CHAP   // incoming account: the initiator authenticates with it
+	MutualCHAP  CHAP   // outgoing account: the target authenticates with it
+	// Params are target parameters set with `tgtadm --op update --mode target`,
+	// e.g. {"HeaderDigest", "CRC32C"}, {"MaxBurstLength", "8192"}.
+	Params [][2]string
+	// ReadOnly exports the LUN write-protected.
+	ReadOnly bool
+}
+
+// Tgtd is a running tgtd (Linux SCSI target framework) serving one LUN.
+type Tgtd struct {
+	t    testing.TB
+	opts TgtdOptions
+	IQN  string
+	LUN  uint64
+	log  string
+
+	mu  sync.Mutex
+	cmd *exec.Cmd
+	// exited is closed when the current process has been reaped.
+	exited chan struct{}
+}
+
+// StartTgtd starts tgtd in the foreground and configures it; it is killed in t.Cleanup.
+func StartTgtd(t testing.TB, opts TgtdOptions) *Tgtd {
+	t.Helper()
+	requireRoot(t, "tgtd", "tgtadm")
+	if opts.Port == 0 || opts.ControlPort == 0 {
+		t.Fatalf("testtarget: TgtdOptions needs Port and ControlPort")
+	}
+	if opts.IQN == "" {
+		opts.IQN = fmt.Sprintf("iqn.2026-01.org.isboot.test:tgtd%d", opts.Port)
+	}
+	if opts.Backing == "" {
+		size := opts.Size
+		if size == 0 {
+			size = 64 << 20
+		}
+		opts.Backing = CreateBacking(t, t.TempDir(), size)
+	}
+	d := &Tgtd{t: t, opts: opts, IQN: opts.IQN, LUN: 1, log: filepath.Join(t.TempDir(), "tgtd.log")}
+	t.Cleanup(d.kill)
+	if err := d.start(); err != nil {
+		t.Fatalf("testtarget: tgtd: %v", err)
+	}
+	return d
+}
+
+func (d *Tgtd) Addr() string         { return fmt.Sprintf("127.0.0.1:%d", d.opts.Port) }
+func (d *Tgtd) TargetIQN() string    { return d.IQN }
+func (d *Tgtd) LUNNumber() uint64    { return d.LUN }
+func (d *Tgtd) Backing() string      { return d.opts.Backing }
+func (d *Tgtd) Options() TgtdOptions { return d.opts }
+
+func (d *Tgtd) start() error {
+	logf, err := os.OpenFile(d.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command("tgtd", "-f", "-C", strconv.Itoa(d.opts.ControlPort),
+		"--iscsi", fmt.Sprintf("portal=127.0.0.1:%d", d.opts.Port))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	d.mu.Lock()
+	d.cmd, d.exited = cmd, exited
+	d.mu.Unlock()
+	// Another tgtd on the same control port makes this one exit at once, and tgtadm
+	// would then configure the wrong daemon: check ours is still alive first.
+	select {
+	case <-exited:
+		return fmt.Errorf("tgtd exited at start (control port %d in use?)\n%s", d.opts.ControlPort, logTail(d.log))
+	case <-time.After(100 * time.Millisecond):
+	}
+	if err := d.configure(); err != nil {
+		d.kill()
+		return fmt.Errorf("%v\n%s", err, logTail(d.log))
+	}
+	if err := waitListening(d.Addr(), 10*time.Second); err != nil {
+		d.kill()
+		return fmt.Errorf("%v\n%s", err, logTail(d.log))
+	}
+	return nil
+}
+
+// tgtadm runs one management command against this instance.
+func (d *Tgtd) tgtadm(args ...string) error {
+	full := append([]string{"-C", strconv.Itoa(d.opts.ControlPort), "--lld", "iscsi"}, args...)
+	out, err := exec.Command("tgtadm", full...).CombinedOutput()
+	if err != nil {
+		// Never echo the arguments: they may hold a CHAP secret.
+		return fmt.Errorf("tgtadm %s %s: %v: %s", args[0], args[1], err, out)
+	}
+	return nil
+}
+
+func (d *Tgtd) configure() error {
+	// The management socket appears shortly after start.
+	var err error
+	for i := 0; i < 100; i++ {
+		if err = d.tgtadm("--op", "new", "--mode", "target", "--tid", "1", "-T", d.IQN); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		return err
+	}
+	lu := []string{"--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", d.opts.Backing}
+	if err := d.tgtadm(lu...); err != nil {
+		return err
+	}
+	if d.opts.ReadOnly {
+		if err := d.tgtadm("--op", "update", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "--params", "readonly=1"); err != nil {
+			return err
+		}
+	}
+	if err := d.tgtadm("--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL"); err != nil {
+		return err
+	}
+	if d.opts.CHAP.User != "" {
+		if err := d.tgtadm("--op", "new", "--mode", "account", "--user", d.opts.CHAP.User, "--password", d.opts.CHAP.Secret); err != nil {
+			return err
+		}
+		if err := d.tgtadm("--op", "bind", "--mode", "account", "--tid", "1", "--user", d.opts.CHAP.User); err != nil {
+			return err
+		}
+	}
+	if d.opts.MutualCHAP.User != "" {
+		if err := d.tgtadm("--op", "new", "--mode", "account", "--user", d.opts.MutualCHAP.User, "--password", d.opts.MutualCHAP.Secret); err != nil {
+			return err
+		}
+		if err := d.tgtadm("--op", "bind", "--mode", "account", "--tid", "1", "--user", d.opts.MutualCHAP.User, "--outgoing"); err != nil {
+			return err
+		}
+	}
+	for _, kv := range d.opts.Params {
+		if err := d.tgtadm("--op", "update", "--mode", "target", "--tid", "1", "--name", kv[0], "--value", kv[1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// kill stops the daemon with SIGKILL (its whole process group) and reaps it.
+func (d *Tgtd) kill() {
+	d.mu.Lock()
+	cmd, exited := d.cmd, d.exited
+	d.cmd = nil
+	d.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	syscall.Kill(-cmd.Process.Pid, syscall.SIGCONT)
+	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	<-exited
+	waitClosed(d.Addr(), 2*time.Second)
+}
+
+// Stop kills tgtd; connections drop without a logout, as in a target crash.
+func (d *Tgtd) Stop() { d.kill() }
+
+// Restart starts tgtd again on the same port with the same target, LUN and backing file.
+func (d *Tgtd) Restart() {
+	d.t.Helper()
+	d.kill()
+	if err := d.start(); err != nil {
+		d.t.Fatalf("testtarget: restart tgtd: %v", err)
+	}
+}
+
+// Pause freezes tgtd (SIGSTOP): the TCP connection stays up but nothing answers.
+func (d *Tgtd) Pause() { d.signal(syscall.SIGSTOP) }
+
+// Resume lets a paused tgtd run again.
+func (d *Tgtd) Resume() { d.signal(syscall.SIGCONT) }
+
+func (d *Tgtd) signal(sig syscall.Signal) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cmd != nil {
+		syscall.Kill(-d.cmd.Process.Pid, sig)
+	}
+}
+
+// Log returns the daemon's output so far, for failure messages.
+func (d *Tgtd) Log() string { return logTail(d.log) }
