@@ -19,9 +19,7 @@ func runIbft(args []string) int {
 func ibftMain(args []string, stdout, stderr io.Writer) int {
 	fl := flag.NewFlagSet("ibft", flag.ContinueOnError)
 	fl.SetOutput(stderr)
-	file := fl.String("file", "", "decode this file instead of searching the system")
-	source := fl.String("source", ibft.SourceAuto, "where to look: auto, acpi, mem or sysfs")
-	table := fl.Int("table", 1, "ACPI instance to use, 1-based (like ibft.acpi_table=N)")
+	findOpts := ibftSourceFlags(fl)
 	asJSON := fl.Bool("json", false, "print one JSON object")
 	showSecrets := fl.Bool("show-secrets", false, `print CHAP secrets instead of "***"`)
 	verbose := fl.Bool("verbose", false, "log each search step to stderr (like ibft.verbose=1)")
@@ -36,14 +34,7 @@ func ibftMain(args []string, stdout, stderr io.Writer) int {
 		fl.Usage()
 		return 2
 	}
-	opts := ibft.FindOptions{
-		Source:     *source,
-		Table:      *table,
-		LoadModule: func(name string) error { return kmodule.Probe(name, "") },
-	}
-	if *file != "" {
-		opts.Source, opts.File = ibft.SourceFile, *file
-	}
+	opts := findOpts()
 	if *verbose {
 		opts.Logf = func(format string, a ...any) { fmt.Fprintf(stderr, format+"\n", a...) }
 	}
@@ -65,4 +56,23 @@ func ibftMain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, kv)
 	}
 	return 0
+}
+
+// ibftSourceFlags adds --file, --source and --table to fl, for every subcommand that
+// reads the iBFT; call the returned function after fl.Parse for the search options.
+func ibftSourceFlags(fl *flag.FlagSet) func() ibft.FindOptions {
+	file := fl.String("file", "", "read the iBFT from this file instead of searching the system")
+	source := fl.String("source", ibft.SourceAuto, "where to look: auto, acpi, mem or sysfs")
+	table := fl.Int("table", 1, "ACPI instance to use, 1-based (like ibft.acpi_table=N)")
+	return func() ibft.FindOptions {
+		opts := ibft.FindOptions{
+			Source:     *source,
+			Table:      *table,
+			LoadModule: func(name string) error { return kmodule.Probe(name, "") },
+		}
+		if *file != "" {
+			opts.Source, opts.File = ibft.SourceFile, *file
+		}
+		return opts
+	}
 }
