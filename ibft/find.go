@@ -1,6 +1,7 @@
 package ibft
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -37,6 +38,7 @@ const (
 	vgaStart  = 0xA0000  // video memory, never holds the table
 	vgaEnd    = 0xC0000
 	memStride = 16
+	memPage   = 4096
 )
 
 // FindOptions says where to look. The zero value looks everywhere on the running system.
@@ -173,11 +175,18 @@ func (f *finder) mem() (*Table, []byte, error) {
 	var defect error
 	for _, w := range [][2]int{{memStart, vgaStart}, {vgaEnd, memEnd}} {
 		buf := make([]byte, w[1]-w[0])
-		n, err := r.ReadAt(buf, int64(w[0]))
-		if n < len(buf) {
-			f.logf("mem: read %#x-%#x: got %d bytes: %v", w[0], w[1], n, err)
+		// Page by page: a page the kernel refuses must not hide the others.
+		var bad int
+		var firstErr error
+		for p := 0; p < len(buf); p += memPage {
+			if _, err := r.ReadAt(buf[p:p+memPage], int64(w[0]+p)); err != nil {
+				bad++
+				firstErr = cmp.Or(firstErr, err)
+			}
 		}
-		buf = buf[:n]
+		if bad > 0 {
+			f.logf("mem: %d of %d pages in %#x-%#x unreadable (%v)", bad, len(buf)/memPage, w[0], w[1], firstErr)
+		}
 		for p := 0; p+HeaderLen <= len(buf); p += memStride {
 			if !validSignature(string(buf[p : p+4])) {
 				continue

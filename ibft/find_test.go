@@ -291,3 +291,28 @@ func TestFindFile(t *testing.T) {
 		t.Errorf("broken file: %v", err)
 	}
 }
+
+// holeyMem refuses one page, as /dev/mem may.
+type holeyMem struct {
+	*bytes.Reader
+	hole int64
+}
+
+func (h holeyMem) ReadAt(p []byte, off int64) (int, error) {
+	if off <= h.hole && h.hole < off+int64(len(p)) {
+		return 0, errors.New("operation not permitted")
+	}
+	return h.Reader.ReadAt(p, off)
+}
+
+func TestFindMemSurvivesUnreadablePage(t *testing.T) {
+	mem := holeyMem{memWith(map[int][]byte{0x9a000: fixtureBytes(t, "basic")}), 0x81000}
+	var logs []string
+	tb, _, err := Find(FindOptions{Source: SourceMem, Mem: mem, Logf: func(f string, a ...any) { logs = append(logs, fmt.Sprintf(f, a...)) }})
+	if err != nil || tb.Source != "mem:0x9a000" {
+		t.Fatalf("%v %v", tb, err)
+	}
+	if !strings.Contains(strings.Join(logs, "\n"), "1 of 32 pages in 0x80000-0xa0000 unreadable") {
+		t.Errorf("log: %q", logs)
+	}
+}

@@ -164,9 +164,9 @@ var fixtures = []fixture{
 }
 
 func putU16(b []byte, at int, v uint16) { binary.LittleEndian.PutUint16(b[at:], v) }
-func initiatorOff(b []byte) int        { return int(binary.LittleEndian.Uint16(b[HeaderLen+8:])) }
-func nicOff(b []byte) int              { return int(binary.LittleEndian.Uint16(b[HeaderLen+10:])) }
-func targetOff(b []byte) int           { return int(binary.LittleEndian.Uint16(b[HeaderLen+12:])) }
+func initiatorOff(b []byte) int         { return int(binary.LittleEndian.Uint16(b[HeaderLen+8:])) }
+func nicOff(b []byte) int               { return int(binary.LittleEndian.Uint16(b[HeaderLen+10:])) }
+func targetOff(b []byte) int            { return int(binary.LittleEndian.Uint16(b[HeaderLen+12:])) }
 
 // mutate applies one defect to the basic table and refixes the checksum.
 func mutate(f func([]byte)) func() []byte {
