@@ -111,9 +111,9 @@ func Apply(ctx context.Context, p *Plan, o Options) (*Applied, error) {
 	}
 	var err error
 	if o.Namespace != nil {
-		ap.h, err = netlink.NewHandleAt(*o.Namespace)
+		ap.h, err = netlink.NewHandleAt(*o.Namespace, unix.NETLINK_ROUTE)
 	} else {
-		ap.h, err = netlink.NewHandle()
+		ap.h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("netcfg: netlink: %w", err)
@@ -211,7 +211,9 @@ func (ap *applier) findLink() (netlink.Link, error) {
 }
 
 func (ap *applier) loadDriver(dev string) ([]string, error) {
-	if _, err := filepath.EvalSymlinks(dev); err != nil {
+	// /sys/bus/pci/devices holds symlinks; walk the device's real directory.
+	dev, err := filepath.EvalSymlinks(dev)
+	if err != nil {
 		return nil, fmt.Errorf("no such PCI device in %s", filepath.Join(ap.o.Sysfs, "bus/pci/devices"))
 	}
 	root, kver := ap.o.ModulesRoot, ap.o.KernelVersion

@@ -108,11 +108,11 @@ func newTestNet(t *testing.T) *testNet {
 	requireNetns(t)
 	tn := &testNet{boot: newNamespace(t, "boot"), peer: newNamespace(t, "peer")}
 	var err error
-	if tn.hb, err = netlink.NewHandleAt(tn.boot); err != nil {
+	if tn.hb, err = netlink.NewHandleAt(tn.boot, unix.NETLINK_ROUTE); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(tn.hb.Close)
-	if tn.hp, err = netlink.NewHandleAt(tn.peer); err != nil {
+	if tn.hp, err = netlink.NewHandleAt(tn.peer, unix.NETLINK_ROUTE); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(tn.hp.Close)
@@ -617,7 +617,10 @@ func TestApplyLoadsDriverAndWaitsForLink(t *testing.T) {
 	_, port, _ := net.SplitHostPort(any)
 
 	o := tn.options(t)
-	writeFile(t, filepath.Join(o.Sysfs, "bus/pci/devices/0000:00:03.0/modalias"), e1000Modalias+"\n")
+	// Laid out as sysfs is: bus/pci/devices holds symlinks into devices/.
+	writeFile(t, filepath.Join(o.Sysfs, "devices/pci0000:00/0000:00:03.0/modalias"), e1000Modalias+"\n")
+	must(t, os.MkdirAll(filepath.Join(o.Sysfs, "bus/pci/devices"), 0o755))
+	must(t, os.Symlink("../../../devices/pci0000:00/0000:00:03.0", filepath.Join(o.Sysfs, "bus/pci/devices/0000:00:03.0")))
 	o.ModulesRoot, o.KernelVersion = t.TempDir(), "test"
 	writeFile(t, filepath.Join(o.ModulesRoot, "lib/modules/test/modules.alias"),
 		"alias pci:v00008086d0000100Esv*sd*bc*sc*i* e1000\n")
