@@ -132,7 +132,13 @@ func (t *Table) Keys(showSecrets bool) []KV {
 	add("nic_origin", strconv.Itoa(int(n.Origin)))
 	add("nic_prefix", strconv.Itoa(n.Prefix))
 	add("nic_gateway", addrString(n.Gateway))
-	add("nic_dns", strings.TrimSuffix(addrString(n.DNS[0])+","+addrString(n.DNS[1]), ","))
+	var dns []string
+	for _, a := range n.DNS {
+		if a.IsValid() {
+			dns = append(dns, a.String())
+		}
+	}
+	add("nic_dns", strings.Join(dns, ","))
 	add("nic_dhcp", addrString(n.DHCP))
 	add("nic_vlan", strconv.Itoa(int(n.VLAN)))
 	add("nic_hostname", n.Hostname)
