@@ -35,7 +35,7 @@ type Options struct {
 	// Logf reports progress and warnings; nil: silent.
 	Logf func(format string, args ...any)
 	// Bounded waits; zero: the defaults below.
-	LinkTimeout, CarrierTimeout, DADTimeout time.Duration
+	LinkTimeout, CarrierTimeout, DADTimeout, DHCPTimeout time.Duration
 }
 
 // Default bounds for the waits. A PHY negotiating a gigabit link can take several
@@ -167,7 +167,7 @@ func (ap *applier) run() error {
 		return err
 	}
 	if p.Renew {
-		ap.logf("netcfg: isboot.dhcp=1: DHCP renewal is not implemented; keeping the lease from the iBFT as a static address")
+		ap.renewLease(link)
 	}
 	return nil
 }

@@ -80,26 +80,11 @@ func newNamespace(t *testing.T, role string) netns.NsHandle {
 	return ns
 }
 
-// inNS runs fn on a thread switched into ns. Sockets keep the namespace they were
-// created in, so listeners and connections made in fn can be used anywhere.
+// inNS runs fn on a thread in ns. Sockets keep the namespace they were created in,
+// so listeners and connections made in fn can be used anywhere.
 func inNS(t *testing.T, ns netns.NsHandle, fn func()) {
 	t.Helper()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	if err := netns.Set(ns); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := netns.Set(orig); err != nil {
-			panic("cannot return to the original network namespace: " + err.Error())
-		}
-	}()
-	fn()
+	must(t, inNamespace(&ns, func() error { fn(); return nil }))
 }
 
 // newTestNet makes the two namespaces and the veth pair between them. The boot end is
