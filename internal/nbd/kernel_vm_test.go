@@ -1,0 +1,157 @@
+package nbd_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/isboot/isboot/initramfs"
+	"github.com/isboot/isboot/internal/vm"
+)
+
+// guestScript is /init of the guest: it attaches a disk with `isboot serve --attach`
+// (two sockets), mounts ext4 from its first partition, and checks that I/O survives
+// the serving process being killed and replaced (RECONFIGURE) and being stopped.
+const guestScript = `#!/bin/busybox sh
+export PATH=/bin
+/bin/busybox --install -s /bin
+mkdir -p /proc /sys /dev /tmp /mnt
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mkdir -p /mnt
+fail() {
+	echo "RESULT=FAIL $*"
+	for f in /tmp/serve*.log; do echo "--- $f"; cat $f; done
+	dmesg | tail -60
+	poweroff -f
+}
+step() { echo "STEP $*"; }
+modprobe nbd max_part=16 nbds_max=2 || fail "modprobe nbd"
+modprobe crc32c_generic
+modprobe ext4 || fail "modprobe ext4"
+SERVE="isboot serve --file /disk.img --attach /dev/nbd0 --connections 2 --timeout 15s --dead-conn-timeout 120s"
+$SERVE 2>/tmp/serve1.log &
+S1=$!
+for i in $(seq 200); do [ -e /sys/block/nbd0/pid ] && break; sleep 0.1; done
+[ -e /sys/block/nbd0/pid ] || fail "nbd0 not connected"
+cat /tmp/serve1.log
+[ -e /dev/nbd0p1 ] || blockdev --rereadpt /dev/nbd0 || echo "rereadpt failed"
+for i in $(seq 50); do [ -e /dev/nbd0p1 ] && break; sleep 0.1; done
+[ -e /dev/nbd0p1 ] || fail "no nbd0p1: size $(cat /sys/block/nbd0/size), $(ls /sys/block/nbd0 | tr '\n' ' ')"
+step "nbd0p1 appeared, size $(cat /sys/block/nbd0/size) sectors"
+mount -t ext4 /dev/nbd0p1 /mnt || fail "mount"
+dd if=/dev/urandom of=/tmp/src bs=1M count=24 2>/dev/null
+cp /tmp/src /mnt/a && sync || fail "write a"
+echo 3 > /proc/sys/vm/drop_caches
+cmp /tmp/src /mnt/a || fail "a differs after write, sync, drop caches"
+step "ext4 write/sync/verify ok"
+
+dd if=/tmp/src of=/mnt/b bs=64k oflag=direct 2>/tmp/dd1.log &
+D=$!
+sleep 0.5
+kill -0 $D 2>/dev/null || fail "dd b finished before the kill: nothing in flight"
+kill -9 $S1
+step "killed server $S1 during I/O"
+sleep 1
+$SERVE 2>/tmp/serve2.log &
+S2=$!
+wait $D || fail "dd b failed across the restart: $(cat /tmp/dd1.log)"
+grep -q RECONFIGURE /tmp/serve2.log || fail "second server did not take over with RECONFIGURE"
+sync; echo 3 > /proc/sys/vm/drop_caches
+cmp /tmp/src /mnt/b || fail "b differs after the restart"
+step "restart with RECONFIGURE ok"
+
+dd if=/tmp/src of=/mnt/c bs=64k oflag=direct 2>/tmp/dd2.log &
+D=$!
+sleep 0.5
+kill -STOP $S2
+step "stopped server $S2"
+sleep 4
+kill -CONT $S2
+wait $D || fail "dd c failed across SIGSTOP: $(cat /tmp/dd2.log)"
+sync; echo 3 > /proc/sys/vm/drop_caches
+cmp /tmp/src /mnt/c || fail "c differs after SIGSTOP/SIGCONT"
+cmp /tmp/src /mnt/a || fail "a differs at the end"
+step "SIGSTOP/SIGCONT ok"
+
+umount /mnt || fail "umount"
+kill -TERM $S2
+wait $S2 || fail "server exit status $? after SIGTERM"
+[ -e /sys/block/nbd0/pid ] && fail "nbd0 still connected after clean stop"
+if dmesg | grep -E "I/O error|Buffer I/O|EXT4-fs error|blk_update_request"; then fail "I/O errors in the kernel log"; fi
+dmesg | grep -E "nbd" | tail -20
+echo "RESULT=PASS"
+poweroff -f
+`
+
+func TestKernelAttachVM(t *testing.T) {
+	vm.Require(t)
+	k := vm.DebianKernel(t)
+	for _, tool := range []string{"sgdisk", "mkfs.ext4", "busybox"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed (make deps)", tool)
+		}
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "isboot")
+	build := exec.Command("go", "build", "-o", bin, "github.com/isboot/isboot/cmd/isboot")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build isboot: %v\n%s", err, out)
+	}
+	disk := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(disk, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(disk, 128<<20)
+	for _, c := range [][]string{
+		{"sgdisk", "-o", "-n", "1:2048:0", "-t", "1:8300", disk},
+		{"mkfs.ext4", "-q", "-F", "-E", "offset=1048576", disk, "120M"},
+	} {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%q: %v\n%s", c, err, out)
+		}
+	}
+	busybox, _ := exec.LookPath("busybox")
+	a := initramfs.New()
+	for _, step := range []error{
+		a.AddBytes("init", []byte(guestScript), 0o755),
+		a.AddFile("bin/busybox", busybox, 0o755),
+		a.AddFile("bin/isboot", bin, 0o755),
+		a.AddFile("disk.img", disk, 0o644),
+		a.AddModules(k.Root, k.Version, "nbd", "ext4", "crc32c_generic"),
+	} {
+		if step != nil {
+			t.Fatal(step)
+		}
+	}
+	initrd := filepath.Join(dir, "initrd.gz")
+	if err := a.WriteFile(initrd); err != nil {
+		t.Fatal(err)
+	}
+	v := vm.Start(t, vm.Config{Kernel: k.Image, Initrd: initrd, MemoryMB: 1024, CPUs: 2,
+		Cmdline: "console=ttyS0 panic=-1 loglevel=4"})
+	m, err := v.WaitFor(context.Background(), 10*time.Minute, `RESULT=(PASS|FAIL[^\r\n]*)\r?\n`)
+	if err != nil {
+		t.Fatalf("guest: %v", err)
+	}
+	v.Wait(context.Background(), time.Minute) // the guest powers off after its report
+	for _, l := range strings.Split(v.Console(), "\n") {
+		if strings.HasPrefix(l, "STEP ") || strings.Contains(l, "nbd") {
+			t.Log(strings.TrimSpace(l))
+		}
+	}
+	if m[1] != "PASS" {
+		con := v.Console()
+		if i := strings.Index(con, "Run /init"); i >= 0 {
+			con = con[i:]
+		}
+		t.Fatalf("guest: %s\nconsole from /init on:\n%s", m[1], con)
+	}
+}
