@@ -138,6 +138,12 @@ func (tn *testNet) listen(t *testing.T, ip string) string {
 	var err error
 	inNS(t, tn.peer, func() { l, err = net.Listen("tcp", net.JoinHostPort(ip, "0")) })
 	must(t, err)
+	answerEach(t, l, func(c net.Conn) string { return c.RemoteAddr().(*net.TCPAddr).IP.String() })
+	return l.Addr().String()
+}
+
+// answerEach answers every connection to l with one line, until the test ends.
+func answerEach(t *testing.T, l net.Listener, line func(net.Conn) string) {
 	t.Cleanup(func() { l.Close() })
 	go func() {
 		for {
@@ -145,11 +151,10 @@ func (tn *testNet) listen(t *testing.T, ip string) string {
 			if err != nil {
 				return
 			}
-			io.WriteString(c, c.RemoteAddr().(*net.TCPAddr).IP.String()+"\n")
+			io.WriteString(c, line(c)+"\n")
 			c.Close()
 		}
 	}()
-	return l.Addr().String()
 }
 
 // dial connects from the boot namespace and returns the source address the peer saw.

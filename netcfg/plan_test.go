@@ -61,17 +61,10 @@ func TestNewPlanStatic(t *testing.T) {
 			t.Errorf("route %d = %+v, want %+v", i, p.Routes[i], want[i])
 		}
 	}
-	s := p.String()
-	for _, frag := range []string{
-		"MAC 52:54:00:12:34:56", "PCI 00:03.0", "10.0.2.15/24",
+	planSays(t, p, "MAC 52:54:00:12:34:56", "PCI 00:03.0", "10.0.2.15/24",
 		"dhcp field 10.0.2.2 ignored: origin is manual",
 		"route:    default via 10.0.2.2", "192.0.2.7 via 10.0.2.2", "10.0.2.2 on-link",
-		"nameserver 10.0.2.3", "hostname: boot1",
-	} {
-		if !strings.Contains(s, frag) {
-			t.Errorf("plan text lacks %q:\n%s", frag, s)
-		}
-	}
+		"nameserver 10.0.2.3", "hostname: boot1")
 }
 
 func TestNewPlanDHCPOriginAndOverrides(t *testing.T) {
@@ -84,12 +77,7 @@ func TestNewPlanDHCPOriginAndOverrides(t *testing.T) {
 	if len(p.Routes) != 2 || p.Routes[1].Dst.Addr() != netip.MustParseAddr("198.51.100.9") {
 		t.Errorf("routes = %+v: want default + the command-line target only", p.Routes)
 	}
-	s := p.String()
-	for _, frag := range []string{"DHCP lease, kept as a static address, server 10.0.2.2", "hostname: over", "renew the lease"} {
-		if !strings.Contains(s, frag) {
-			t.Errorf("plan text lacks %q:\n%s", frag, s)
-		}
-	}
+	planSays(t, p, "DHCP lease, kept as a static address, server 10.0.2.2", "hostname: over", "renew the lease")
 }
 
 func TestNewPlanIPv6AndOddities(t *testing.T) {
@@ -118,12 +106,7 @@ func TestNewPlanIPv6AndOddities(t *testing.T) {
 	if len(p.Warnings) != 1 || !strings.Contains(p.Warnings[0], "10.0.0.1") {
 		t.Errorf("warnings = %q, want one about the IPv4 target", p.Warnings)
 	}
-	s := p.String()
-	for _, frag := range []string{"vlan:     5", "duplicate address detection of 2001:db8:5::10", "global scope"} {
-		if !strings.Contains(s, frag) {
-			t.Errorf("plan text lacks %q:\n%s", frag, s)
-		}
-	}
+	planSays(t, p, "vlan:     5", "duplicate address detection of 2001:db8:5::10", "global scope")
 }
 
 func TestNewPlanHostPrefix(t *testing.T) {
@@ -147,9 +130,7 @@ func TestNewPlanHostPrefix(t *testing.T) {
 			t.Errorf("route %+v: want via the gateway, marked onlink", r)
 		}
 	}
-	if !strings.Contains(p.String(), "(gateway outside the prefix: onlink)") {
-		t.Errorf("plan does not say onlink:\n%s", p)
-	}
+	planSays(t, p, "(gateway outside the prefix: onlink)")
 }
 
 func TestNewPlanErrors(t *testing.T) {
@@ -198,5 +179,16 @@ func TestResolvConfIdempotentAndKeepsOthers(t *testing.T) {
 	}
 	if twice := ResolvConf(once, servers, "iBFT nic0"); string(twice) != string(once) {
 		t.Errorf("second application changed the file:\n%s", twice)
+	}
+}
+
+// planSays checks that the printed plan contains every fragment.
+func planSays(t *testing.T, p *Plan, frags ...string) {
+	t.Helper()
+	s := p.String()
+	for _, frag := range frags {
+		if !strings.Contains(s, frag) {
+			t.Errorf("plan text lacks %q:\n%s", frag, s)
+		}
 	}
 }

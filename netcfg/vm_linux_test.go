@@ -134,17 +134,7 @@ func serveToken(t *testing.T, token string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			fmt.Fprintln(c, token)
-			c.Close()
-		}
-	}()
+	answerEach(t, l, func(net.Conn) string { return token })
 	return l.Addr().(*net.TCPAddr).Port
 }
 

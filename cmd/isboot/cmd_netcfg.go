@@ -14,7 +14,6 @@ import (
 	"github.com/isboot/isboot/ibft"
 	"github.com/isboot/isboot/internal/cmdline"
 	"github.com/isboot/isboot/netcfg"
-	"github.com/u-root/u-root/pkg/kmodule"
 	"golang.org/x/sys/unix"
 )
 
@@ -29,9 +28,7 @@ func runNetcfg(args []string) int {
 func netcfgMain(args []string, stdout, stderr io.Writer) int {
 	fl := flag.NewFlagSet("netcfg", flag.ContinueOnError)
 	fl.SetOutput(stderr)
-	file := fl.String("file", "", "read the iBFT from this file instead of searching the system")
-	source := fl.String("source", ibft.SourceAuto, "where to look: auto, acpi, mem or sysfs")
-	table := fl.Int("table", 1, "ACPI instance to use, 1-based (like ibft.acpi_table=N)")
+	findOpts := ibftSourceFlags(fl)
 	nic := fl.Int("nic", -1, "iBFT NIC index to configure; default: the NIC of the boot target")
 	dryRun := fl.Bool("dry-run", false, "print the plan, change nothing")
 	cmdlinePath := fl.String("cmdline", "/proc/cmdline", `kernel command line whose overrides apply (netroot=, isboot.dhcp); "" for none`)
@@ -49,15 +46,7 @@ func netcfgMain(args []string, stdout, stderr io.Writer) int {
 	}
 	logf := func(format string, a ...any) { fmt.Fprintf(stderr, format+"\n", a...) }
 
-	opts := ibft.FindOptions{
-		Source:     *source,
-		Table:      *table,
-		LoadModule: func(name string) error { return kmodule.Probe(name, "") },
-	}
-	if *file != "" {
-		opts.Source, opts.File = ibft.SourceFile, *file
-	}
-	t, _, err := ibft.Find(opts)
+	t, _, err := ibft.Find(findOpts())
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
