@@ -161,6 +161,11 @@ type conn struct {
 	wmu   sync.Mutex
 	rhdr  [replySize]byte // reply header, guarded by wmu
 	werr  error           // first reply write error, guarded by wmu
+	// gone is set when the peer vanished without NBD_CMD_DISC. Requests not yet
+	// started are then dropped: nobody can receive their replies, and the kernel
+	// resends them on another socket, where a late copy of a write could overwrite
+	// newer data.
+	gone atomic.Bool
 }
 
 func (s *Server) transmit(ctx context.Context, c net.Conn, br *bufio.Reader) error {
@@ -168,11 +173,24 @@ func (s *Server) transmit(ctx context.Context, c net.Conn, br *bufio.Reader) err
 	defer stop()
 	cn := &conn{s: s, c: c, r: br, slots: make(chan struct{}, s.opts.QueueDepth)}
 	defer cn.wg.Wait()
+	err := cn.readRequests(ctx)
+	if err != nil || ctx.Err() != nil {
+		cn.gone.Store(true)
+	}
+	if errors.Is(err, io.EOF) || ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// readRequests reads and dispatches requests until NBD_CMD_DISC (nil) or an error.
+func (cn *conn) readRequests(ctx context.Context) error {
+	s, br := cn.s, cn.r
 	var hdr [requestSize]byte
 	for {
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
-			if errors.Is(err, io.EOF) || ctx.Err() != nil {
-				return nil
+			if errors.Is(err, io.EOF) {
+				return err
 			}
 			return fmt.Errorf("read request: %w", err)
 		}
@@ -202,7 +220,7 @@ func (s *Server) transmit(ctx context.Context, c net.Conn, br *bufio.Reader) err
 		cn.slots <- struct{}{}
 		if err := s.budget.Acquire(ctx, payload); err != nil {
 			<-cn.slots
-			return nil
+			return err
 		}
 		var buf []byte
 		if payload > 0 {
@@ -218,6 +236,9 @@ func (s *Server) transmit(ctx context.Context, c net.Conn, br *bufio.Reader) err
 		go func() {
 			defer cn.wg.Done()
 			defer cn.release(buf, payload)
+			if cn.gone.Load() {
+				return
+			}
 			errno := s.do(req, buf)
 			s.commands.Add(1)
 			if errno != 0 {
