@@ -179,7 +179,7 @@ func (ap *applier) findLink() (netlink.Link, error) {
 	}
 	dev := filepath.Join(ap.o.Sysfs, "bus/pci/devices", ap.p.PCI.SysfsName())
 	var found netlink.Link
-	why := ""
+	var why string
 	// Listen before loading, so a link that appears during the load is not missed.
 	err := waitFor(ap.ctx, ap.timeout(ap.o.LinkTimeout, DefaultLinkTimeout), ap.subscribeLinks,
 		func() (bool, error) {
@@ -205,6 +205,9 @@ func (ap *applier) findLink() (netlink.Link, error) {
 	}
 	if err != nil {
 		why = err.Error()
+	}
+	if len(ap.a.Modules) > 0 {
+		why = fmt.Sprintf("loaded %s, but no such link appeared: %s", strings.Join(ap.a.Modules, ", "), why)
 	}
 	return nil, fmt.Errorf("netcfg: nic%d: no link has MAC %s (PCI %s: %s); links present: %s",
 		ap.p.NIC, ap.p.MAC, ap.p.PCI, why, ap.presentMACs())

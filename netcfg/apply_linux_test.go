@@ -607,13 +607,7 @@ func TestApplyLoadsDriverAndWaitsForLink(t *testing.T) {
 	_, port, _ := net.SplitHostPort(any)
 
 	o := tn.options(t)
-	// Laid out as sysfs is: bus/pci/devices holds symlinks into devices/.
-	writeFile(t, filepath.Join(o.Sysfs, "devices/pci0000:00/0000:00:03.0/modalias"), e1000Modalias+"\n")
-	must(t, os.MkdirAll(filepath.Join(o.Sysfs, "bus/pci/devices"), 0o755))
-	must(t, os.Symlink("../../../devices/pci0000:00/0000:00:03.0", filepath.Join(o.Sysfs, "bus/pci/devices/0000:00:03.0")))
-	o.ModulesRoot, o.KernelVersion = t.TempDir(), "test"
-	writeFile(t, filepath.Join(o.ModulesRoot, "lib/modules/test/modules.alias"),
-		"alias pci:v00008086d0000100Esv*sd*bc*sc*i* e1000\n")
+	withE1000Device(t, &o)
 	var loaded []string
 	driverErr := make(chan error, 1)
 	o.LoadModule = func(m string) error {
@@ -658,5 +652,42 @@ func TestApplyLoadsDriverAndWaitsForLink(t *testing.T) {
 	}
 	if src, err := tn.dial(t, net.JoinHostPort("192.168.50.1", port)); err != nil || src != "192.168.50.10" {
 		t.Errorf("connect: source %q, err %v", src, err)
+	}
+}
+
+// withE1000Device gives o a sysfs with an e1000 at 00:03.0 and a modules.alias that
+// resolves it.
+func withE1000Device(t *testing.T, o *Options) {
+	// Laid out as sysfs is: bus/pci/devices holds symlinks into devices/.
+	writeFile(t, filepath.Join(o.Sysfs, "devices/pci0000:00/0000:00:03.0/modalias"), e1000Modalias+"\n")
+	must(t, os.MkdirAll(filepath.Join(o.Sysfs, "bus/pci/devices"), 0o755))
+	must(t, os.Symlink("../../../devices/pci0000:00/0000:00:03.0", filepath.Join(o.Sysfs, "bus/pci/devices/0000:00:03.0")))
+	o.ModulesRoot, o.KernelVersion = t.TempDir(), "test"
+	writeFile(t, filepath.Join(o.ModulesRoot, "lib/modules/test/modules.alias"),
+		"alias pci:v00008086d0000100Esv*sd*bc*sc*i* e1000\n")
+}
+
+// TestApplyDriverLoadsButNoLink: the driver loads but no link with the MAC shows up;
+// the wait ends at its bound with an error that says so and lists the links.
+func TestApplyDriverLoadsButNoLink(t *testing.T) {
+	tn := newTestNet(t)
+	o := tn.options(t)
+	withE1000Device(t, &o)
+	o.LoadModule = func(string) error { return nil }
+	o.LinkTimeout = 500 * time.Millisecond
+	tb := ipv4Table()
+	tb.NICs[0].MAC = mac("02:1b:00:00:00:99")
+	start := time.Now()
+	_, err := applyTable(t, tb, o)
+	if err == nil {
+		t.Fatal("Apply succeeded without the link")
+	}
+	if took := time.Since(start); took < 500*time.Millisecond || took > 2*time.Second {
+		t.Errorf("gave up after %v, want the 500ms bound", took)
+	}
+	for _, want := range []string{"loaded e1000, but no such link appeared: gave up after 500ms", "links present: eth-boot 02:1b:00:00:00:10"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
 	}
 }
