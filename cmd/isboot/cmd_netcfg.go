@@ -79,10 +79,10 @@ func netcfgMain(args []string, stdout, stderr io.Writer) int {
 	}
 	defer a.Close()
 	if len(a.Changes) == 0 {
-		fmt.Fprintf(stdout, "%s: already configured, nothing changed\n", a.Link)
+		fmt.Fprintf(stdout, "netcfg: %s already configured, nothing changed\n", a.Link)
 	}
 	for _, c := range a.Changes {
-		fmt.Fprintf(stdout, "%s: %s\n", a.Link, c)
+		fmt.Fprintf(stdout, "netcfg: %s\n", c)
 	}
 	return 0
 }
