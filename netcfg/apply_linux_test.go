@@ -469,6 +469,36 @@ func TestApplyIPv6(t *testing.T) {
 	}
 }
 
+// TestApplyIPv6LinkLocal: with the NIC "global" flag clear the address gets link
+// scope, and a link-local target is reached on-link.
+func TestApplyIPv6LinkLocal(t *testing.T) {
+	tn := newTestNet(t)
+	tn.peerAddr(t, peerLink, "fe80::1/64")
+	var l net.Listener
+	var err error
+	inNS(t, tn.peer, func() { l, err = net.Listen("tcp", "[fe80::1%"+peerLink+"]:0") })
+	must(t, err)
+	answerEach(t, l, func(c net.Conn) string { return c.RemoteAddr().(*net.TCPAddr).IP.String() })
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	tb := &ibft.Table{
+		NICs: []ibft.NIC{{Index: 0, Flags: ibft.FlagValid | ibft.FlagBootSelected, IP: netip.MustParseAddr("fe80::10"), Prefix: 64, MAC: bootMAC}},
+		Targets: []ibft.Target{{Index: 0, Flags: ibft.FlagValid | ibft.FlagBootSelected, IP: netip.MustParseAddr("fe80::1"), Port: 3260, Name: "iqn.x:ll"}},
+	}
+	a, err := applyTable(t, tb, tn.options(t))
+	must(t, err)
+	defer a.Undo()
+	link, err := tn.hb.LinkByName(bootLink)
+	must(t, err)
+	as, err := tn.hb.AddrList(link, unix.AF_INET6)
+	must(t, err)
+	if !slices.ContainsFunc(as, func(x netlink.Addr) bool { return x.IP.String() == "fe80::10" && x.Scope == unix.RT_SCOPE_LINK }) {
+		t.Errorf("no link-scope fe80::10 on %s: %v", bootLink, as)
+	}
+	if src, err := tn.dial(t, "[fe80::1%"+bootLink+"]:"+port); err != nil || src != "fe80::10" {
+		t.Errorf("connect to fe80::1: source %q, err %v", src, err)
+	}
+}
+
 // TestApplyVLAN tags the boot traffic with VLAN 5: the peer only answers on its own
 // VLAN 5 interface, so a connection proves the tag.
 func TestApplyVLAN(t *testing.T) {
@@ -498,6 +528,11 @@ func TestApplyVLAN(t *testing.T) {
 	if src, err := tn.dial(t, near); err != nil || src != "192.168.55.10" {
 		t.Errorf("connect over VLAN 5: source %q, err %v", src, err)
 	}
+	again, err := applyTable(t, tb, tn.options(t))
+	if err != nil || len(again.Changes) != 0 || again.Link != "eth-boot.5" {
+		t.Errorf("second Apply: err %v, link %q, changes %q; want eth-boot.5 reused, no changes", err, again.Link, again.Changes)
+	}
+	again.Close()
 	must(t, a.Undo())
 	if _, err := tn.hb.LinkByName("eth-boot.5"); err == nil {
 		t.Error("eth-boot.5 still exists after Undo")
