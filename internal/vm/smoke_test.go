@@ -1,0 +1,370 @@
+package vm_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/isboot/isboot/ibft"
+	"github.com/isboot/isboot/initramfs"
+	"github.com/isboot/isboot/internal/testtarget"
+	"github.com/isboot/isboot/internal/vm"
+)
+
+// Set ISBOOT_CAPTURE_FIXTURES=1 to rewrite testdata/ibft/ipxe-*.bin from the
+// tables the guests find.
+const captureEnv = "ISBOOT_CAPTURE_FIXTURES"
+
+var fixtureDir = filepath.Join("..", "..", "testdata", "ibft")
+
+// shared holds what every smoke test boots: the guest init in an initramfs.
+var shared struct {
+	once   sync.Once
+	dir    string
+	initrd string
+	err    error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if shared.dir != "" {
+		os.RemoveAll(shared.dir)
+	}
+	os.Exit(code)
+}
+
+// guestInitrd builds testdata/guestinit statically and packs it as /init.
+func guestInitrd(t *testing.T) string {
+	t.Helper()
+	shared.once.Do(func() {
+		shared.dir, shared.err = os.MkdirTemp("", "isboot-vm-smoke-")
+		if shared.err != nil {
+			return
+		}
+		bin := filepath.Join(shared.dir, "init")
+		gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+		cmd := exec.Command(gobin, "build", "-trimpath", "-ldflags=-s -w", "-o", bin, "./testdata/guestinit")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			shared.err = fmt.Errorf("build guest init: %v\n%s", err, out)
+			return
+		}
+		a := initramfs.New()
+		for _, err := range []error{
+			a.AddFile("init", bin, 0o755),
+			a.AddCharDev("dev/console", 0o600, 5, 1),
+			a.AddDir("proc", 0o555),
+			a.AddDir("sys", 0o555),
+		} {
+			if err != nil {
+				shared.err = err
+				return
+			}
+		}
+		shared.initrd = filepath.Join(shared.dir, "initrd.cpio.gz")
+		shared.err = a.WriteFile(shared.initrd)
+	})
+	if shared.err != nil {
+		t.Fatal(shared.err)
+	}
+	return shared.initrd
+}
+
+// guestTable is one iBFT the guest reported.
+type guestTable struct {
+	source string // "acpi:iBFT" or "mem:0x..."
+	data   []byte
+}
+
+var reportLine = regexp.MustCompile(`(?m)^ISBOOT-IBFT source=(\S+) b64=(\S*)$`)
+
+// bootGuest boots the smoke guest and returns the tables it reported.
+func bootGuest(t *testing.T, cfg vm.Config, timeout time.Duration) []guestTable {
+	t.Helper()
+	k := vm.DebianKernel(t)
+	cfg.Kernel = k.Image
+	cfg.Initrd = guestInitrd(t)
+	cfg.Cmdline = "console=ttyS0 quiet panic=-1"
+	ctx := context.Background()
+	v := vm.Start(t, cfg)
+	up, err := v.WaitFor(ctx, timeout, `ISBOOT-GUEST-UP uptime=(\S+)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s: guest init running %.1fs after QEMU start (kernel uptime %ss)", cfg.Firmware, v.Elapsed().Seconds(), up[1])
+	if _, err := v.WaitFor(ctx, 30*time.Second, `ISBOOT-GUEST-DONE tables=\d+`); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Wait(ctx, 30*time.Second); err != nil {
+		t.Errorf("guest did not power off cleanly: %v", err)
+	}
+	if m := regexp.MustCompile(`ISBOOT-GUEST-ERROR .*`).FindString(v.Console()); m != "" {
+		t.Errorf("guest: %s", m)
+	}
+	report, err := v.Report()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tables []guestTable
+	for _, m := range reportLine.FindAllStringSubmatch(string(report), -1) {
+		b, err := base64.StdEncoding.DecodeString(m[2])
+		if err != nil {
+			t.Fatalf("guest report %s: %v", m[1], err)
+		}
+		tables = append(tables, guestTable{m[1], b})
+	}
+	return tables
+}
+
+// oneTable returns the only table reported, which must come from source.
+func oneTable(t *testing.T, tables []guestTable, source string) *ibft.Table {
+	t.Helper()
+	if len(tables) != 1 || !strings.HasPrefix(tables[0].source, source) {
+		var got []string
+		for _, tb := range tables {
+			got = append(got, tb.source)
+		}
+		t.Fatalf("guest reported tables %v, want exactly one from %s", got, source)
+	}
+	tab, err := ibft.Parse(tables[0].data)
+	if err != nil {
+		t.Fatalf("iBFT from %s: %v", tables[0].source, err)
+	}
+	if sum := checksum(tables[0].data); sum != 0 {
+		t.Errorf("iBFT from %s: checksum byte sum %#x, want 0", tables[0].source, sum)
+	}
+	return tab
+}
+
+func checksum(b []byte) byte {
+	var s byte
+	for _, c := range b {
+		s += c
+	}
+	return s
+}
+
+// fixture saves the table in capture mode; otherwise it checks that the
+// committed fixture still describes what iPXE writes (the target's TCP port
+// is picked at run time, so it is left out of the comparison).
+func fixture(t *testing.T, name string, raw []byte, got *ibft.Table) {
+	t.Helper()
+	path := filepath.Join(fixtureDir, name)
+	if os.Getenv(captureEnv) != "" {
+		if err := os.MkdirAll(fixtureDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, raw, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("captured %s (%d bytes)", path, len(raw))
+		return
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("fixture: %v (capture it with %s=1)", err, captureEnv)
+	}
+	want, err := ibft.Parse(b)
+	if err != nil {
+		t.Fatalf("fixture %s: %v", name, err)
+	}
+	norm := func(tab ibft.Table) ibft.Table {
+		tab.Source = ""
+		tab.Targets = append([]ibft.Target(nil), tab.Targets...)
+		for i := range tab.Targets {
+			tab.Targets[i].Port = 0
+		}
+		return tab
+	}
+	if g, w := norm(*got), norm(*want); !reflect.DeepEqual(g, w) {
+		t.Errorf("iBFT differs from fixture %s (recapture with %s=1 if iPXE changed):\n got  %+v\n want %+v", name, captureEnv, g, w)
+	}
+}
+
+// startTarget starts tgtd on a port from this test's slice of the vm range.
+func startTarget(t *testing.T, slot int, iqn string, chap, mutual testtarget.CHAP) *testtarget.Tgtd {
+	t.Helper()
+	lo := 13300 + 10*slot
+	return testtarget.StartTgtd(t, testtarget.TgtdOptions{
+		Port:        testtarget.FreePort(t, lo, lo+9),
+		ControlPort: 20 + slot,
+		IQN:         iqn,
+		Size:        8 << 20,
+		CHAP:        chap,
+		MutualCHAP:  mutual,
+	})
+}
+
+func port(t *testing.T, tgt *testtarget.Tgtd) int {
+	_, p, err := net.SplitHostPort(tgt.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	fmt.Sscan(p, &n)
+	return n
+}
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// checkTarget asserts the table names the target and NIC the guest booted with.
+func checkTarget(t *testing.T, tab *ibft.Table, iqn string, tcpPort int, mac string) (ibft.NIC, ibft.Target) {
+	t.Helper()
+	nic, tgt, err := tab.Boot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tgt.Name != iqn || tgt.IP != mustAddr(vm.HostAddr) || int(tgt.Port) != tcpPort || tgt.LUN != 1 {
+		t.Errorf("target %s %v:%d lun %d, want %s %s:%d lun 1", tgt.Name, tgt.IP, tgt.Port, tgt.LUN, iqn, vm.HostAddr, tcpPort)
+	}
+	if nic.MAC.String() != mac {
+		t.Errorf("NIC MAC %s, want %s", nic.MAC, mac)
+	}
+	return nic, tgt
+}
+
+// TestSmokeDirect boots -kernel/-initrd with an iBFT injected by -acpitable;
+// the guest must see exactly those bytes in /sys/firmware/acpi/tables/iBFT.
+func TestSmokeDirect(t *testing.T) {
+	vm.Require(t)
+	t.Parallel()
+	want := &ibft.Table{
+		OEMID: "ISBOOT", OEMTableID: "SMOKE",
+		Initiator: ibft.Initiator{Flags: ibft.FlagValid | ibft.FlagBootSelected, Name: "iqn.2026-01.org.isboot.test:direct"},
+		NICs: []ibft.NIC{{
+			Flags: ibft.FlagValid | ibft.FlagBootSelected, IP: mustAddr("10.0.2.15"), Prefix: 24,
+			Origin: ibft.OriginManual, Gateway: mustAddr("10.0.2.2"),
+			MAC: net.HardwareAddr{0x52, 0x54, 0, 0x12, 0x34, 0x56}, PCIBDF: 3 << 3,
+		}},
+		Targets: []ibft.Target{{
+			Flags: ibft.FlagValid | ibft.FlagBootSelected, IP: mustAddr("10.0.2.2"), Port: 3260,
+			LUN: 1, LUNRaw: [8]byte{0, 1}, Name: "iqn.2026-01.org.isboot.test:disk",
+		}},
+	}
+	raw, err := ibft.Encode(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "ibft.bin")
+	if err := os.WriteFile(file, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tables := bootGuest(t, vm.Config{Firmware: vm.Direct, ACPITables: []string{file}}, 90*time.Second)
+	oneTable(t, tables, "acpi:iBFT")
+	if !bytes.Equal(tables[0].data, raw) {
+		t.Errorf("guest's ACPI iBFT differs from the injected table:\n got  %x\n want %x", tables[0].data, raw)
+	}
+}
+
+// TestSmokeBIOS boots through iPXE's BIOS ROM with DHCP and a sanhook of a
+// tgtd LUN; the guest finds the iBFT by scanning low memory.
+func TestSmokeBIOS(t *testing.T) {
+	vm.Require(t)
+	t.Parallel()
+	iqn := "iqn.2026-01.org.isboot.test:bios"
+	tgt := startTarget(t, 0, iqn, testtarget.CHAP{}, testtarget.CHAP{})
+	tables := bootGuest(t, vm.Config{
+		Firmware: vm.BIOS,
+		NIC:      &vm.NIC{Model: "virtio-net-pci", MAC: "52:54:00:12:34:56"},
+		IPXE:     vm.IPXE{Target: &vm.SANTarget{Port: port(t, tgt), LUN: 1, IQN: iqn}},
+	}, 180*time.Second)
+	tab := oneTable(t, tables, "mem:")
+	nic, _ := checkTarget(t, tab, iqn, port(t, tgt), "52:54:00:12:34:56")
+	if nic.IP != mustAddr("10.0.2.15") || nic.Origin != ibft.OriginDHCP || nic.DHCP != mustAddr("10.0.2.2") {
+		t.Errorf("NIC %v origin %d dhcp %v, want QEMU's DHCP lease 10.0.2.15 origin 3 from 10.0.2.2", nic.IP, nic.Origin, nic.DHCP)
+	}
+	fixture(t, "ipxe-bios.bin", tables[0].data, tab)
+}
+
+// TestSmokeBIOSCHAP logs in with CHAP and mutual CHAP; iPXE records both
+// accounts in the iBFT.
+func TestSmokeBIOSCHAP(t *testing.T) {
+	vm.Require(t)
+	t.Parallel()
+	iqn := "iqn.2026-01.org.isboot.test:bios-chap"
+	chap := testtarget.CHAP{User: "isboot-user", Secret: "isboot-secret-1"}
+	mutual := testtarget.CHAP{User: "isboot-target", Secret: "isboot-secret-2"}
+	tgt := startTarget(t, 1, iqn, chap, mutual)
+	tables := bootGuest(t, vm.Config{
+		Firmware: vm.BIOS,
+		NIC:      &vm.NIC{Model: "virtio-net-pci", MAC: "52:54:00:12:34:57"},
+		IPXE: vm.IPXE{
+			InitiatorIQN: "iqn.2026-01.org.isboot.test:initiator-chap",
+			Target: &vm.SANTarget{Port: port(t, tgt), LUN: 1, IQN: iqn, CHAP: &vm.CHAP{
+				User: chap.User, Secret: chap.Secret, ReverseUser: mutual.User, ReverseSecret: mutual.Secret,
+			}},
+		},
+	}, 180*time.Second)
+	tab := oneTable(t, tables, "mem:")
+	_, target := checkTarget(t, tab, iqn, port(t, tgt), "52:54:00:12:34:57")
+	if target.CHAPType != ibft.CHAPMutual || target.CHAPName != chap.User || target.CHAPSecret != chap.Secret ||
+		target.RevCHAPName != mutual.User || target.RevCHAPSecret != mutual.Secret {
+		t.Errorf("target CHAP type %d names %q/%q (secrets match: %v/%v), want mutual CHAP with the accounts used",
+			target.CHAPType, target.CHAPName, target.RevCHAPName,
+			target.CHAPSecret == chap.Secret, target.RevCHAPSecret == mutual.Secret)
+	}
+	if tab.Initiator.Name != "iqn.2026-01.org.isboot.test:initiator-chap" {
+		t.Errorf("initiator %q", tab.Initiator.Name)
+	}
+	fixture(t, "ipxe-bios-chap.bin", tables[0].data, tab)
+}
+
+// TestSmokeBIOSStaticE1000 configures an e1000 NIC with a custom MAC by hand
+// (no dhcp command) and sets a hostname.
+func TestSmokeBIOSStaticE1000(t *testing.T) {
+	vm.Require(t)
+	t.Parallel()
+	iqn := "iqn.2026-01.org.isboot.test:bios-static"
+	tgt := startTarget(t, 2, iqn, testtarget.CHAP{}, testtarget.CHAP{})
+	mac := "02:15:b0:07:e1:00"
+	tables := bootGuest(t, vm.Config{
+		Firmware: vm.BIOS,
+		NIC:      &vm.NIC{Model: "e1000", MAC: mac},
+		IPXE: vm.IPXE{
+			Static:   &vm.StaticIP{IP: "10.0.2.77", Netmask: "255.255.255.0", Gateway: "10.0.2.2", DNS: "10.0.2.3"},
+			Hostname: "isboot-static",
+			Target:   &vm.SANTarget{Port: port(t, tgt), LUN: 1, IQN: iqn},
+		},
+	}, 180*time.Second)
+	tab := oneTable(t, tables, "mem:")
+	nic, _ := checkTarget(t, tab, iqn, port(t, tgt), mac)
+	if nic.IP != mustAddr("10.0.2.77") || nic.Prefix != 24 || nic.Origin != ibft.OriginManual ||
+		nic.Gateway != mustAddr("10.0.2.2") || nic.Hostname != "isboot-static" {
+		t.Errorf("NIC %v/%d origin %d gw %v hostname %q, want 10.0.2.77/24 origin 1 gw 10.0.2.2 isboot-static",
+			nic.IP, nic.Prefix, nic.Origin, nic.Gateway, nic.Hostname)
+	}
+	fixture(t, "ipxe-bios-static-e1000.bin", tables[0].data, tab)
+}
+
+// TestSmokeUEFI boots through OVMF and iPXE's EFI ROM; iPXE installs the iBFT
+// as an ACPI table.
+func TestSmokeUEFI(t *testing.T) {
+	vm.Require(t)
+	t.Parallel()
+	iqn := "iqn.2026-01.org.isboot.test:uefi"
+	tgt := startTarget(t, 3, iqn, testtarget.CHAP{}, testtarget.CHAP{})
+	tables := bootGuest(t, vm.Config{
+		Firmware: vm.UEFI,
+		NIC:      &vm.NIC{Model: "virtio-net-pci", MAC: "52:54:00:12:34:58"},
+		IPXE:     vm.IPXE{Target: &vm.SANTarget{Port: port(t, tgt), LUN: 1, IQN: iqn}},
+	}, 240*time.Second)
+	tab := oneTable(t, tables, "acpi:iBFT")
+	nic, _ := checkTarget(t, tab, iqn, port(t, tgt), "52:54:00:12:34:58")
+	if nic.IP != mustAddr("10.0.2.15") || nic.Origin != ibft.OriginDHCP {
+		t.Errorf("NIC %v origin %d, want 10.0.2.15 from DHCP", nic.IP, nic.Origin)
+	}
+	fixture(t, "ipxe-uefi.bin", tables[0].data, tab)
+}
