@@ -481,7 +481,7 @@ func TestApplyIPv6LinkLocal(t *testing.T) {
 	answerEach(t, l, func(c net.Conn) string { return c.RemoteAddr().(*net.TCPAddr).IP.String() })
 	_, port, _ := net.SplitHostPort(l.Addr().String())
 	tb := &ibft.Table{
-		NICs: []ibft.NIC{{Index: 0, Flags: ibft.FlagValid | ibft.FlagBootSelected, IP: netip.MustParseAddr("fe80::10"), Prefix: 64, MAC: bootMAC}},
+		NICs:    []ibft.NIC{{Index: 0, Flags: ibft.FlagValid | ibft.FlagBootSelected, IP: netip.MustParseAddr("fe80::10"), Prefix: 64, MAC: bootMAC}},
 		Targets: []ibft.Target{{Index: 0, Flags: ibft.FlagValid | ibft.FlagBootSelected, IP: netip.MustParseAddr("fe80::1"), Port: 3260, Name: "iqn.x:ll"}},
 	}
 	a, err := applyTable(t, tb, tn.options(t))
