@@ -22,6 +22,9 @@ type AttachConfig struct {
 	// RetryInterval is how often missing connections are re-offered to the kernel
 	// when no LINK_DEAD prompts it (default 2 s).
 	RetryInterval time.Duration
+	// TakeoverWait is how long Attach keeps offering sockets to a device that is
+	// still configured before concluding another server owns it (default 10 s).
+	TakeoverWait time.Duration
 }
 
 // Attachment is a Server attached to /dev/nbdN through socketpairs. It keeps the device
@@ -56,6 +59,9 @@ func Attach(srv *Server, cfg AttachConfig) (*Attachment, error) {
 	if cfg.RetryInterval <= 0 {
 		cfg.RetryInterval = 2 * time.Second
 	}
+	if cfg.TakeoverWait <= 0 {
+		cfg.TakeoverWait = 10 * time.Second
+	}
 	if cfg.Size == 0 {
 		cfg.Size = srv.dev.Size()
 	}
@@ -87,18 +93,16 @@ func Attach(srv *Server, cfg AttachConfig) (*Attachment, error) {
 		}
 		takeover = len(st) == 1 && st[0].Connected
 	}
-	fds, err := a.newSockets(cfg.Connections)
-	if err != nil {
-		a.abort()
-		return nil, err
-	}
 	if takeover {
 		srv.opts.Logf("nbd: nbd%d is still configured: taking it over with RECONFIGURE", cfg.Index)
-		err = g.reconfigure(cfg.Index, cfg.KernelConfig, fds)
+		err = a.takeOver()
 	} else {
-		a.index, err = g.connect(cfg.KernelConfig, fds)
+		var fds []int
+		if fds, err = a.newSockets(cfg.Connections); err == nil {
+			a.index, err = g.connect(cfg.KernelConfig, fds)
+			closeAll(fds) // the kernel holds its own references now
+		}
 	}
-	closeAll(fds) // the kernel holds its own references now (or refused them)
 	if err != nil {
 		a.abort()
 		return nil, err
@@ -186,6 +190,41 @@ func (a *Attachment) watchLoop() {
 	}
 }
 
+// offer hands the kernel fresh sockets for the missing connections.
+func (a *Attachment) offer() error {
+	missing := a.cfg.Connections - a.Live()
+	if missing <= 0 {
+		return nil
+	}
+	fds, err := a.newSockets(missing)
+	if err != nil {
+		return err
+	}
+	err = a.g.reconfigure(a.index, a.cfg.KernelConfig, fds)
+	closeAll(fds) // sockets the kernel did not take now read EOF on our end
+	return err
+}
+
+// takeOver replaces the dead sockets of a device left by a previous server. The kernel
+// marks a socket dead only once it notices the old server is gone, so this retries for
+// a while; if nothing is taken, the device's sockets are alive: someone serves it.
+func (a *Attachment) takeOver() error {
+	deadline := time.Now().Add(a.cfg.TakeoverWait)
+	for {
+		if err := a.offer(); err != nil {
+			return err
+		}
+		time.Sleep(200 * time.Millisecond) // let refused sockets read EOF
+		if a.Live() > 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if a.Live() == 0 {
+		return fmt.Errorf("nbd: nbd%d is connected and none of its sockets is dead: another server still serves it", a.index)
+	}
+	return nil
+}
+
 // repairLoop re-offers sockets while fewer than cfg.Connections are live. The kernel
 // only takes a socket in place of one it has marked dead, which may happen a moment
 // after our end saw the close, so it retries on a timer as well as on LINK_DEAD.
@@ -200,18 +239,10 @@ func (a *Attachment) repairLoop() {
 		case <-a.kick:
 		case <-t.C:
 		}
-		missing := a.cfg.Connections - a.Live()
-		if missing <= 0 || a.stopped.Load() {
+		if a.Live() >= a.cfg.Connections || a.stopped.Load() {
 			continue
 		}
-		fds, err := a.newSockets(missing)
-		if err != nil {
-			a.srv.opts.Logf("nbd: %s: %v", a.Device(), err)
-			continue
-		}
-		err = a.g.reconfigure(a.index, a.cfg.KernelConfig, fds)
-		closeAll(fds)
-		if err != nil {
+		if err := a.offer(); err != nil {
 			a.srv.opts.Logf("nbd: %s: %v", a.Device(), err)
 			continue
 		}

@@ -66,6 +66,9 @@ grep -q RECONFIGURE /tmp/serve2.log || fail "second server did not take over wit
 sync; echo 3 > /proc/sys/vm/drop_caches
 cmp /tmp/src /mnt/b || fail "b differs after the restart"
 step "restart with RECONFIGURE ok"
+if isboot serve --file /disk.img --attach /dev/nbd0 2>/tmp/serve3.log; then fail "a third server took over a live device"; fi
+grep -q "another server still serves it" /tmp/serve3.log || fail "third server: $(cat /tmp/serve3.log)"
+step "a live device is refused to another server"
 
 dd if=/tmp/src of=/mnt/c bs=64k oflag=direct 2>/tmp/dd2.log &
 D=$!
