@@ -286,7 +286,7 @@ func (ap *applier) presentMACs() string {
 }
 
 func (ap *applier) crossCheckPCI(name string) {
-	got, ok := pciDeviceOf(ap.o.Sysfs, name)
+	got, ok := pciDeviceOf(ap.o.Sysfs, name, ap.p.MAC)
 	switch {
 	case !ok:
 		ap.logf("netcfg: %s has no PCI device in sysfs; PCI %s not cross-checked", name, ap.p.PCI)

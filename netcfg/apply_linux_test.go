@@ -726,3 +726,26 @@ func TestApplyDriverLoadsButNoLink(t *testing.T) {
 		}
 	}
 }
+
+// TestApplyWarnsOnPCIMismatch: the link with the MAC sits at another PCI address than
+// the iBFT says; the MAC wins and a warning says so.
+func TestApplyWarnsOnPCIMismatch(t *testing.T) {
+	tn := newTestNet(t)
+	o := tn.options(t)
+	dev := filepath.Join(o.Sysfs, "devices/pci0000:00/0000:00:04.0")
+	writeFile(t, filepath.Join(dev, "net", bootLink, "address"), bootMAC.String()+"\n")
+	must(t, os.Symlink("../..", filepath.Join(dev, "net", bootLink, "device")))
+	must(t, os.MkdirAll(filepath.Join(o.Sysfs, "class/net"), 0o755))
+	must(t, os.Symlink("../../devices/pci0000:00/0000:00:04.0/net/"+bootLink, filepath.Join(o.Sysfs, "class/net", bootLink)))
+	var logs []string
+	o.Logf = func(format string, args ...any) { logs = append(logs, fmt.Sprintf(format, args...)) }
+	tb := ipv4Table()
+	tb.NICs[0].Hostname = ""
+	a, err := applyTable(t, tb, o)
+	must(t, err)
+	defer a.Undo()
+	want := "netcfg: warning: eth-boot (MAC 02:1b:00:00:00:10) is PCI 0000:00:04.0, the iBFT says 0000:00:03.0; using the MAC"
+	if !slices.Contains(logs, want) {
+		t.Errorf("logs lack %q:\n%s", want, strings.Join(logs, "\n"))
+	}
+}

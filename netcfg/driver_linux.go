@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -102,9 +103,15 @@ func kernelRelease() string {
 
 var pciName = regexp.MustCompile(`^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$`)
 
-// pciDeviceOf finds the PCI device behind network interface name in sysfs, walking up
-// from the device link because virtio NICs hang below a virtio device, not the PCI one.
-func pciDeviceOf(sysfs, name string) (string, bool) {
+// pciDeviceOf finds the PCI device behind the network interface name with MAC mac,
+// walking up from the device link because virtio NICs hang below a virtio device, not
+// the PCI one. sysfs shows the interfaces of the namespace it was mounted in, so an
+// interface of that name whose MAC differs is someone else's: no answer.
+func pciDeviceOf(sysfs, name string, mac net.HardwareAddr) (string, bool) {
+	b, err := os.ReadFile(filepath.Join(sysfs, "class/net", name, "address"))
+	if err != nil || strings.TrimSpace(string(b)) != mac.String() {
+		return "", false
+	}
 	dev, err := filepath.EvalSymlinks(filepath.Join(sysfs, "class/net", name, "device"))
 	if err != nil {
 		return "", false

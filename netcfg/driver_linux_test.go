@@ -71,3 +71,21 @@ func TestColdplugVirtioChain(t *testing.T) {
 		t.Errorf("failing load: err = %v, want it to name e1000", err)
 	}
 }
+
+func TestPCIDeviceOf(t *testing.T) {
+	sys := t.TempDir()
+	// A virtio NIC: class/net/eth0/device -> the virtio device below the PCI device.
+	writeFile(t, filepath.Join(sys, "devices/pci0000:00/0000:00:03.0/virtio0/net/eth0/address"), "52:54:00:12:34:56\n")
+	must(t, os.MkdirAll(filepath.Join(sys, "class/net"), 0o755))
+	must(t, os.Symlink("../../devices/pci0000:00/0000:00:03.0/virtio0/net/eth0", filepath.Join(sys, "class/net/eth0")))
+	must(t, os.Symlink("../../../virtio0", filepath.Join(sys, "devices/pci0000:00/0000:00:03.0/virtio0/net/eth0/device")))
+	if got, ok := pciDeviceOf(sys, "eth0", mac("52:54:00:12:34:56")); !ok || got != "0000:00:03.0" {
+		t.Errorf("pciDeviceOf = %q, %v; want 0000:00:03.0", got, ok)
+	}
+	if _, ok := pciDeviceOf(sys, "eth0", mac("02:00:00:00:00:01")); ok {
+		t.Error("an eth0 with another MAC (another namespace's) was taken for ours")
+	}
+	if _, ok := pciDeviceOf(sys, "eth1", mac("52:54:00:12:34:56")); ok {
+		t.Error("a missing interface has a PCI device")
+	}
+}

@@ -179,7 +179,7 @@ func TestGuestLoadsDriver(t *testing.T) {
 	if h, _ := utsHostname(); h != "isb-guest" {
 		t.Errorf("hostname %q, want isb-guest", h)
 	}
-	if dev, ok := pciDeviceOf("/sys", a.Link); !ok || dev != fmt.Sprintf("0000:00:%02x.0", guestSlot) {
+	if dev, ok := pciDeviceOf("/sys", a.Link, m); !ok || dev != fmt.Sprintf("0000:00:%02x.0", guestSlot) {
 		t.Errorf("%s is PCI %q (found %v), want slot %d", a.Link, dev, ok, guestSlot)
 	}
 	c, err := net.DialTimeout("tcp", net.JoinHostPort("10.0.2.2", strconv.Itoa(port)), 10*time.Second)
