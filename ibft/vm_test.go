@@ -1,0 +1,230 @@
+package ibft_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/isboot/isboot/ibft"
+	"github.com/isboot/isboot/initramfs"
+	"github.com/isboot/isboot/internal/testtarget"
+	"github.com/isboot/isboot/internal/vm"
+)
+
+// VM tier: a guest whose /init runs `isboot ibft --json` (testdata/vmguest) must
+// print the table the firmware holds. Ports: tgtd on 13450-13459, control port 50
+// (outside the other helpers' ranges).
+
+var guest struct {
+	once   sync.Once
+	dir    string
+	initrd string
+	err    error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if guest.dir != "" {
+		os.RemoveAll(guest.dir)
+	}
+	os.Exit(code)
+}
+
+// guestInitrd builds isboot and the guest init statically and packs them.
+func guestInitrd(t *testing.T) string {
+	t.Helper()
+	guest.once.Do(func() {
+		dir, err := os.MkdirTemp("", "isboot-ibft-vm-")
+		if err != nil {
+			guest.err = err
+			return
+		}
+		guest.dir = dir
+		gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+		for _, b := range [][2]string{{"init", "./testdata/vmguest"}, {"isboot", "../cmd/isboot"}} {
+			cmd := exec.Command(gobin, "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(dir, b[0]), b[1])
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				guest.err = fmt.Errorf("build %s: %v\n%s", b[1], err, out)
+				return
+			}
+		}
+		a := initramfs.New()
+		for _, err := range []error{
+			a.AddFile("init", filepath.Join(dir, "init"), 0o755),
+			a.AddFile("isboot", filepath.Join(dir, "isboot"), 0o755),
+			a.AddCharDev("dev/console", 0o600, 5, 1),
+			a.AddDir("proc", 0o555),
+			a.AddDir("sys", 0o555),
+		} {
+			if err != nil {
+				guest.err = err
+				return
+			}
+		}
+		guest.initrd = filepath.Join(dir, "initrd.cpio.gz")
+		guest.err = a.WriteFile(guest.initrd)
+	})
+	if guest.err != nil {
+		t.Fatal(guest.err)
+	}
+	return guest.initrd
+}
+
+var jsonReport = regexp.MustCompile(`(?s)IBFT-JSON-BEGIN\n(.*)IBFT-JSON-END rc=(-?\d+)`)
+
+// bootAndRead boots the guest and returns what `isboot ibft --json` printed in it.
+func bootAndRead(t *testing.T, cfg vm.Config, timeout time.Duration) map[string]any {
+	t.Helper()
+	cfg.Kernel = vm.DebianKernel(t).Image
+	cfg.Initrd = guestInitrd(t)
+	cfg.Cmdline = "console=ttyS0 quiet panic=-1"
+	v := vm.Start(t, cfg)
+	ctx := context.Background()
+	if _, err := v.WaitFor(ctx, timeout, `IBFT-GUEST-DONE rc=-?\d+`); err != nil {
+		t.Fatal(err)
+	}
+	v.Wait(ctx, 30*time.Second)
+	report, err := v.Report()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := jsonReport.FindSubmatch(report)
+	if m == nil {
+		t.Fatalf("guest report lacks the JSON block:\n%s", report)
+	}
+	if string(m[2]) != "0" {
+		t.Fatalf("isboot ibft exited %s in the guest; console:\n%s", m[2], v.Console())
+	}
+	var got map[string]any
+	if err := json.Unmarshal(m[1], &got); err != nil {
+		t.Fatalf("guest output is not JSON: %v\n%s", err, m[1])
+	}
+	t.Logf("%s: guest done %.1fs after QEMU start", cfg.Firmware, v.Elapsed().Seconds())
+	return got
+}
+
+func jsonOf(t *testing.T, tb *ibft.Table) map[string]any {
+	t.Helper()
+	b, err := tb.JSON(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestVMInjectedACPI: a table injected with -acpitable is what `isboot ibft --json`
+// prints in the guest, found through ACPI.
+func TestVMInjectedACPI(t *testing.T) {
+	vm.Require(t)
+	t.Parallel()
+	want := &ibft.Table{
+		Signature: "iBFT", Revision: 1, OEMID: "ISBOOT", OEMTableID: "VMTEST",
+		Initiator: ibft.Initiator{Flags: 3, Name: "iqn.2026-01.org.isboot.test:ibft-vm"},
+		NICs: []ibft.NIC{{
+			Flags: 3, IP: netip.MustParseAddr("10.0.2.15"), Prefix: 24, Origin: ibft.OriginManual,
+			Gateway: netip.MustParseAddr("10.0.2.2"), DNS: [2]netip.Addr{netip.MustParseAddr("10.0.2.3")},
+			VLAN: 0, MAC: net.HardwareAddr{0x52, 0x54, 0, 0x12, 0x34, 0x56}, PCIBDF: 3 << 3, Hostname: "vmguest",
+		}, {
+			Index: 1, Flags: 1, IP: netip.MustParseAddr("2001:db8::15"), Prefix: 64, Origin: ibft.OriginRA,
+			MAC: net.HardwareAddr{0x52, 0x54, 0, 0x12, 0x34, 0x57}, PCIBDF: 4 << 3,
+		}},
+		Targets: []ibft.Target{{
+			Flags: 3, IP: netip.MustParseAddr("10.0.2.2"), Port: 3260, LUN: 1, LUNRaw: [8]byte{0, 1},
+			CHAPType: ibft.CHAPMutual, Name: "iqn.2026-01.org.isboot.test:disk",
+			CHAPName: "user", CHAPSecret: "secret-one", RevCHAPName: "target", RevCHAPSecret: "secret-two",
+		}, {
+			Index: 1, Flags: 1, IP: netip.MustParseAddr("2001:db8::2"), Port: 3261, NIC: 1,
+			Name: "iqn.2026-01.org.isboot.test:disk6",
+		}},
+	}
+	raw, err := ibft.Encode(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "ibft.bin")
+	if err := os.WriteFile(file, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := bootAndRead(t, vm.Config{Firmware: vm.Direct, ACPITables: []string{file}}, 90*time.Second)
+	want.Source = "acpi:/sys/firmware/acpi/tables/iBFT"
+	if w := jsonOf(t, want); !reflect.DeepEqual(got, w) {
+		t.Errorf("guest printed\n%v\nwant\n%v", got, w)
+	}
+}
+
+// TestVMiPXEBIOS: after iPXE's BIOS sanhook, `isboot ibft --json` finds the table in
+// base memory and prints what iPXE was told: QEMU's DHCP lease for our NIC, and the
+// target it logged in to. (The pxe-e1000 ROM: Debian's pxe-virtio.rom is never run
+// by SeaBIOS here.)
+func TestVMiPXEBIOS(t *testing.T) {
+	vm.Require(t)
+	t.Parallel()
+	iqn := "iqn.2026-01.org.isboot.test:ibft-bios"
+	initiator := "iqn.2026-01.org.isboot.test:ibft-initiator"
+	mac := "52:54:00:1b:f7:01"
+	tgt := testtarget.StartTgtd(t, testtarget.TgtdOptions{
+		Port: testtarget.FreePort(t, 13450, 13459), ControlPort: 50, IQN: iqn, Size: 8 << 20,
+	})
+	_, p, _ := net.SplitHostPort(tgt.Addr())
+	port, _ := strconv.Atoi(p)
+	got := bootAndRead(t, vm.Config{
+		Firmware: vm.BIOS,
+		NIC:      &vm.NIC{Model: "e1000", MAC: mac},
+		IPXE:     vm.IPXE{InitiatorIQN: initiator, Target: &vm.SANTarget{Port: port, LUN: 1, IQN: iqn}},
+	}, 180*time.Second)
+
+	if src, _ := got["source"].(string); !strings.HasPrefix(src, "mem:0x") {
+		t.Errorf("source %q, want the base-memory scan", src)
+	}
+	want := map[string]any{
+		"signature": "iBFT", "revision": float64(1), "oem_id": "FENSYS", "oem_table_id": "iPXE",
+		"initiator.name": initiator,
+		"nics.len":       1,
+		"nic.ip":         "10.0.2.15", "nic.prefix": float64(24), "nic.origin": float64(ibft.OriginDHCP),
+		"nic.gateway": vm.HostAddr, "nic.dhcp": vm.HostAddr, "nic.mac": mac, "nic.flags": float64(3),
+		"targets.len": 1,
+		"target.name": iqn, "target.ip": vm.HostAddr, "target.port": float64(port),
+		"target.lun": float64(1), "target.lun_raw": "0001000000000000", "target.nic": float64(0),
+		"target.flags": float64(3), "target.chap_type": float64(0),
+	}
+	flat := map[string]any{}
+	for k, v := range got {
+		flat[k] = v
+	}
+	if in, ok := got["initiator"].(map[string]any); ok {
+		flat["initiator.name"] = in["name"]
+	}
+	nics, _ := got["nics"].([]any)
+	targets, _ := got["targets"].([]any)
+	flat["nics.len"], flat["targets.len"] = len(nics), len(targets)
+	for prefix, list := range map[string][]any{"nic": nics, "target": targets} {
+		if len(list) > 0 {
+			for k, v := range list[0].(map[string]any) {
+				flat[prefix+"."+k] = v
+			}
+		}
+	}
+	for k, w := range want {
+		if !reflect.DeepEqual(flat[k], w) {
+			t.Errorf("%s = %v, want %v", k, flat[k], w)
+		}
+	}
+}
