@@ -7,6 +7,7 @@
 package netcfg
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -77,6 +78,9 @@ func findNIC(t *ibft.Table, index int) (*ibft.NIC, error) {
 // NewPlan decides how to configure iBFT NIC nic (Table.BootChoice picks the boot NIC) and reach the targets
 // that use it. It fails, naming the field, when the NIC cannot be configured.
 func NewPlan(t *ibft.Table, nic int, ov Overrides) (*Plan, error) {
+	if t == nil {
+		return nil, errors.New("netcfg: no iBFT")
+	}
 	n, err := findNIC(t, nic)
 	if err != nil {
 		return nil, err
