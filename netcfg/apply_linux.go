@@ -1,6 +1,7 @@
 package netcfg
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -255,7 +256,7 @@ func (ap *applier) linkByMAC() (netlink.Link, error) {
 	// take a link stacked on another.
 	var other netlink.Link
 	for _, l := range links {
-		if !bytesEqual(l.Attrs().HardwareAddr, ap.p.MAC) {
+		if !bytes.Equal(l.Attrs().HardwareAddr, ap.p.MAC) {
 			continue
 		}
 		switch l.Type() {
@@ -627,5 +628,3 @@ func ipNet(p netip.Prefix) *net.IPNet {
 	a := p.Addr()
 	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(p.Bits(), a.BitLen())}
 }
-
-func bytesEqual(a, b []byte) bool { return string(a) == string(b) }

@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -53,9 +54,27 @@ func requireNetns(t *testing.T) {
 	}
 }
 
+var sweepOnce sync.Once
+
+// sweepStaleNamespaces deletes isb-nc-<pid>-* namespaces of test processes that died
+// before their cleanup ran (a timeout panic skips t.Cleanup).
+func sweepStaleNamespaces() {
+	names, _ := filepath.Glob("/var/run/netns/isb-nc-*")
+	for _, path := range names {
+		var pid int
+		if _, err := fmt.Sscanf(filepath.Base(path), "isb-nc-%d-", &pid); err != nil || pid == os.Getpid() {
+			continue
+		}
+		if err := unix.Kill(pid, 0); errors.Is(err, unix.ESRCH) {
+			netns.DeleteNamed(filepath.Base(path))
+		}
+	}
+}
+
 // newNamespace creates a named network namespace, removed in t.Cleanup.
 func newNamespace(t *testing.T, role string) netns.NsHandle {
 	t.Helper()
+	sweepOnce.Do(sweepStaleNamespaces)
 	name := fmt.Sprintf("isb-nc-%d-%d-%s", os.Getpid(), nsSeq.Add(1), role)
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()

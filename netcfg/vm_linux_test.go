@@ -2,6 +2,7 @@ package netcfg
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -149,7 +150,7 @@ func TestGuestLoadsDriver(t *testing.T) {
 	links, err := netlink.LinkList()
 	must(t, err)
 	for _, l := range links {
-		if bytesEqual(l.Attrs().HardwareAddr, m) {
+		if bytes.Equal(l.Attrs().HardwareAddr, m) {
 			t.Fatalf("%s already has MAC %s: the driver is loaded, nothing to test", l.Attrs().Name, m)
 		}
 	}
