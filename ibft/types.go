@@ -1,5 +1,12 @@
 // Package ibft finds, validates, decodes and encodes the iSCSI Boot Firmware Table
 // that firmware leaves in memory after an iSCSI boot.
+//
+// Parse treats its input as hostile: every offset, length and string is checked
+// against the table, and each defect is one *Error naming the structure and its
+// offset. Encode writes a complete ACPI table (for tests and `qemu -acpitable`) that
+// Parse reads back unchanged. Find looks where firmware puts the table (ACPI, the BIOS
+// base-memory scan, the kernel's sysfs view, a file). BootChoice picks the NIC and
+// target to boot from; JSON and Keys render what `isboot ibft` and the status file show.
 package ibft
 
 import (
@@ -9,7 +16,7 @@ import (
 
 // Table is a decoded iBFT. Absent addresses are the zero netip.Addr; absent strings "".
 type Table struct {
-	Source     string // where it was found: "acpi:/sys/...", "mem:0x9a000", "sysfs", "file:..."
+	Source     string // where it was found: "acpi:/sys/...", "mem:0x9a000", "sysfs:/sys/firmware/ibft", "file:..."
 	Signature  string // "iBFT", "IBFT" or "BIFT"
 	Revision   uint8
 	OEMID      string // up to 6 bytes
