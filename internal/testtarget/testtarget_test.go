@@ -28,7 +28,7 @@ func iscsiLs(t *testing.T, tg Target, user, secret string) (string, error) {
 }
 
 func TestTgtdServesLUN(t *testing.T) {
-	d := StartTgtd(t, TgtdOptions{Port: FreePort(t, 13290, 13299), ControlPort: 19, Size: 32 << 20,
+	d := StartTgtd(t, TgtdOptions{Port: FreePort(t, 13295, 13299), ControlPort: 19, Size: 32 << 20,
 		CHAP: CHAP{"alice", "alicesecret12"}})
 	out, err := iscsiLs(t, d, "alice", "alicesecret12")
 	if err != nil || !strings.Contains(out, "Peripheral Device Type") {
@@ -44,7 +44,7 @@ func TestTgtdServesLUN(t *testing.T) {
 }
 
 func TestIstgtServesLUN(t *testing.T) {
-	s := StartIstgt(t, IstgtOptions{Port: FreePort(t, 13280, 13289), Size: 32 << 20})
+	s := StartIstgt(t, IstgtOptions{Port: FreePort(t, 13290, 13294), Size: 32 << 20})
 	out, err := iscsiLs(t, s, "", "")
 	if err != nil || !strings.Contains(out, "Peripheral Device Type") {
 		t.Fatalf("iscsi-inq: %v\n%s\n%s", err, out, s.Log())
@@ -52,7 +52,7 @@ func TestIstgtServesLUN(t *testing.T) {
 }
 
 func TestGotgtServesLUN(t *testing.T) {
-	g := StartGotgt(t, GotgtOptions{Port: FreePort(t, 13270, 13279), Size: 32 << 20})
+	g := StartGotgt(t, GotgtOptions{Port: FreePort(t, 13285, 13289), Size: 32 << 20})
 	out, err := iscsiLs(t, g, "", "")
 	if err != nil || !strings.Contains(out, "Peripheral Device Type") {
 		t.Fatalf("iscsi-inq: %v\n%s", err, out)

@@ -1,0 +1,133 @@
+package iscsi
+
+import (
+	"crypto/md5"
+	"crypto/rand"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/sha3"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"strconv"
+	"strings"
+)
+
+// CHAP algorithms by their CHAP_A number (RFC 7143 §12.1.3, RFC 1994; 6-8 from the
+// IANA iSCSI registry as Linux LIO implements them).
+var chapAlgorithms = map[int]func() hash.Hash{
+	5: md5.New,
+	6: sha1.New,
+	7: sha256.New,
+	8: func() hash.Hash { return sha3.New256() },
+}
+
+// chapOffer is our CHAP_A list, strongest first: the target picks the first it knows.
+const chapOffer = "8,7,6,5"
+
+// chapResponse is H(id || secret || challenge) as RFC 1994 defines it.
+func chapResponse(alg int, id byte, secret string, challenge []byte) []byte {
+	h := chapAlgorithms[alg]()
+	h.Write([]byte{id})
+	h.Write([]byte(secret))
+	h.Write(challenge)
+	return h.Sum(nil)
+}
+
+// decodeBinary reads a binary value: 0x hex or 0b base64 (RFC 7143 §6.1).
+func decodeBinary(key, v string) ([]byte, error) {
+	var b []byte
+	var err error
+	switch {
+	case strings.HasPrefix(v, "0x") || strings.HasPrefix(v, "0X"):
+		s := v[2:]
+		if len(s)%2 == 1 {
+			s = "0" + s
+		}
+		b, err = hex.DecodeString(s)
+	case strings.HasPrefix(v, "0b") || strings.HasPrefix(v, "0B"):
+		b, err = base64.StdEncoding.DecodeString(v[2:])
+	default:
+		return nil, fmt.Errorf("iscsi: %s is neither 0x hex nor 0b base64", key)
+	}
+	if err != nil || len(b) == 0 {
+		return nil, fmt.Errorf("iscsi: %s is not valid binary", key)
+	}
+	return b, nil
+}
+
+func encodeHex(b []byte) string { return "0x" + hex.EncodeToString(b) }
+
+// chapState carries one CHAP exchange in the security stage.
+type chapState struct {
+	alg          int
+	ourID        byte
+	ourChallenge []byte
+}
+
+// respond answers the target's challenge and, for mutual CHAP, adds ours.
+// Secrets go only into the hash, never into an error or a log.
+func (c *chapState) respond(cfg *Config, target map[string]string) ([]KV, error) {
+	alg, err := strconv.Atoi(target["CHAP_A"])
+	if err != nil || chapAlgorithms[alg] == nil {
+		return nil, fmt.Errorf("iscsi: target chose CHAP_A=%q, not among offered %s", target["CHAP_A"], chapOffer)
+	}
+	c.alg = alg
+	id, err := parseNumber("CHAP_I", target["CHAP_I"])
+	if err != nil || id > 255 {
+		return nil, fmt.Errorf("iscsi: target sent bad CHAP_I %q", target["CHAP_I"])
+	}
+	challenge, err := decodeBinary("CHAP_C", target["CHAP_C"])
+	if err != nil {
+		return nil, err
+	}
+	if len(challenge) > 1024 {
+		return nil, errors.New("iscsi: target CHAP_C longer than 1024 bytes")
+	}
+	kvs := []KV{
+		{"CHAP_N", cfg.CHAPUser},
+		{"CHAP_R", encodeHex(chapResponse(alg, byte(id), cfg.CHAPSecret, challenge))},
+	}
+	if cfg.RevCHAPUser == "" {
+		return kvs, nil
+	}
+	var idb [1]byte
+	c.ourChallenge = make([]byte, max(16, chapAlgorithms[alg]().Size()))
+	for {
+		if _, err := rand.Read(idb[:]); err != nil {
+			return nil, err
+		}
+		if _, err := rand.Read(c.ourChallenge); err != nil {
+			return nil, err
+		}
+		// A target that reflects our challenge back would get us to compute its
+		// answer; never send one equal to the challenge we were given.
+		if subtle.ConstantTimeCompare(c.ourChallenge, challenge) == 0 {
+			break
+		}
+	}
+	c.ourID = idb[0]
+	return append(kvs, KV{"CHAP_I", strconv.Itoa(int(c.ourID))}, KV{"CHAP_C", encodeHex(c.ourChallenge)}), nil
+}
+
+// verifyTarget checks the target's answer to our mutual CHAP challenge in constant time.
+func (c *chapState) verifyTarget(cfg *Config, target map[string]string) error {
+	name, resp := target["CHAP_N"], target["CHAP_R"]
+	if name == "" || resp == "" {
+		return errors.New("iscsi: mutual CHAP: target did not authenticate itself (no CHAP_N/CHAP_R)")
+	}
+	got, err := decodeBinary("CHAP_R", resp)
+	if err != nil {
+		return err
+	}
+	want := chapResponse(c.alg, c.ourID, cfg.RevCHAPSecret, c.ourChallenge)
+	nameOK := subtle.ConstantTimeCompare([]byte(name), []byte(cfg.RevCHAPUser))
+	respOK := subtle.ConstantTimeCompare(got, want)
+	if nameOK&respOK != 1 {
+		return errors.New("iscsi: mutual CHAP: target failed to authenticate (wrong name or response)")
+	}
+	return nil
+}

@@ -1,0 +1,108 @@
+// Package iscsi is a native iSCSI initiator (RFC 7143) built to carry a root
+// filesystem: it logs in (CHAP, mutual CHAP), keeps many commands in flight, and at
+// ErrorRecoveryLevel 0 reconnects and reissues every unfinished command so that the
+// caller never sees a connection loss.
+package iscsi
+
+import (
+	"crypto/rand"
+	"fmt"
+	"time"
+)
+
+// Config describes one session to one target LUN.
+type Config struct {
+	Portals       []string // "host:port", tried in turn
+	TargetName    string
+	InitiatorName string // default: a generated iqn
+	LUN           uint64
+	CHAPUser      string
+	CHAPSecret    string
+	RevCHAPUser   string // mutual CHAP: the name the target must answer with
+	RevCHAPSecret string
+	HeaderDigest  bool
+	DataDigest    bool
+	QueueDepth    int         // commands in flight; default 64
+	Retry         RetryPolicy // zero value: retry forever (root device)
+	Logf          func(format string, args ...any)
+
+	// ISID pins the initiator session ID; default random format (T=10b).
+	ISID [6]byte
+	// NopInterval: after this long without hearing from the target, ping it.
+	NopInterval time.Duration // default 5s
+	// NopTimeout: the ping must be answered within this, or the connection is dropped.
+	NopTimeout time.Duration // default 10s
+	// CommandTimeout: a command older than this is aborted and reissued.
+	CommandTimeout time.Duration // default 60s
+	// LoginTimeout bounds one connect + login.
+	LoginTimeout time.Duration // default 15s
+	// MaxRecvDataSegmentLength we offer; default 256 KiB.
+	MaxRecvDataSegmentLength int
+}
+
+// RetryPolicy says how long reconnecting goes on after a connection is lost.
+// The zero value retries forever, as a root device must.
+type RetryPolicy struct {
+	MaxAttempts    int           // 0: unlimited
+	MaxElapsed     time.Duration // 0: unlimited
+	InitialBackoff time.Duration // default 100ms
+	MaxBackoff     time.Duration // default 5s
+}
+
+func (c *Config) withDefaults() (Config, error) {
+	cfg := *c
+	if len(cfg.Portals) == 0 {
+		return cfg, fmt.Errorf("iscsi: config: no portal")
+	}
+	if cfg.TargetName == "" {
+		return cfg, fmt.Errorf("iscsi: config: no target name")
+	}
+	if (cfg.CHAPUser == "") != (cfg.CHAPSecret == "") {
+		return cfg, fmt.Errorf("iscsi: config: CHAP needs both user and secret")
+	}
+	if cfg.RevCHAPUser != "" && (cfg.CHAPUser == "" || cfg.RevCHAPSecret == "") {
+		return cfg, fmt.Errorf("iscsi: config: mutual CHAP needs CHAP and the reverse secret")
+	}
+	if cfg.RevCHAPUser != "" && cfg.RevCHAPSecret == cfg.CHAPSecret {
+		// RFC 7143 §12.1.3: the two directions must not share a secret.
+		return cfg, fmt.Errorf("iscsi: config: mutual CHAP secret equals the CHAP secret")
+	}
+	if cfg.InitiatorName == "" {
+		cfg.InitiatorName = "iqn.2026-01.org.isboot:initiator"
+	}
+	if cfg.QueueDepth <= 0 {
+		cfg.QueueDepth = 64
+	}
+	if cfg.QueueDepth > 4096 {
+		cfg.QueueDepth = 4096
+	}
+	if cfg.ISID == ([6]byte{}) {
+		cfg.ISID[0] = 0x80 // T=10b: random format (RFC 7143 §11.12.5)
+		rand.Read(cfg.ISID[1:4])
+	}
+	if cfg.NopInterval <= 0 {
+		cfg.NopInterval = 5 * time.Second
+	}
+	if cfg.NopTimeout <= 0 {
+		cfg.NopTimeout = 10 * time.Second
+	}
+	if cfg.CommandTimeout <= 0 {
+		cfg.CommandTimeout = 60 * time.Second
+	}
+	if cfg.LoginTimeout <= 0 {
+		cfg.LoginTimeout = 15 * time.Second
+	}
+	if cfg.MaxRecvDataSegmentLength <= 0 {
+		cfg.MaxRecvDataSegmentLength = 256 << 10
+	}
+	if cfg.Retry.InitialBackoff <= 0 {
+		cfg.Retry.InitialBackoff = 100 * time.Millisecond
+	}
+	if cfg.Retry.MaxBackoff <= 0 {
+		cfg.Retry.MaxBackoff = 5 * time.Second
+	}
+	if cfg.Logf == nil {
+		cfg.Logf = func(string, ...any) {}
+	}
+	return cfg, nil
+}

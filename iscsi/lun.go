@@ -1,0 +1,215 @@
+package iscsi
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/isboot/isboot/internal/blockdev"
+)
+
+// LUN is the block device behind a session. It implements blockdev.Device.
+// Offsets and lengths must be multiples of BlockSize.
+type LUN struct {
+	s         *Session
+	blockSize int
+	blocks    uint64
+	readOnly  bool
+	maxXfer   int // bytes per READ/WRITE command
+	limits    blockLimits
+	unmap     bool // UNMAP supported (VPD 0xB2 LBPU)
+	writeSame atomic.Bool // WRITE SAME(16) worth trying
+	zero      []byte
+}
+
+var _ blockdev.Device = (*LUN)(nil)
+
+// openLUN reads capacity, limits and write protection through the normal path.
+func (s *Session) openLUN() (*LUN, error) {
+	l := &LUN{s: s}
+	buf := make([]byte, 512)
+	// The first command after login may report UNIT ATTENTION; exec retries it.
+	if _, err := s.exec("TEST UNIT READY", cdbTestUnitReady(), true, nil); err != nil {
+		return nil, err
+	}
+	if n, err := s.exec("INQUIRY", cdbInquiry(0, false, 96), true, buf[:96]); err != nil {
+		return nil, err
+	} else if n < 1 || buf[0]&0x1f != 0 {
+		return nil, fmt.Errorf("iscsi: LUN %d of %s is not a disk (peripheral type 0x%02x)", s.cfg.LUN, s.cfg.TargetName, buf[0]&0x1f)
+	}
+	n, err := s.exec("READ CAPACITY(16)", cdbReadCapacity16(), true, buf[:32])
+	if err == nil && n >= 12 {
+		l.blocks = binary.BigEndian.Uint64(buf[0:]) + 1
+		l.blockSize = int(binary.BigEndian.Uint32(buf[8:]))
+	} else {
+		if _, err := s.exec("READ CAPACITY(10)", cdbReadCapacity10(), true, buf[:8]); err != nil {
+			return nil, err
+		}
+		l.blocks = uint64(binary.BigEndian.Uint32(buf[0:])) + 1
+		l.blockSize = int(binary.BigEndian.Uint32(buf[4:]))
+	}
+	if l.blockSize < 512 || l.blockSize > 64<<10 || l.blockSize&(l.blockSize-1) != 0 {
+		return nil, fmt.Errorf("iscsi: LUN block size %d not supported", l.blockSize)
+	}
+	l.maxXfer = 4 << 20
+	if n, err := s.exec("INQUIRY VPD 0xB0", cdbInquiry(0xb0, true, 64), true, buf[:64]); err == nil {
+		l.limits = parseBlockLimits(buf[:n])
+		if mt := int(l.limits.maxTransfer) * l.blockSize; mt > 0 && mt < l.maxXfer {
+			l.maxXfer = mt
+		}
+	}
+	if n, err := s.exec("INQUIRY VPD 0xB2", cdbInquiry(0xb2, true, 8), true, buf[:8]); err == nil && n >= 6 {
+		l.unmap = buf[5]&0x80 != 0 // LBPU
+	}
+	// Only trust WRITE SAME when the LUN advertises a length for it: some targets
+	// (gotgt) answer GOOD without writing anything.
+	l.writeSame.Store(l.limits.maxWriteSame > 0)
+	if n, err := s.exec("MODE SENSE(6)", cdbModeSense6(), true, buf[:192]); err == nil && n >= 4 {
+		l.readOnly = buf[2]&0x80 != 0 // WP in the device-specific parameter
+	}
+	l.zero = make([]byte, l.blockSize)
+	return l, nil
+}
+
+func (l *LUN) Size() int64    { return int64(l.blocks) * int64(l.blockSize) }
+func (l *LUN) BlockSize() int { return l.blockSize }
+func (l *LUN) ReadOnly() bool { return l.readOnly }
+
+// check validates an I/O range and returns its first LBA.
+func (l *LUN) check(n int, off int64) (uint64, error) {
+	bs := int64(l.blockSize)
+	if off%bs != 0 || int64(n)%bs != 0 {
+		return 0, fmt.Errorf("iscsi: I/O at %d length %d not aligned to %d-byte blocks", off, n, bs)
+	}
+	if off < 0 || off+int64(n) > l.Size() {
+		return 0, blockdev.ErrOutOfRange
+	}
+	return uint64(off / bs), nil
+}
+
+// ReadAt reads len(p) bytes at off, split by the LUN's maximum transfer length.
+func (l *LUN) ReadAt(p []byte, off int64) (int, error) {
+	lba, err := l.check(len(p), off)
+	if err != nil {
+		return 0, err
+	}
+	done := 0
+	for done < len(p) {
+		c := min(len(p)-done, l.maxXfer)
+		blocks := uint32(c / l.blockSize)
+		n, err := l.s.exec("READ", cdbRW(false, false, lba, blocks), true, p[done:done+c])
+		if err != nil {
+			return done, err
+		}
+		if n != c {
+			return done + n, fmt.Errorf("iscsi: READ at LBA %d returned %d of %d bytes", lba, n, c)
+		}
+		done += c
+		lba += uint64(blocks)
+	}
+	return done, nil
+}
+
+func (l *LUN) WriteAt(p []byte, off int64) (int, error)    { return l.write(p, off, false) }
+func (l *LUN) WriteAtFUA(p []byte, off int64) (int, error) { return l.write(p, off, true) }
+
+func (l *LUN) write(p []byte, off int64, fua bool) (int, error) {
+	if l.readOnly {
+		return 0, blockdev.ErrReadOnly
+	}
+	lba, err := l.check(len(p), off)
+	if err != nil {
+		return 0, err
+	}
+	done := 0
+	for done < len(p) {
+		c := min(len(p)-done, l.maxXfer)
+		blocks := uint32(c / l.blockSize)
+		if _, err := l.s.exec("WRITE", cdbRW(true, fua, lba, blocks), false, p[done:done+c]); err != nil {
+			return done, err
+		}
+		done += c
+		lba += uint64(blocks)
+	}
+	return done, nil
+}
+
+// Flush is SYNCHRONIZE CACHE over the whole LUN.
+func (l *LUN) Flush() error {
+	_, err := l.s.exec("SYNCHRONIZE CACHE", cdbSyncCache(), true, nil)
+	return err
+}
+
+// Unmap discards the range when the LUN supports UNMAP; it is only a hint otherwise.
+func (l *LUN) Unmap(off, length int64) error {
+	if l.readOnly {
+		return blockdev.ErrReadOnly
+	}
+	lba, err := l.check(int(length), off)
+	if err != nil || !l.unmap {
+		return err
+	}
+	blocks := uint64(length) / uint64(l.blockSize)
+	per := uint64(l.limits.maxUnmap)
+	if per == 0 || per > 1<<22 {
+		per = 1 << 22
+	}
+	params := make([]byte, 24)
+	for blocks > 0 {
+		n := min(blocks, per)
+		if _, err := l.s.exec("UNMAP", cdbUnmap(24), false, unmapParams(params, lba, uint32(n))); err != nil {
+			return err
+		}
+		lba += n
+		blocks -= n
+	}
+	return nil
+}
+
+// WriteZeroes uses WRITE SAME(16) with a zero block, falling back to plain writes.
+func (l *LUN) WriteZeroes(off, length int64) error {
+	if l.readOnly {
+		return blockdev.ErrReadOnly
+	}
+	lba, err := l.check(int(length), off)
+	if err != nil {
+		return err
+	}
+	blocks := uint64(length) / uint64(l.blockSize)
+	if l.writeSame.Load() {
+		per := l.limits.maxWriteSame
+		if per == 0 || per > 65535 {
+			per = 65535
+		}
+		start, left := lba, blocks
+		for left > 0 {
+			n := min(left, per)
+			_, err := l.s.exec("WRITE SAME(16)", cdbWriteSame16(start, uint32(n)), false, l.zero)
+			var se *SCSIError
+			if errors.As(err, &se) && se.Key == senseIllegalRequest {
+				l.writeSame.Store(false) // not supported: write zeroes instead
+				break
+			}
+			if err != nil {
+				return err
+			}
+			start += n
+			left -= n
+		}
+		if left == 0 {
+			return nil
+		}
+		lba, blocks = start, left
+	}
+	zeros := make([]byte, min(int64(blocks)*int64(l.blockSize), int64(l.maxXfer)))
+	for blocks > 0 {
+		n := min(blocks, uint64(len(zeros)/l.blockSize))
+		if _, err := l.write(zeros[:n*uint64(l.blockSize)], int64(lba)*int64(l.blockSize), false); err != nil {
+			return err
+		}
+		lba += n
+		blocks -= n
+	}
+	return nil
+}

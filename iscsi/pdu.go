@@ -1,0 +1,260 @@
+package iscsi
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"net"
+)
+
+// Opcodes (RFC 7143 §11.2.1.2). Initiator opcodes first, then target opcodes.
+const (
+	opNOPOut      = 0x00
+	opSCSICmd     = 0x01
+	opTMFReq      = 0x02
+	opLoginReq    = 0x03
+	opTextReq     = 0x04
+	opDataOut     = 0x05
+	opLogoutReq   = 0x06
+	opNOPIn       = 0x20
+	opSCSIResp    = 0x21
+	opTMFResp     = 0x22
+	opLoginResp   = 0x23
+	opTextResp    = 0x24
+	opDataIn      = 0x25
+	opLogoutResp  = 0x26
+	opR2T         = 0x31
+	opAsyncMsg    = 0x32
+	opReject      = 0x3f
+	flagImmediate = 0x40
+	flagFinal     = 0x80
+	reservedTag   = 0xffffffff
+	bhsLen        = 48
+	// maxAHSLen bounds the additional header segments we accept; targets send none
+	// to an initiator in practice, and the field allows 1020 bytes.
+	maxAHSLen = 1020
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// crc32c is the iSCSI digest: CRC32C, sent little-endian on the wire (RFC 7143 §13.1).
+func crc32c(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+
+var zeroPad [4]byte
+
+// padLen is the number of pad bytes after a segment of n bytes.
+func padLen(n int) int { return (4 - n&3) & 3 }
+
+// bhs is a Basic Header Segment. Accessors read fields in place so a PDU header is
+// never decoded into a separate struct on the hot path.
+type bhs [bhsLen]byte
+
+func (h *bhs) opcode() byte       { return h[0] & 0x3f }
+func (h *bhs) flags() byte        { return h[1] }
+func (h *bhs) ahsLen() int        { return int(h[4]) * 4 }
+func (h *bhs) dataLen() int       { return int(h[5])<<16 | int(h[6])<<8 | int(h[7]) }
+func (h *bhs) u32(off int) uint32 { return binary.BigEndian.Uint32(h[off:]) }
+func (h *bhs) itt() uint32        { return h.u32(16) }
+func (h *bhs) ttt() uint32        { return h.u32(20) }
+func (h *bhs) statSN() uint32     { return h.u32(24) }
+func (h *bhs) expCmdSN() uint32   { return h.u32(28) }
+func (h *bhs) maxCmdSN() uint32   { return h.u32(32) }
+
+func (h *bhs) setU32(off int, v uint32) { binary.BigEndian.PutUint32(h[off:], v) }
+func (h *bhs) setDataLen(n int) {
+	h[5], h[6], h[7] = byte(n>>16), byte(n>>8), byte(n)
+}
+
+// reset zeroes the header and sets its opcode, reusing the array.
+func (h *bhs) reset(op byte) {
+	*h = bhs{}
+	h[0] = op
+}
+
+// opName names an opcode for error messages.
+func opName(op byte) string {
+	switch op {
+	case opNOPIn:
+		return "NOP-In"
+	case opSCSIResp:
+		return "SCSI Response"
+	case opTMFResp:
+		return "Task Management Response"
+	case opLoginResp:
+		return "Login Response"
+	case opTextResp:
+		return "Text Response"
+	case opDataIn:
+		return "Data-In"
+	case opLogoutResp:
+		return "Logout Response"
+	case opR2T:
+		return "R2T"
+	case opAsyncMsg:
+		return "Async Message"
+	case opReject:
+		return "Reject"
+	}
+	return fmt.Sprintf("opcode 0x%02x", op)
+}
+
+// ProtocolError is a PDU that breaks RFC 7143; the connection is dropped and recovered.
+type ProtocolError struct{ Msg string }
+
+func (e *ProtocolError) Error() string { return "iscsi: protocol error: " + e.Msg }
+
+func protoErr(format string, args ...any) error {
+	return &ProtocolError{Msg: fmt.Sprintf(format, args...)}
+}
+
+// errDigest marks a digest mismatch: at ErrorRecoveryLevel 0 the connection is dropped.
+var errDigest = errors.New("iscsi: digest mismatch")
+
+// pduReader reads PDUs from a connection. Its buffers are reused for every PDU.
+type pduReader struct {
+	r          io.Reader
+	hdrDigest  bool
+	dataDigest bool
+	maxData    int // our MaxRecvDataSegmentLength: the largest segment we accept
+	hdr        bhs
+	ahs        [maxAHSLen + 4]byte
+	trailer    [8]byte
+}
+
+// readHeader reads the BHS, AHS and header digest of the next PDU into p.hdr.
+// It checks the segment length against maxData before anything is read into memory.
+func (p *pduReader) readHeader() error {
+	if _, err := io.ReadFull(p.r, p.hdr[:]); err != nil {
+		return err
+	}
+	ahs := p.hdr.ahsLen()
+	if ahs > maxAHSLen {
+		return protoErr("%s: AHS length %d", opName(p.hdr.opcode()), ahs)
+	}
+	if n := p.hdr.dataLen(); n > p.maxData {
+		return protoErr("%s: data segment %d bytes exceeds MaxRecvDataSegmentLength %d",
+			opName(p.hdr.opcode()), n, p.maxData)
+	}
+	if ahs > 0 {
+		if _, err := io.ReadFull(p.r, p.ahs[:ahs]); err != nil {
+			return err
+		}
+	}
+	if p.hdrDigest {
+		if _, err := io.ReadFull(p.r, p.trailer[:4]); err != nil {
+			return err
+		}
+		sum := crc32.Update(crc32c(p.hdr[:]), castagnoli, p.ahs[:ahs])
+		if binary.LittleEndian.Uint32(p.trailer[:4]) != sum {
+			return fmt.Errorf("%w: header of %s", errDigest, opName(p.hdr.opcode()))
+		}
+	}
+	return nil
+}
+
+// readData reads the current PDU's data segment into dst (len(dst) == dataLen), then
+// its padding and data digest.
+func (p *pduReader) readData(dst []byte) error {
+	if _, err := io.ReadFull(p.r, dst); err != nil {
+		return err
+	}
+	pad := padLen(len(dst))
+	n := pad
+	if p.dataDigest && len(dst) > 0 {
+		n += 4
+	}
+	if n == 0 {
+		return nil
+	}
+	if _, err := io.ReadFull(p.r, p.trailer[:n]); err != nil {
+		return err
+	}
+	if p.dataDigest && len(dst) > 0 {
+		sum := crc32.Update(crc32c(dst), castagnoli, p.trailer[:pad])
+		if binary.LittleEndian.Uint32(p.trailer[pad:n]) != sum {
+			return fmt.Errorf("%w: data of %s", errDigest, opName(p.hdr.opcode()))
+		}
+	}
+	return nil
+}
+
+// discardData reads and drops the current PDU's data segment (bounded by maxData).
+func (p *pduReader) discardData(scratch []byte) error {
+	n := p.hdr.dataLen()
+	for n > 0 {
+		c := min(n, len(scratch))
+		if _, err := io.ReadFull(p.r, scratch[:c]); err != nil {
+			return err
+		}
+		n -= c
+	}
+	return nil
+}
+
+// pduWriter writes PDUs. Small PDUs are gathered in out and sent together by flush;
+// a large data segment goes straight from the caller's buffer with writev. The buffers
+// are reused so sending a PDU does not allocate.
+type pduWriter struct {
+	w          io.Writer
+	hdrDigest  bool
+	dataDigest bool
+	out        []byte
+	trailer    [8]byte
+	bufs       [3][]byte
+	vec        net.Buffers
+}
+
+// smallData is the largest data segment copied into the gather buffer.
+const smallData = 8 << 10
+
+// writePDU queues header h with data segment data (may be nil). The caller flushes.
+func (p *pduWriter) writePDU(h *bhs, data []byte) error {
+	if p.out == nil {
+		p.out = make([]byte, 0, 64<<10)
+	}
+	h.setDataLen(len(data))
+	p.out = append(p.out, h[:]...)
+	if p.hdrDigest {
+		p.out = binary.LittleEndian.AppendUint32(p.out, crc32c(h[:]))
+	}
+	if len(data) == 0 {
+		return p.flushIfFull()
+	}
+	pad := padLen(len(data))
+	t := copy(p.trailer[:], zeroPad[:pad])
+	if p.dataDigest {
+		sum := crc32.Update(crc32c(data), castagnoli, zeroPad[:pad])
+		binary.LittleEndian.PutUint32(p.trailer[t:], sum)
+		t += 4
+	}
+	if len(data) <= smallData {
+		p.out = append(p.out, data...)
+		p.out = append(p.out, p.trailer[:t]...)
+		return p.flushIfFull()
+	}
+	p.bufs[0], p.bufs[1], p.bufs[2] = p.out, data, p.trailer[:t]
+	p.vec = p.bufs[:]
+	// WriteTo uses writev on a TCP connection: queued headers, data and digest at once.
+	_, err := p.vec.WriteTo(p.w)
+	p.out = p.out[:0]
+	return err
+}
+
+func (p *pduWriter) flushIfFull() error {
+	if len(p.out) > cap(p.out)-smallData-2*bhsLen {
+		return p.flush()
+	}
+	return nil
+}
+
+// flush sends everything queued.
+func (p *pduWriter) flush() error {
+	if len(p.out) == 0 {
+		return nil
+	}
+	_, err := p.w.Write(p.out)
+	p.out = p.out[:0]
+	return err
+}

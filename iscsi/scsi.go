@@ -1,0 +1,229 @@
+package iscsi
+
+import (
+	"encoding/binary"
+	"fmt"
+)
+
+// SCSI status codes (SAM-5).
+const (
+	statusGood           = 0x00
+	statusCheckCondition = 0x02
+	statusBusy           = 0x08
+	statusReservation    = 0x18
+	statusTaskSetFull    = 0x28
+)
+
+// Sense keys.
+const (
+	senseNotReady       = 0x2
+	senseMediumError    = 0x3
+	senseIllegalRequest = 0x5
+	senseUnitAttention  = 0x6
+	senseDataProtect    = 0x7
+	senseAbortedCommand = 0xb
+)
+
+// SCSIError is a command the target completed with a status other than GOOD.
+type SCSIError struct {
+	Op             string
+	Status         byte
+	Key, ASC, ASCQ byte
+}
+
+func (e *SCSIError) Error() string {
+	if e.Status == statusCheckCondition {
+		return fmt.Sprintf("iscsi: %s: CHECK CONDITION, %s (sense %x/%02x/%02x)", e.Op, senseKeyName(e.Key), e.Key, e.ASC, e.ASCQ)
+	}
+	return fmt.Sprintf("iscsi: %s: SCSI status 0x%02x", e.Op, e.Status)
+}
+
+func senseKeyName(k byte) string {
+	names := [...]string{"no sense", "recovered error", "not ready", "medium error",
+		"hardware error", "illegal request", "unit attention", "data protect",
+		"blank check", "vendor specific", "copy aborted", "aborted command",
+		"equal", "volume overflow", "miscompare", "completed"}
+	return names[k&0xf]
+}
+
+// parseSense extracts key, ASC and ASCQ from fixed (0x70/0x71) or descriptor
+// (0x72/0x73) sense data.
+func parseSense(b []byte) (key, asc, ascq byte, ok bool) {
+	if len(b) < 1 {
+		return 0, 0, 0, false
+	}
+	switch b[0] & 0x7f {
+	case 0x70, 0x71:
+		if len(b) < 14 {
+			if len(b) >= 3 {
+				return b[2] & 0xf, 0, 0, true
+			}
+			return 0, 0, 0, false
+		}
+		return b[2] & 0xf, b[12], b[13], true
+	case 0x72, 0x73:
+		if len(b) < 4 {
+			return 0, 0, 0, false
+		}
+		return b[1] & 0xf, b[2], b[3], true
+	}
+	return 0, 0, 0, false
+}
+
+// encodeLUN renders a LUN in the 8-byte SAM form: peripheral addressing below 256,
+// flat space addressing up to 16383 (SAM-5 §4.7).
+func encodeLUN(lun uint64) [8]byte {
+	var b [8]byte
+	switch {
+	case lun < 256:
+		b[1] = byte(lun)
+	case lun < 16384:
+		b[0] = 0x40 | byte(lun>>8)
+		b[1] = byte(lun)
+	default:
+		binary.BigEndian.PutUint64(b[:], lun)
+	}
+	return b
+}
+
+// cdb is a command descriptor block with its length.
+type cdb struct {
+	b [16]byte
+	n int
+}
+
+func cdbTestUnitReady() cdb { return cdb{n: 6} }
+
+func cdbInquiry(page byte, evpd bool, alloc int) cdb {
+	c := cdb{n: 6}
+	c.b[0] = 0x12
+	if evpd {
+		c.b[1] = 1
+		c.b[2] = page
+	}
+	binary.BigEndian.PutUint16(c.b[3:], uint16(alloc))
+	return c
+}
+
+func cdbReadCapacity10() cdb { c := cdb{n: 10}; c.b[0] = 0x25; return c }
+
+func cdbReadCapacity16() cdb {
+	c := cdb{n: 16}
+	c.b[0], c.b[1] = 0x9e, 0x10
+	binary.BigEndian.PutUint32(c.b[10:], 32)
+	return c
+}
+
+func cdbReportLUNs(alloc int) cdb {
+	c := cdb{n: 12}
+	c.b[0] = 0xa0
+	binary.BigEndian.PutUint32(c.b[6:], uint32(alloc))
+	return c
+}
+
+func cdbModeSense6() cdb {
+	c := cdb{n: 6}
+	c.b[0], c.b[2], c.b[4] = 0x1a, 0x3f, 192 // all pages; only the header matters
+	return c
+}
+
+// cdbRW builds READ or WRITE, (10) when LBA and length fit, else (16).
+func cdbRW(write, fua bool, lba uint64, blocks uint32) cdb {
+	var c cdb
+	if lba <= 0xffffffff && blocks <= 0xffff {
+		c.n = 10
+		c.b[0] = 0x28
+		if write {
+			c.b[0] = 0x2a
+		}
+		binary.BigEndian.PutUint32(c.b[2:], uint32(lba))
+		binary.BigEndian.PutUint16(c.b[7:], uint16(blocks))
+	} else {
+		c.n = 16
+		c.b[0] = 0x88
+		if write {
+			c.b[0] = 0x8a
+		}
+		binary.BigEndian.PutUint64(c.b[2:], lba)
+		binary.BigEndian.PutUint32(c.b[10:], blocks)
+	}
+	if fua {
+		c.b[1] |= 0x08
+	}
+	return c
+}
+
+func cdbSyncCache() cdb { c := cdb{n: 10}; c.b[0] = 0x35; return c }
+
+func cdbUnmap(paramLen int) cdb {
+	c := cdb{n: 10}
+	c.b[0] = 0x42
+	binary.BigEndian.PutUint16(c.b[7:], uint16(paramLen))
+	return c
+}
+
+func cdbWriteSame16(lba uint64, blocks uint32) cdb {
+	c := cdb{n: 16}
+	c.b[0] = 0x93
+	binary.BigEndian.PutUint64(c.b[2:], lba)
+	binary.BigEndian.PutUint32(c.b[10:], blocks)
+	return c
+}
+
+// unmapParams fills the UNMAP parameter list for one range into b (24 bytes).
+func unmapParams(b []byte, lba uint64, blocks uint32) []byte {
+	b = b[:24]
+	clear(b)
+	binary.BigEndian.PutUint16(b[0:], 22)
+	binary.BigEndian.PutUint16(b[2:], 16)
+	binary.BigEndian.PutUint64(b[8:], lba)
+	binary.BigEndian.PutUint32(b[16:], blocks)
+	return b
+}
+
+// identity is what makes a LUN the same LUN after a reconnect: its device
+// identification (VPD 0x83) and unit serial number (VPD 0x80).
+type identity struct {
+	devID  string
+	serial string
+}
+
+func (a identity) String() string {
+	return fmt.Sprintf("serial %q, %d-byte device id", a.serial, len(a.devID))
+}
+
+// vpdPayload returns the page body of VPD response b, bounded by what was received.
+func vpdPayload(b []byte) []byte {
+	if len(b) < 4 {
+		return nil
+	}
+	n := int(binary.BigEndian.Uint16(b[2:]))
+	if 4+n > len(b) {
+		n = len(b) - 4
+	}
+	return b[4 : 4+n]
+}
+
+// blockLimits are the VPD 0xB0 values that bound how we split requests.
+type blockLimits struct {
+	maxTransfer   uint32 // blocks; 0 = no limit reported
+	maxUnmap      uint32 // blocks per UNMAP; 0 = none
+	maxUnmapDescs uint32
+	maxWriteSame  uint64
+}
+
+func parseBlockLimits(b []byte) blockLimits {
+	p := vpdPayload(b)
+	var l blockLimits
+	if len(p) >= 12 {
+		l.maxTransfer = binary.BigEndian.Uint32(p[4:])
+	}
+	if len(p) >= 24 {
+		l.maxUnmap = binary.BigEndian.Uint32(p[16:])
+		l.maxUnmapDescs = binary.BigEndian.Uint32(p[20:])
+	}
+	if len(p) >= 40 {
+		l.maxWriteSame = binary.BigEndian.Uint64(p[32:])
+	}
+	return l
+}

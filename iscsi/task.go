@@ -1,0 +1,56 @@
+package iscsi
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// task is one SCSI command slot. Slots are allocated once per session (queue depth
+// plus one for internal commands) and reused: issuing I/O does not allocate.
+type task struct {
+	slot     int
+	itt      uint32
+	seq      uint64 // submission order; commands are reissued in this order
+	cdb      cdb
+	read     bool
+	buf      []byte // Data-In destination or Data-Out source
+	internal bool
+
+	// Per attempt, written by the connection goroutines.
+	gen      uint64 // connection generation the command was last sent on
+	sentAt   int64  // unix nanoseconds
+	cmdSN    uint32
+	received int
+	aborting atomic.Bool
+
+	// Outcome.
+	response byte
+	status   byte
+	resid    int64 // positive: underflow, negative: overflow
+	sense    [96]byte
+	senseLen int
+	err      error // set when the session gave up on this command
+
+	done chan struct{} // buffered 1: completion signal
+}
+
+func (t *task) prepare(c cdb, read bool, buf []byte) {
+	t.cdb, t.read, t.buf = c, read, buf
+	t.reset()
+	t.err = nil
+}
+
+// reset clears per-attempt state before (re)sending.
+func (t *task) reset() {
+	t.received, t.response, t.status, t.resid, t.senseLen = 0, 0, 0, 0, 0
+	t.aborting.Store(false)
+}
+
+func (t *task) writeLen() int {
+	if t.read {
+		return 0
+	}
+	return len(t.buf)
+}
+
+func nanotime() int64 { return time.Now().UnixNano() }
