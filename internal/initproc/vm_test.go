@@ -148,4 +148,19 @@ func TestBootRescueWhenTargetMissing(t *testing.T) {
 		t.Errorf("%d failure lines, want exactly one", n)
 	}
 	t.Logf("rescue reached %.1f s after QEMU start", v.Elapsed().Seconds())
+	logBootStory(t, con)
+}
+
+// logBootStory shows isboot's own console lines under go test -v.
+func logBootStory(t *testing.T, con string) {
+	if !testing.Verbose() {
+		return
+	}
+	var lines []string
+	for _, l := range strings.Split(con, "\n") {
+		if strings.Contains(l, "isboot") || strings.Contains(l, "switch_root") || strings.HasPrefix(l, "ISBOOT") {
+			lines = append(lines, l)
+		}
+	}
+	t.Logf("boot story:\n%s", strings.Join(lines, "\n"))
 }
