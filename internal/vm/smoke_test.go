@@ -8,18 +8,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"regexp"
-	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/isboot/isboot/ibft"
-	"github.com/isboot/isboot/initramfs"
 	"github.com/isboot/isboot/internal/testtarget"
 	"github.com/isboot/isboot/internal/vm"
 )
@@ -30,58 +26,7 @@ const captureEnv = "ISBOOT_CAPTURE_FIXTURES"
 
 var fixtureDir = filepath.Join("..", "..", "testdata", "ibft")
 
-// shared holds what every smoke test boots: the guest init in an initramfs.
-var shared struct {
-	once   sync.Once
-	dir    string
-	initrd string
-	err    error
-}
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if shared.dir != "" {
-		os.RemoveAll(shared.dir)
-	}
-	os.Exit(code)
-}
-
-// guestInitrd builds testdata/guestinit statically and packs it as /init.
-func guestInitrd(t *testing.T) string {
-	t.Helper()
-	shared.once.Do(func() {
-		shared.dir, shared.err = os.MkdirTemp("", "isboot-vm-smoke-")
-		if shared.err != nil {
-			return
-		}
-		bin := filepath.Join(shared.dir, "init")
-		gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
-		cmd := exec.Command(gobin, "build", "-trimpath", "-ldflags=-s -w", "-o", bin, "./testdata/guestinit")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			shared.err = fmt.Errorf("build guest init: %v\n%s", err, out)
-			return
-		}
-		a := initramfs.New()
-		for _, err := range []error{
-			a.AddFile("init", bin, 0o755),
-			a.AddCharDev("dev/console", 0o600, 5, 1),
-			a.AddDir("proc", 0o555),
-			a.AddDir("sys", 0o555),
-		} {
-			if err != nil {
-				shared.err = err
-				return
-			}
-		}
-		shared.initrd = filepath.Join(shared.dir, "initrd.cpio.gz")
-		shared.err = a.WriteFile(shared.initrd)
-	})
-	if shared.err != nil {
-		t.Fatal(shared.err)
-	}
-	return shared.initrd
-}
+func TestMain(m *testing.M) { os.Exit(vm.RunTests(m)) }
 
 // guestTable is one iBFT the guest reported.
 type guestTable struct {
@@ -96,7 +41,7 @@ func bootGuest(t *testing.T, cfg vm.Config, timeout time.Duration) []guestTable 
 	t.Helper()
 	k := vm.DebianKernel(t)
 	cfg.Kernel = k.Image
-	cfg.Initrd = guestInitrd(t)
+	cfg.Initrd = vm.WriteInitrd(t, vm.GuestArchive(t, vm.BuildGo(t, "./testdata/guestinit")))
 	cfg.Cmdline = "console=ttyS0 quiet panic=-1"
 	ctx := context.Background()
 	v := vm.Start(t, cfg)
