@@ -3,23 +3,18 @@ package ibft_test
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/isboot/isboot/ibft"
-	"github.com/isboot/isboot/initramfs"
 	"github.com/isboot/isboot/internal/testtarget"
 	"github.com/isboot/isboot/internal/vm"
 )
@@ -28,60 +23,16 @@ import (
 // print the table the firmware holds. Ports: tgtd on 13450-13459, control port 50
 // (outside the other helpers' ranges).
 
-var guest struct {
-	once   sync.Once
-	dir    string
-	initrd string
-	err    error
-}
+func TestMain(m *testing.M) { os.Exit(vm.RunTests(m)) }
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if guest.dir != "" {
-		os.RemoveAll(guest.dir)
-	}
-	os.Exit(code)
-}
-
-// guestInitrd builds isboot and the guest init statically and packs them.
+// guestInitrd packs isboot and the guest init (both built statically by the harness).
 func guestInitrd(t *testing.T) string {
 	t.Helper()
-	guest.once.Do(func() {
-		dir, err := os.MkdirTemp("", "isboot-ibft-vm-")
-		if err != nil {
-			guest.err = err
-			return
-		}
-		guest.dir = dir
-		gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
-		for _, b := range [][2]string{{"init", "./testdata/vmguest"}, {"isboot", "../cmd/isboot"}} {
-			cmd := exec.Command(gobin, "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(dir, b[0]), b[1])
-			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				guest.err = fmt.Errorf("build %s: %v\n%s", b[1], err, out)
-				return
-			}
-		}
-		a := initramfs.New()
-		for _, err := range []error{
-			a.AddFile("init", filepath.Join(dir, "init"), 0o755),
-			a.AddFile("isboot", filepath.Join(dir, "isboot"), 0o755),
-			a.AddCharDev("dev/console", 0o600, 5, 1),
-			a.AddDir("proc", 0o555),
-			a.AddDir("sys", 0o555),
-		} {
-			if err != nil {
-				guest.err = err
-				return
-			}
-		}
-		guest.initrd = filepath.Join(dir, "initrd.cpio.gz")
-		guest.err = a.WriteFile(guest.initrd)
-	})
-	if guest.err != nil {
-		t.Fatal(guest.err)
+	a := vm.GuestArchive(t, vm.BuildGo(t, "./testdata/vmguest"))
+	if err := a.AddFile("isboot", vm.BuildGo(t, "../cmd/isboot"), 0o755); err != nil {
+		t.Fatal(err)
 	}
-	return guest.initrd
+	return vm.WriteInitrd(t, a)
 }
 
 var jsonReport = regexp.MustCompile(`(?s)IBFT-JSON-BEGIN\n(.*)IBFT-JSON-END rc=(-?\d+)`)
