@@ -26,7 +26,15 @@ var chapAlgorithms = map[int]func() hash.Hash{
 }
 
 // chapOffer is our CHAP_A list, strongest first: the target picks the first it knows.
-const chapOffer = "8,7,6,5"
+// chapOfferNo7 leaves out 7 for targets that take 7 to mean SHA-1 (Linux tgtd): with
+// them a SHA-256 answer fails, and the session logs in again without offering it.
+const (
+	chapOffer    = "8,7,6,5"
+	chapOfferNo7 = "8,6,5"
+)
+
+// errCHAPA7 is a login that failed right after a CHAP_A=7 response.
+var errCHAPA7 = errors.New("iscsi: target rejected our CHAP_A=7 (SHA-256) response")
 
 // chapResponse is H(id || secret || challenge) as RFC 1994 defines it.
 func chapResponse(alg int, id byte, secret string, challenge []byte) []byte {
@@ -70,10 +78,10 @@ type chapState struct {
 
 // respond answers the target's challenge and, for mutual CHAP, adds ours.
 // Secrets go only into the hash, never into an error or a log.
-func (c *chapState) respond(cfg *Config, target map[string]string) ([]KV, error) {
+func (c *chapState) respond(cfg *Config, target map[string]string, offer string) ([]KV, error) {
 	alg, err := strconv.Atoi(target["CHAP_A"])
-	if err != nil || chapAlgorithms[alg] == nil {
-		return nil, fmt.Errorf("iscsi: target chose CHAP_A=%q, not among offered %s", target["CHAP_A"], chapOffer)
+	if err != nil || chapAlgorithms[alg] == nil || !strings.Contains(","+offer+",", ","+target["CHAP_A"]+",") {
+		return nil, fmt.Errorf("iscsi: target chose CHAP_A=%q, not among offered %s", target["CHAP_A"], offer)
 	}
 	c.alg = alg
 	id, err := parseNumber("CHAP_I", target["CHAP_I"])

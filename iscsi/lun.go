@@ -18,7 +18,7 @@ type LUN struct {
 	readOnly  bool
 	maxXfer   int // bytes per READ/WRITE command
 	limits    blockLimits
-	unmap     bool // UNMAP supported (VPD 0xB2 LBPU)
+	unmap     bool        // UNMAP supported (VPD 0xB2 LBPU)
 	writeSame atomic.Bool // WRITE SAME(16) worth trying
 	zero      []byte
 }

@@ -41,21 +41,22 @@ type Session struct {
 	free     chan int
 	cmdCh    chan taskRef
 
-	mu       sync.Mutex
-	active   []bool
-	seq      uint64
-	ittGen   uint32
-	conn     *conn
-	gen      uint64
-	state    string
-	tsih     uint16
-	prevTSIH uint16
-	portal   string
-	portalIx int
-	ident    identity
-	haveID   bool
-	failed   error
-	closed   bool
+	mu        sync.Mutex
+	active    []bool
+	seq       uint64
+	ittGen    uint32
+	conn      *conn
+	gen       uint64
+	state     string
+	tsih      uint16
+	prevTSIH  uint16
+	portal    string
+	portalIx  int
+	ident     identity
+	haveID    bool
+	chapOffer string
+	failed    error
+	closed    bool
 
 	internalMu sync.Mutex
 	tmfMu      sync.Mutex
@@ -76,16 +77,17 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 		return nil, err
 	}
 	s := &Session{
-		cfg:      c,
-		lunBytes: encodeLUN(c.LUN),
-		tasks:    make([]task, c.QueueDepth+1),
-		free:     make(chan int, c.QueueDepth),
-		cmdCh:    make(chan taskRef, 2*c.QueueDepth),
-		active:   make([]bool, c.QueueDepth+1),
-		state:    "logging-in",
-		closing:  make(chan struct{}),
-		failedCh: make(chan struct{}),
-		runDone:  make(chan struct{}),
+		cfg:       c,
+		lunBytes:  encodeLUN(c.LUN),
+		tasks:     make([]task, c.QueueDepth+1),
+		free:      make(chan int, c.QueueDepth),
+		cmdCh:     make(chan taskRef, 2*c.QueueDepth),
+		active:    make([]bool, c.QueueDepth+1),
+		state:     "logging-in",
+		chapOffer: chapOffer,
+		closing:   make(chan struct{}),
+		failedCh:  make(chan struct{}),
+		runDone:   make(chan struct{}),
 	}
 	for i := range s.tasks {
 		s.tasks[i].slot = i
@@ -205,7 +207,24 @@ func (s *Session) tryPortal(ctx context.Context, addr string) error {
 	}
 	// Session reinstatement (RFC 7143 §6.3.5): same ISID, TSIH 0. The target then
 	// closes whatever is left of the old session and its tasks before ours run.
-	res, err := login(nc, &s.cfg, s.cfg.ISID, 0, 1)
+	s.mu.Lock()
+	offer := s.chapOffer
+	s.mu.Unlock()
+	res, err := login(nc, &s.cfg, s.cfg.ISID, 0, 1, offer)
+	if errors.Is(err, errCHAPA7) {
+		nc.Close()
+		s.mu.Lock()
+		s.chapOffer = chapOfferNo7
+		s.mu.Unlock()
+		s.logf("iscsi: %v; logging in again without offering it", err)
+		if nc, err = d.DialContext(ctx, "tcp", addr); err != nil {
+			return err
+		}
+		if dl, ok := ctx.Deadline(); ok {
+			nc.SetDeadline(dl)
+		}
+		res, err = login(nc, &s.cfg, s.cfg.ISID, 0, 1, chapOfferNo7)
+	}
 	if err != nil {
 		nc.Close()
 		return err
