@@ -25,27 +25,33 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(vm.RunTests(m)) }
 
-// guestInitrd packs isboot and the guest init (both built statically by the harness).
-func guestInitrd(t *testing.T) string {
+// guestInitrd packs isboot and the guest init (both built statically by the harness),
+// and the iscsi_ibft module with what it needs, for --source sysfs.
+func guestInitrd(t *testing.T, k vm.Kernel) string {
 	t.Helper()
 	a := vm.GuestArchive(t, vm.BuildGo(t, "./testdata/vmguest"))
 	if err := a.AddFile("isboot", vm.BuildGo(t, "../cmd/isboot"), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	if err := a.AddModules(k.Root, k.Version, "iscsi_ibft"); err != nil {
+		t.Fatal(err)
+	}
 	return vm.WriteInitrd(t, a)
 }
 
-var jsonReport = regexp.MustCompile(`(?s)IBFT-JSON-BEGIN\n(.*)IBFT-JSON-END rc=(-?\d+)`)
+var jsonReport = regexp.MustCompile(`(?s)IBFT-JSON-BEGIN source=(\w+)\n(.*?)IBFT-JSON-END rc=(-?\d+)`)
 
-// bootAndRead boots the guest and returns what `isboot ibft --json` printed in it.
-func bootAndRead(t *testing.T, cfg vm.Config, timeout time.Duration) map[string]any {
+// bootAndRead boots the guest and returns, per source, what `isboot ibft --json
+// --source S` printed in it.
+func bootAndRead(t *testing.T, cfg vm.Config, sources []string, timeout time.Duration) map[string]map[string]any {
 	t.Helper()
-	cfg.Kernel = vm.DebianKernel(t).Image
-	cfg.Initrd = guestInitrd(t)
-	cfg.Cmdline = "console=ttyS0 quiet panic=-1"
+	k := vm.DebianKernel(t)
+	cfg.Kernel = k.Image
+	cfg.Initrd = guestInitrd(t, k)
+	cfg.Cmdline = "console=ttyS0 quiet panic=-1 vmguest.sources=" + strings.Join(sources, ",")
 	v := vm.Start(t, cfg)
 	ctx := context.Background()
-	if _, err := v.WaitFor(ctx, timeout, `IBFT-GUEST-DONE rc=-?\d+`); err != nil {
+	if _, err := v.WaitFor(ctx, timeout, `IBFT-GUEST-DONE`); err != nil {
 		t.Fatal(err)
 	}
 	v.Wait(ctx, 30*time.Second)
@@ -53,16 +59,21 @@ func bootAndRead(t *testing.T, cfg vm.Config, timeout time.Duration) map[string]
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := jsonReport.FindSubmatch(report)
-	if m == nil {
-		t.Fatalf("guest report lacks the JSON block:\n%s", report)
+	got := map[string]map[string]any{}
+	for _, m := range jsonReport.FindAllSubmatch(report, -1) {
+		src := string(m[1])
+		if string(m[3]) != "0" {
+			t.Errorf("isboot ibft --source %s exited %s in the guest; console:\n%s", src, m[3], v.Console())
+			continue
+		}
+		var j map[string]any
+		if err := json.Unmarshal(m[2], &j); err != nil {
+			t.Fatalf("guest output for %s is not JSON: %v\n%s", src, err, m[2])
+		}
+		got[src] = j
 	}
-	if string(m[2]) != "0" {
-		t.Fatalf("isboot ibft exited %s in the guest; console:\n%s", m[2], v.Console())
-	}
-	var got map[string]any
-	if err := json.Unmarshal(m[1], &got); err != nil {
-		t.Fatalf("guest output is not JSON: %v\n%s", err, m[1])
+	if len(got) != len(sources) && !t.Failed() {
+		t.Fatalf("guest reported %d of %d sources:\n%s", len(got), len(sources), report)
 	}
 	t.Logf("%s: guest done %.1fs after QEMU start", cfg.Firmware, v.Elapsed().Seconds())
 	return got
@@ -82,7 +93,10 @@ func jsonOf(t *testing.T, tb *ibft.Table) map[string]any {
 }
 
 // TestVMInjectedACPI: a table injected with -acpitable is what `isboot ibft --json`
-// prints in the guest, found through ACPI.
+// prints in the guest, found through ACPI, and again rebuilt from the kernel's
+// /sys/firmware/ibft after isboot loads iscsi_ibft (--source sysfs). The NICs name PCI
+// functions the guest has (00:02.0 the NIC, 00:01.0 the ISA bridge), so the kernel
+// links them and the PCI addresses survive the sysfs route.
 func TestVMInjectedACPI(t *testing.T) {
 	vm.Require(t)
 	t.Parallel()
@@ -92,10 +106,10 @@ func TestVMInjectedACPI(t *testing.T) {
 		NICs: []ibft.NIC{{
 			Flags: 3, IP: netip.MustParseAddr("10.0.2.15"), Prefix: 24, Origin: ibft.OriginManual,
 			Gateway: netip.MustParseAddr("10.0.2.2"), DNS: [2]netip.Addr{netip.MustParseAddr("10.0.2.3")},
-			VLAN: 0, MAC: net.HardwareAddr{0x52, 0x54, 0, 0x12, 0x34, 0x56}, PCIBDF: 3 << 3, Hostname: "vmguest",
+			VLAN: 0, MAC: net.HardwareAddr{0x52, 0x54, 0, 0x12, 0x34, 0x56}, PCIBDF: 2 << 3, Hostname: "vmguest",
 		}, {
 			Index: 1, Flags: 1, IP: netip.MustParseAddr("2001:db8::15"), Prefix: 64, Origin: ibft.OriginRA,
-			MAC: net.HardwareAddr{0x52, 0x54, 0, 0x12, 0x34, 0x57}, PCIBDF: 4 << 3,
+			MAC: net.HardwareAddr{0x52, 0x54, 0, 0x12, 0x34, 0x57}, PCIBDF: 1 << 3,
 		}},
 		Targets: []ibft.Target{{
 			Flags: 3, IP: netip.MustParseAddr("10.0.2.2"), Port: 3260, LUN: 1, LUNRaw: [8]byte{0, 1},
@@ -114,10 +128,15 @@ func TestVMInjectedACPI(t *testing.T) {
 	if err := os.WriteFile(file, raw, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	got := bootAndRead(t, vm.Config{Firmware: vm.Direct, ACPITables: []string{file}}, 90*time.Second)
-	want.Source = "acpi:/sys/firmware/acpi/tables/iBFT"
-	if w := jsonOf(t, want); !reflect.DeepEqual(got, w) {
-		t.Errorf("guest printed\n%v\nwant\n%v", got, w)
+	got := bootAndRead(t, vm.Config{
+		Firmware: vm.Direct, ACPITables: []string{file},
+		NIC: &vm.NIC{Model: "virtio-net-pci", MAC: "52:54:00:12:34:56"},
+	}, []string{"auto", "sysfs"}, 90*time.Second)
+	for src, source := range map[string]string{"auto": "acpi:/sys/firmware/acpi/tables/iBFT", "sysfs": "sysfs:/sys/firmware/ibft"} {
+		want.Source = source
+		if w := jsonOf(t, want); !reflect.DeepEqual(got[src], w) {
+			t.Errorf("--source %s: guest printed\n%v\nwant\n%v", src, got[src], w)
+		}
 	}
 }
 
@@ -146,15 +165,17 @@ func TestVMiPXEBIOS(t *testing.T) {
 		Firmware: vm.BIOS,
 		NIC:      &vm.NIC{Model: "virtio-net-pci", MAC: want.NICs[0].MAC.String()},
 		IPXE:     vm.IPXE{Target: &vm.SANTarget{Port: port, LUN: 1, IQN: iqn}},
-	}, 180*time.Second)
+	}, []string{"auto", "sysfs"}, 180*time.Second)
 
-	src, _ := got["source"].(string)
+	src, _ := got["auto"]["source"].(string)
 	if !strings.HasPrefix(src, "mem:0x") {
 		t.Errorf("source %q, want the base-memory scan", src)
 	}
-	want.Source = src
 	want.Targets[0].Port = uint16(port)
-	if w := jsonOf(t, want); !reflect.DeepEqual(got, w) {
-		t.Errorf("guest printed\n%v\nwant (ipxe-bios.bin with this run's port)\n%v", got, w)
+	for s, source := range map[string]string{"auto": src, "sysfs": "sysfs:/sys/firmware/ibft"} {
+		want.Source = source
+		if w := jsonOf(t, want); !reflect.DeepEqual(got[s], w) {
+			t.Errorf("--source %s: guest printed\n%v\nwant (ipxe-bios.bin with this run's port)\n%v", s, got[s], w)
+		}
 	}
 }
