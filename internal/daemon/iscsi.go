@@ -2,10 +2,80 @@ package daemon
 
 import (
 	"context"
-	"fmt"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/isboot/isboot/internal/blockdev"
+	"github.com/isboot/isboot/internal/status"
+	"github.com/isboot/isboot/iscsi"
 )
 
-// DialISCSI logs in with the iscsi package. (Wired once the iscsi package lands.)
+// attemptTimeout bounds one Dial (which itself retries transient failures), so the
+// daemon can report each round to PID 1 and the status file.
+const attemptTimeout = 20 * time.Second
+
+// DialISCSI logs in with the native initiator. After the login the session
+// reconnects by itself, forever, as a root device needs.
 func DialISCSI(ctx context.Context, cfg *Config, logf func(string, ...any)) (Session, error) {
-	return nil, fmt.Errorf("iscsi: initiator not in this build: %w", ErrPermanent)
+	actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+	defer cancel()
+	s, err := iscsi.Dial(actx, iscsi.Config{
+		Portals: append([]string(nil), cfg.Portals...), TargetName: cfg.Target, InitiatorName: cfg.Initiator,
+		LUN: cfg.LUN, CHAPUser: cfg.CHAPUser, CHAPSecret: cfg.CHAPSecret,
+		RevCHAPUser: cfg.RevCHAPUser, RevCHAPSecret: cfg.RevCHAPSecret,
+		HeaderDigest: cfg.HeaderDigest, DataDigest: cfg.DataDigest, Logf: logf,
+	})
+	if err != nil {
+		var le *iscsi.LoginError
+		if errors.As(err, &le) && le.Permanent() {
+			return nil, permanent{err}
+		}
+		return nil, err
+	}
+	return &iscsiSession{s: s}, nil
+}
+
+// permanent marks an error as ErrPermanent without changing its message.
+type permanent struct{ error }
+
+func (p permanent) Is(target error) bool { return target == ErrPermanent }
+func (p permanent) Unwrap() error        { return p.error }
+
+type iscsiSession struct{ s *iscsi.Session }
+
+func (i *iscsiSession) LUN() blockdev.Device { return i.s.LUN() }
+
+func (i *iscsiSession) Logout(ctx context.Context) error {
+	done := make(chan error, 1)
+	go func() { done <- i.s.Close() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Info splits the session's parameters into the identity the status file shows as
+// its own keys and the negotiated keys it lists under net.isboot.session.
+func (i *iscsiSession) Info() SessionInfo {
+	st := i.s.Stats()
+	info := SessionInfo{Reconnects: st.Reconnects, Errors: st.Errors, Recovering: i.s.State() == "reconnecting"}
+	for _, kv := range i.s.Params() {
+		switch kv.Key {
+		case "isid":
+			info.ISID = kv.Value
+		case "tsih":
+			n, _ := strconv.ParseUint(kv.Value, 10, 16)
+			info.TSIH = uint16(n)
+		case "portal":
+			info.Portal = kv.Value
+		case "target", "initiator", "lun", "state":
+			// already in the status file under net.isboot.*
+		default:
+			info.Params = append(info.Params, status.KV{Key: kv.Key, Value: kv.Value})
+		}
+	}
+	return info
 }

@@ -31,6 +31,7 @@ type SessionInfo struct {
 	Portal     string // the portal in use
 	Params     []status.KV
 	Reconnects uint64
+	Errors     uint64 // iSCSI-level errors
 	Recovering bool // the session is down and being re-established
 	LastError  string
 }
@@ -224,7 +225,7 @@ func (d *daemon) refresh(sess Session, srv *nbd.Server, att Attachment) {
 		st.Counters = status.Counters{
 			Reconnects: info.Reconnects + att.Reconfigures(),
 			Commands:   ns.Commands, ReadBytes: ns.ReadBytes, WriteBytes: ns.WriteBytes,
-			Errors: d.loginErrors + ns.Errors,
+			Errors: d.loginErrors + ns.Errors + info.Errors,
 		}
 		switch {
 		case info.Recovering || att.Live() == 0:
