@@ -324,29 +324,6 @@ func TestApplyStaticIPv4(t *testing.T) {
 		afterApply                     func()
 	}
 	var r result
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWUTS); err != nil {
-			r.err1 = fmt.Errorf("unshare UTS: %w", err)
-			return
-		}
-		r.hostBefore, _ = utsHostname()
-		r.a1, r.err1 = applyTable(t, ipv4Table(), o)
-		if r.err1 != nil {
-			return
-		}
-		r.hostSet, _ = utsHostname()
-		r.a2, r.err2 = applyTable(t, ipv4Table(), o)
-		// Check the network from this goroutine too, before undoing.
-		r.afterApply()
-		r.undoErr = r.a1.Undo()
-		if r.a2 != nil {
-			r.a2.Close()
-		}
-		r.hostAfter, _ = utsHostname()
-	}()
 	r.afterApply = func() {
 		for _, target := range []string{far, near} {
 			src, err := tn.dial(t, target)
@@ -375,6 +352,29 @@ func TestApplyStaticIPv4(t *testing.T) {
 			t.Errorf("resolv.conf:\n%s\nwant:\n%s", b, wantResolv)
 		}
 	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWUTS); err != nil {
+			r.err1 = fmt.Errorf("unshare UTS: %w", err)
+			return
+		}
+		r.hostBefore, _ = utsHostname()
+		r.a1, r.err1 = applyTable(t, ipv4Table(), o)
+		if r.err1 != nil {
+			return
+		}
+		r.hostSet, _ = utsHostname()
+		r.a2, r.err2 = applyTable(t, ipv4Table(), o)
+		// Check the network from this goroutine too, before undoing.
+		r.afterApply()
+		r.undoErr = r.a1.Undo()
+		if r.a2 != nil {
+			r.a2.Close()
+		}
+		r.hostAfter, _ = utsHostname()
+	}()
 	<-done
 	if r.err1 != nil {
 		t.Fatalf("Apply: %v", r.err1)
