@@ -160,7 +160,7 @@ func imageKey(kver string) string {
 	for _, f := range overlayFiles() {
 		fmt.Fprintf(h, "%s\x00%o\x00%s\x00", f.path, f.mode, f.data)
 	}
-	fmt.Fprintf(h, "%q", modules)
+	fmt.Fprintf(h, "%q %q %q", modules, masked, pruned)
 	return Version + " " + hex.EncodeToString(h.Sum(nil))[:16]
 }
 

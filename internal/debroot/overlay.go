@@ -13,14 +13,14 @@ import (
 
 // Markers the hook prints on the console (/dev/ttyS0), for vm.WaitFor.
 const (
-	MarkerReady = "ISBOOT-HOOK: ready"    // multi-user.target reached; followed by the system state
-	MarkerFsck  = "ISBOOT-FSCK: "         // one line per line systemd-fsck-root logged this boot
-	MarkerExit  = "ISBOOT-HOOK: exit="    // the test's script ended; its exit code follows
-	MarkerNone  = "ISBOOT-HOOK: no hook"  // no script was handed in
-	HookFwCfg   = "opt/isboot/hook"       // fw_cfg name of the test's script (sh)
-	FilesFwCfg  = "opt/isboot/files/"     // fw_cfg prefix of further files: /run/isboot-hook/<rest>
-	HookDir     = "/run/isboot-hook"      // where the guest puts what it got over fw_cfg
-	DataDir     = "/var/lib/isboot-test"  // on the root filesystem, for test data
+	MarkerReady = "ISBOOT-HOOK: ready"   // multi-user.target reached; followed by the system state
+	MarkerFsck  = "ISBOOT-FSCK: "        // one line per line systemd-fsck-root logged this boot
+	MarkerExit  = "ISBOOT-HOOK: exit="   // the test's script ended; its exit code follows
+	MarkerNone  = "ISBOOT-HOOK: no hook" // no script was handed in
+	HookFwCfg   = "opt/isboot/hook"      // fw_cfg name of the test's script (sh)
+	FilesFwCfg  = "opt/isboot/files/"    // fw_cfg prefix of further files: /run/isboot-hook/<rest>
+	HookDir     = "/run/isboot-hook"     // where the guest puts what it got over fw_cfg
+	DataDir     = "/var/lib/isboot-test" // on the root filesystem, for test data
 	hookScript  = "/usr/local/sbin/isboot-test-hook"
 	hookUnit    = "isboot-test-hook.service"
 	unitDir     = "/etc/systemd/system"
@@ -46,6 +46,9 @@ type overlayFile struct {
 // modules are copied (with their dependencies) from the host's kernel cache:
 // fw_cfg for the hook, and what the initramfs loaded, so udev finds it again.
 var modules = []string{"qemu_fw_cfg", "virtio_blk", "virtio_net", "e1000", "nbd", "ext4", "crc32c_generic"}
+
+// pruned directories only make the image (and each test's copy) bigger.
+var pruned = []string{"/var/cache/apt", "/var/lib/apt/lists", "/usr/share/doc", "/usr/share/locale", "/usr/share/man", "/usr/share/info"}
 
 // masked units would only cost boot time under TCG or print on the console.
 var masked = []string{
@@ -94,11 +97,11 @@ const hookSh = `#!/bin/sh
 exec >/dev/ttyS0 2>&1
 echo "` + MarkerReady + ` $(systemctl is-system-running 2>/dev/null) $(uname -r)"
 journalctl -b -o cat --no-pager -u systemd-fsck-root.service 2>/dev/null | sed 's/^/` + MarkerFsck + `/'
-modprobe qemu_fw_cfg 2>/dev/null
+modprobe qemu_fw_cfg
 fw=` + hookFwCfgFS + `
 mkdir -p ` + HookDir + `
 if [ -d $fw/opt/isboot ]; then
-	find $fw/opt/isboot -name raw | while read -r raw; do
+	find -L $fw/opt/isboot -name raw | while read -r raw; do
 		name=${raw#$fw/opt/isboot/}; name=${name%/raw}; name=${name#files/}
 		mkdir -p "$(dirname "` + HookDir + `/$name")"
 		cat "$raw" > "` + HookDir + `/$name" && chmod 0755 "` + HookDir + `/$name"
@@ -109,13 +112,22 @@ if [ -f ` + HookDir + `/hook ]; then
 	sh ./hook
 	echo "` + MarkerExit + `$?"
 else
-	echo "` + MarkerNone + `"
+	echo "` + MarkerNone + ` ($(ls $fw/opt 2>&1 | tr '\n' ' '))"
 fi
 `
 
 // configure writes the test configuration and the kernel modules into the
 // tree (idempotent: every file is rewritten).
 func configure(ctx context.Context, opts Options, tree string) error {
+	for _, d := range pruned {
+		p := filepath.Join(tree, d)
+		if err := os.RemoveAll(p); err != nil {
+			return fmt.Errorf("debroot: prune: %w", err)
+		}
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			return fmt.Errorf("debroot: prune: %w", err)
+		}
+	}
 	for _, f := range overlayFiles() {
 		p := filepath.Join(tree, f.path)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
