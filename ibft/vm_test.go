@@ -20,7 +20,7 @@ import (
 )
 
 // VM tier: a guest whose /init runs `isboot ibft --json` (testdata/vmguest) must
-// print the table the firmware holds. Ports: tgtd on 13450-13459, control port 50
+// print the table the firmware holds. Ports: tgtd on 13450-13459, control ports 50-51
 // (outside the other helpers' ranges).
 
 func TestMain(m *testing.M) { os.Exit(vm.RunTests(m)) }
@@ -141,13 +141,27 @@ func TestVMInjectedACPI(t *testing.T) {
 }
 
 // TestVMiPXEBIOS: after iPXE's BIOS sanhook, `isboot ibft --json` finds the table in
-// base memory and prints what iPXE wrote. The guest is set up as the one that captured
-// testdata/ibft/ipxe-bios.bin (same NIC, MAC and target name), so the output must equal
-// that capture's JSON but for the target's run-time port and the source.
+// base memory and prints what iPXE wrote; so does --source sysfs.
 func TestVMiPXEBIOS(t *testing.T) {
 	vm.Require(t)
 	t.Parallel()
-	b, err := os.ReadFile(filepath.Join("..", "testdata", "ibft", "ipxe-bios.bin"))
+	checkIPXE(t, vm.BIOS, "ipxe-bios.bin", 13450, 50, "mem:0x", 180*time.Second)
+}
+
+// TestVMiPXEUEFI: under OVMF, iPXE installs the table in ACPI, where isboot finds it.
+func TestVMiPXEUEFI(t *testing.T) {
+	vm.Require(t)
+	t.Parallel()
+	checkIPXE(t, vm.UEFI, "ipxe-uefi.bin", 13455, 51, "acpi:/sys/firmware/acpi/tables/iBFT", 240*time.Second)
+}
+
+// checkIPXE boots a guest set up as the one that captured testdata/ibft/<fixture>
+// (same NIC, MAC and target name, a tgtd from ports portLo..portLo+4), so what
+// `isboot ibft --json` prints must equal the capture's JSON but for the target's
+// run-time port and the source.
+func checkIPXE(t *testing.T, fw vm.Firmware, fixture string, portLo, controlPort int, source string, timeout time.Duration) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "testdata", "ibft", fixture))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,25 +171,25 @@ func TestVMiPXEBIOS(t *testing.T) {
 	}
 	iqn := want.Targets[0].Name
 	tgt := testtarget.StartTgtd(t, testtarget.TgtdOptions{
-		Port: testtarget.FreePort(t, 13450, 13459), ControlPort: 50, IQN: iqn, Size: 8 << 20,
+		Port: testtarget.FreePort(t, portLo, portLo+4), ControlPort: controlPort, IQN: iqn, Size: 8 << 20,
 	})
 	_, p, _ := net.SplitHostPort(tgt.Addr())
 	port, _ := strconv.Atoi(p)
 	got := bootAndRead(t, vm.Config{
-		Firmware: vm.BIOS,
+		Firmware: fw,
 		NIC:      &vm.NIC{Model: "virtio-net-pci", MAC: want.NICs[0].MAC.String()},
 		IPXE:     vm.IPXE{Target: &vm.SANTarget{Port: port, LUN: 1, IQN: iqn}},
-	}, []string{"auto", "sysfs"}, 180*time.Second)
+	}, []string{"auto", "sysfs"}, timeout)
 
 	src, _ := got["auto"]["source"].(string)
-	if !strings.HasPrefix(src, "mem:0x") {
-		t.Errorf("source %q, want the base-memory scan", src)
+	if !strings.HasPrefix(src, source) {
+		t.Errorf("source %q, want %s...", src, source)
 	}
 	want.Targets[0].Port = uint16(port)
 	for s, source := range map[string]string{"auto": src, "sysfs": "sysfs:/sys/firmware/ibft"} {
 		want.Source = source
 		if w := jsonOf(t, want); !reflect.DeepEqual(got[s], w) {
-			t.Errorf("--source %s: guest printed\n%v\nwant (ipxe-bios.bin with this run's port)\n%v", s, got[s], w)
+			t.Errorf("--source %s: guest printed\n%v\nwant (%s with this run's port)\n%v", s, got[s], fixture, w)
 		}
 	}
 }
