@@ -1,6 +1,7 @@
 package ibft
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -155,4 +156,27 @@ func mustParseFixture(t *testing.T, name string) *Table {
 	}
 	t.Fatalf("no fixture %s", name)
 	return nil
+}
+
+// TestExpansionSlots: an expansion slot may hold a vendor extension (id 5), which is
+// skipped; any other wrong id is a defect.
+func TestExpansionSlots(t *testing.T) {
+	b := fixtureBytes(t, "expansion")
+	nic2 := int(b[HeaderLen+18]) | int(b[HeaderLen+19])<<8 // first expansion offset
+	for id, want := range map[byte]string{
+		idExtension: "",
+		idTarget:    "ibft: nic2 at " + fmt.Sprintf("%#x", nic2) + ": structure id 4, want 3",
+	} {
+		c := append([]byte(nil), b...)
+		c[nic2] = id
+		c[9] = 0
+		c[9] = -byteSum(c)
+		tb, err := Parse(c)
+		switch {
+		case want == "" && (err != nil || len(tb.NICs) != 3 || len(tb.Targets) != 4):
+			t.Errorf("extension in nic2: %v, %d NICs", err, len(tb.NICs))
+		case want != "" && (err == nil || err.Error() != want):
+			t.Errorf("id %d in nic2: %v, want %q", id, err, want)
+		}
+	}
 }

@@ -103,32 +103,25 @@ func (d *decoder) structures(t *Table) error {
 			return err
 		}
 	}
+	// Then nic/target pairs: nic0, target0, nic1, target1, and expansion pairs.
 	for slot, off := range offsets[1:] {
-		if off == 0 {
-			continue
-		}
 		pair := slot / 2
+		if off == 0 || pair >= 2 && d.isExtension(off) {
+			continue // absent, or a vendor extension in an expansion slot: nothing for us
+		}
 		if slot%2 == 0 {
-			name := fmt.Sprintf("nic%d", pair)
-			if pair >= 2 && d.isExtension(off) {
-				continue // an expansion slot may hold a vendor extension; we have no use for it
-			}
-			n, err := d.nic(name, off)
+			n, err := d.nic(fmt.Sprintf("nic%d", pair), off)
 			if err != nil {
 				return err
 			}
 			t.NICs = append(t.NICs, n)
-		} else {
-			name := fmt.Sprintf("target%d", pair)
-			if pair >= 2 && d.isExtension(off) {
-				continue
-			}
-			tg, err := d.target(name, off)
-			if err != nil {
-				return err
-			}
-			t.Targets = append(t.Targets, tg)
+			continue
 		}
+		tg, err := d.target(fmt.Sprintf("target%d", pair), off)
+		if err != nil {
+			return err
+		}
+		t.Targets = append(t.Targets, tg)
 	}
 	return nil
 }
