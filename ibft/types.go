@@ -56,6 +56,7 @@ const (
 	CHAPMutual = 2
 )
 
+// Initiator is the initiator structure: who we are and optional directory servers.
 type Initiator struct {
 	Flags  uint8
 	Name   string
@@ -64,6 +65,8 @@ type Initiator struct {
 	Radius [2]netip.Addr // primary, secondary
 }
 
+// NIC is a NIC structure: how firmware configured the interface it booted through.
+// Index is the structure's own index, which targets name in their NIC association.
 type NIC struct {
 	Index    int
 	Flags    uint8
@@ -79,6 +82,7 @@ type NIC struct {
 	Hostname string
 }
 
+// Target is a target structure: an iSCSI target, its boot LUN and CHAP accounts.
 type Target struct {
 	Index         int
 	Flags         uint8
