@@ -28,7 +28,7 @@ type Options struct {
 
 // Applets linked to busybox in /bin.
 var applets = []string{"sh", "cat", "echo", "mount", "umount", "sync", "poweroff", "reboot", "ls",
-	"sleep", "date", "grep", "dmesg", "uname", "head", "tail", "ps", "wc", "touch", "rm"}
+	"sleep", "date", "grep", "dmesg", "uname", "head", "tail", "ps", "wc", "touch", "rm", "cut", "sed", "tr"}
 
 const sector = 512
 
