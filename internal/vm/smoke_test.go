@@ -1,6 +1,7 @@
 package vm_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/base64"
@@ -36,13 +37,30 @@ type guestTable struct {
 
 var reportLine = regexp.MustCompile(`(?m)^ISBOOT-IBFT source=(\S+) b64=(\S*)$`)
 
+// guestOptions vary the smoke guest beyond the VM config.
+type guestOptions struct {
+	modules []string       // kernel modules (with dependencies) for the guest to load
+	cmdline string         // appended to the kernel command line
+	during  func(v *vm.VM) // runs once the guest's init is up
+}
+
 // bootGuest boots the smoke guest and returns the tables it reported.
-func bootGuest(t *testing.T, cfg vm.Config, timeout time.Duration) []guestTable {
+func bootGuest(t *testing.T, cfg vm.Config, timeout time.Duration, opts ...guestOptions) []guestTable {
 	t.Helper()
+	var o guestOptions
+	if len(opts) > 0 {
+		o = opts[0]
+	}
 	k := vm.DebianKernel(t)
+	a := vm.GuestArchive(t, vm.BuildGo(t, "./testdata/guestinit"))
+	if len(o.modules) > 0 {
+		if err := a.AddModules(k.Root, k.Version, o.modules...); err != nil {
+			t.Fatal(err)
+		}
+	}
 	cfg.Kernel = k.Image
-	cfg.Initrd = vm.WriteInitrd(t, vm.GuestArchive(t, vm.BuildGo(t, "./testdata/guestinit")))
-	cfg.Cmdline = "console=ttyS0 quiet panic=-1"
+	cfg.Initrd = vm.WriteInitrd(t, a)
+	cfg.Cmdline = strings.TrimSpace("console=ttyS0 quiet panic=-1 " + o.cmdline)
 	ctx := context.Background()
 	v := vm.Start(t, cfg)
 	up, err := v.WaitFor(ctx, timeout, `ISBOOT-GUEST-UP uptime=(\S+)`)
@@ -50,6 +68,9 @@ func bootGuest(t *testing.T, cfg vm.Config, timeout time.Duration) []guestTable 
 		t.Fatal(err)
 	}
 	t.Logf("%s: guest init running %.1fs after QEMU start (kernel uptime %ss)", cfg.Firmware, v.Elapsed().Seconds(), up[1])
+	if o.during != nil {
+		o.during(v)
+	}
 	if _, err := v.WaitFor(ctx, 30*time.Second, `ISBOOT-GUEST-DONE tables=\d+`); err != nil {
 		t.Fatal(err)
 	}
@@ -211,6 +232,44 @@ func TestSmokeDirect(t *testing.T) {
 	oneTable(t, tables, "acpi:iBFT")
 	if !bytes.Equal(tables[0].data, raw) {
 		t.Errorf("guest's ACPI iBFT differs from the injected table:\n got  %x\n want %x", tables[0].data, raw)
+	}
+}
+
+// TestSmokeDirectNetwork loads the NIC driver the archive's AddModules packed
+// (virtio_pci, virtio_net and dependencies), brings up the network and
+// answers the host through a HostFwd rule.
+func TestSmokeDirectNetwork(t *testing.T) {
+	vm.Require(t)
+	t.Parallel()
+	hostPort := testtarget.FreePort(t, 13340, 13349)
+	tables := bootGuest(t, vm.Config{
+		Firmware: vm.Direct,
+		NIC:      &vm.NIC{Model: "virtio-net-pci", MAC: "52:54:00:12:34:59"},
+		HostFwd:  []string{fmt.Sprintf("tcp:127.0.0.1:%d-:8080", hostPort)},
+	}, 90*time.Second, guestOptions{
+		modules: []string{"virtio_pci", "virtio_net"},
+		cmdline: "smoke.net=10.0.2.15/24,8080",
+		during: func(v *vm.VM) {
+			if _, err := v.WaitFor(context.Background(), 60*time.Second, `ISBOOT-GUEST-LISTENING`); err != nil {
+				t.Fatal(err)
+			}
+			c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", hostPort), 10*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			line, err := bufio.NewReader(c).ReadString('\n')
+			if err != nil {
+				t.Fatalf("reading the guest's answer: %v", err)
+			}
+			if want := "ISBOOT-GUEST-NET eth0 52:54:00:12:34:59 10.0.2.15/24\n"; line != want {
+				t.Errorf("guest answered %q, want %q", line, want)
+			}
+		},
+	})
+	if len(tables) != 0 {
+		t.Errorf("guest found %d iBFTs, want none", len(tables))
 	}
 }
 

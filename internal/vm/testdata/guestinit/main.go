@@ -1,7 +1,8 @@
 // Command guestinit is the smoke-test guest's /init: it mounts the kernel
-// filesystems, reports every iBFT it can find (ACPI tables and the BIOS
-// low-memory scan) on the second serial port, prints markers on the console
-// and powers off.
+// filesystems, loads the kernel modules packed in the archive, optionally
+// (smoke.net=ADDR/PREFIX,PORT) configures eth0 and answers one TCP connection,
+// reports every iBFT it can find (ACPI tables and the BIOS low-memory scan) on
+// the second serial port, prints markers on the console and powers off.
 package main
 
 import (
@@ -27,6 +28,13 @@ func main() {
 	}
 	uptime, _ := os.ReadFile("/proc/uptime")
 	fmt.Printf("ISBOOT-GUEST-UP uptime=%s\n", strings.Fields(string(uptime) + " ?")[0])
+
+	loadModules()
+	if arg := cmdlineArg("smoke.net"); arg != "" {
+		if err := serveNet(arg); err != nil {
+			fmt.Printf("ISBOOT-GUEST-ERROR net: %v\n", err)
+		}
+	}
 
 	report, err := os.OpenFile("/dev/ttyS1", os.O_WRONLY|unix.O_NOCTTY, 0)
 	if err != nil {
