@@ -20,6 +20,7 @@ import (
 	"github.com/isboot/isboot/ibft"
 	"github.com/isboot/isboot/internal/blockdev"
 	"github.com/isboot/isboot/internal/nbd"
+	"github.com/isboot/isboot/iscsi"
 )
 
 func init() {
@@ -292,8 +293,21 @@ func openBackend(ctx context.Context, cfg *serveConfig, logf func(string, ...any
 			return nil, nil, err
 		}
 	}
-	return dialISCSI(ctx, cfg, logf)
+	dev, closeDev, err := dialISCSI(ctx, cfg, logf)
+	if err == nil && cfg.readOnly {
+		dev = readOnlyDev{dev}
+	}
+	return dev, closeDev, err
 }
+
+// readOnlyDev exports a writable device read-only (--read-only).
+type readOnlyDev struct{ blockdev.Device }
+
+func (readOnlyDev) ReadOnly() bool                        { return true }
+func (readOnlyDev) WriteAt([]byte, int64) (int, error)    { return 0, blockdev.ErrReadOnly }
+func (readOnlyDev) WriteAtFUA([]byte, int64) (int, error) { return 0, blockdev.ErrReadOnly }
+func (readOnlyDev) Unmap(int64, int64) error              { return blockdev.ErrReadOnly }
+func (readOnlyDev) WriteZeroes(int64, int64) error        { return blockdev.ErrReadOnly }
 
 // fromIBFT fills the iSCSI source from the boot target of an iBFT file; flags given
 // explicitly (initiator, digests) still win.
@@ -403,8 +417,26 @@ func (d *fileDev) BlockSize() int { return 512 }
 func (d *fileDev) ReadOnly() bool { return d.readOnly }
 func (d *fileDev) Close() error   { return errors.Join(d.Flush(), d.f.Close()) }
 
-// dialISCSI logs into the target and returns its LUN; wired to the iscsi package once
-// that lands.
+// dialISCSI logs into the target and returns its LUN; closing flushes and logs out.
 func dialISCSI(ctx context.Context, cfg *serveConfig, logf func(string, ...any)) (blockdev.Device, func() error, error) {
-	return nil, nil, errors.New("iSCSI initiator not built in yet")
+	s, err := iscsi.Dial(ctx, iscsi.Config{
+		Portals:       cfg.portals,
+		TargetName:    cfg.target,
+		InitiatorName: cfg.initiator,
+		LUN:           cfg.lun,
+		CHAPUser:      cfg.chapUser,
+		CHAPSecret:    cfg.chapSecret,
+		RevCHAPUser:   cfg.revCHAPUser,
+		RevCHAPSecret: cfg.revCHAPSecret,
+		HeaderDigest:  cfg.headerDigest == "crc32c",
+		DataDigest:    cfg.dataDigest == "crc32c",
+		Logf:          logf,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	lun := s.LUN()
+	logf("logged in to %s LUN %d at %s: %d bytes, %d-byte blocks", cfg.target, cfg.lun,
+		strings.Join(cfg.portals, ","), lun.Size(), lun.BlockSize())
+	return lun, func() error { return errors.Join(lun.Flush(), s.Close()) }, nil
 }
