@@ -172,7 +172,10 @@ func runScenario(t *testing.T, slot int, sc scenario) {
 			t.Errorf("status %s = %q, want %q", k, st[k], want)
 		}
 	}
-	for _, k := range []string{"net.isboot.session.isid", "net.isboot.session.tsih", "net.isboot.session.MaxRecvDataSegmentLength",
+	if _, ok := st["net.isboot.session.tsih"]; !ok { // gotgt hands out TSIH 0
+		t.Error("status lacks net.isboot.session.tsih")
+	}
+	for _, k := range []string{"net.isboot.session.isid", "net.isboot.session.MaxRecvDataSegmentLength",
 		"net.isboot.nic", "net.isboot.commands", "net.isboot.read_bytes"} {
 		if st[k] == "" || st[k] == "0" {
 			t.Errorf("status %s = %q, want a value", k, st[k])
