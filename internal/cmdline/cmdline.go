@@ -30,10 +30,10 @@ type CmdLine struct {
 	DHCP          bool   // isboot.dhcp: renew the iBFT's lease by DHCP after configuring it
 	// Timeout is isboot.timeout=SECONDS: how long the boot waits for the LUN before
 	// the rescue shell (the daemon keeps trying). -1: not given; 0: forever.
-	Timeout int
-	Netroot       *Netroot
-	Initiator     string   // rd.iscsi.initiator=
-	InitArgs      []string // everything after "--", passed to init
+	Timeout   int
+	Netroot   *Netroot
+	Initiator string   // rd.iscsi.initiator=
+	InitArgs  []string // everything after "--", passed to init
 }
 
 // RootKind says how root= names the root filesystem.

@@ -35,10 +35,10 @@ type fakeAttachment struct {
 	live   atomic.Int32
 }
 
-func (a *fakeAttachment) Device() string      { return "nbd7" }
+func (a *fakeAttachment) Device() string       { return "nbd7" }
 func (a *fakeAttachment) Reconfigures() uint64 { return 2 }
-func (a *fakeAttachment) Live() int           { return int(a.live.Load()) }
-func (a *fakeAttachment) Close() error        { a.closed.Store(true); return nil }
+func (a *fakeAttachment) Live() int            { return int(a.live.Load()) }
+func (a *fakeAttachment) Close() error         { a.closed.Store(true); return nil }
 
 const secret = "Secr3t-Never-Shown"
 

@@ -32,7 +32,7 @@ type SessionInfo struct {
 	Params     []status.KV
 	Reconnects uint64
 	Errors     uint64 // iSCSI-level errors
-	Recovering bool // the session is down and being re-established
+	Recovering bool   // the session is down and being re-established
 	LastError  string
 }
 

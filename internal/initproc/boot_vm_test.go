@@ -40,17 +40,17 @@ poweroff -f
 // scenario is one boot: the firmware path, the target, the disk, the kernel command
 // line and what the console must show. New cases cost a few lines.
 type scenario struct {
-	name      string
-	firmware  vm.Firmware
-	nic       string // QEMU NIC model
-	cmdline   string
-	chap      testtarget.CHAP // the target's accounts (tgtd)
-	mutual    testtarget.CHAP
-	useCHAP   testtarget.CHAP // what the initiator is given (default chap)
-	gotgt     bool            // the in-process gotgt instead of tgtd (no CHAP)
-	disk      rootimg.Options
-	wantRoot  string // the device root must be mounted from, e.g. /dev/nbd0p2
-	wantFail  string // regexp of the one failure line; "" expects the real root
+	name     string
+	firmware vm.Firmware
+	nic      string // QEMU NIC model
+	cmdline  string
+	chap     testtarget.CHAP // the target's accounts (tgtd)
+	mutual   testtarget.CHAP
+	useCHAP  testtarget.CHAP // what the initiator is given (default chap)
+	gotgt    bool            // the in-process gotgt instead of tgtd (no CHAP)
+	disk     rootimg.Options
+	wantRoot string // the device root must be mounted from, e.g. /dev/nbd0p2
+	wantFail string // regexp of the one failure line; "" expects the real root
 }
 
 var (
@@ -238,4 +238,3 @@ func statusFrom(t *testing.T, con string) map[string]string {
 	}
 	return st
 }
-
