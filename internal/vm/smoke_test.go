@@ -19,6 +19,7 @@ import (
 	"github.com/isboot/isboot/ibft"
 	"github.com/isboot/isboot/internal/testtarget"
 	"github.com/isboot/isboot/internal/vm"
+	"github.com/isboot/isboot/internal/vm/guest"
 )
 
 // Set ISBOOT_CAPTURE_FIXTURES=1 to rewrite testdata/ibft/ipxe-*.bin from the
@@ -77,7 +78,7 @@ func bootGuest(t *testing.T, cfg vm.Config, timeout time.Duration, opts ...guest
 	if err := v.Wait(ctx, 30*time.Second); err != nil {
 		t.Errorf("guest did not power off cleanly: %v", err)
 	}
-	if m := regexp.MustCompile(`ISBOOT-GUEST-ERROR .*`).FindString(v.Console()); m != "" {
+	if m := regexp.MustCompile(guest.ErrorPrefix + `.*`).FindString(v.Console()); m != "" {
 		t.Errorf("guest: %s", m)
 	}
 	report, err := v.Report()
@@ -273,102 +274,97 @@ func TestSmokeDirectNetwork(t *testing.T) {
 	}
 }
 
-// TestSmokeBIOS boots through iPXE's BIOS ROM with DHCP and a sanhook of a
-// tgtd LUN; the guest finds the iBFT by scanning low memory.
-func TestSmokeBIOS(t *testing.T) {
-	vm.Require(t)
-	t.Parallel()
-	iqn := "iqn.2026-01.org.isboot.test:bios"
-	tgt := startTarget(t, 0, iqn, testtarget.CHAP{}, testtarget.CHAP{})
-	tables := bootGuest(t, vm.Config{
-		Firmware: vm.BIOS,
-		NIC:      &vm.NIC{Model: "virtio-net-pci", MAC: "52:54:00:12:34:56"},
-		IPXE:     vm.IPXE{Target: &vm.SANTarget{Port: port(t, tgt), LUN: 1, IQN: iqn}},
-	}, 180*time.Second)
-	tab := oneTable(t, tables, "mem:")
-	nic, _ := checkTarget(t, tab, iqn, port(t, tgt), "52:54:00:12:34:56")
-	if nic.IP != mustAddr("10.0.2.15") || nic.Origin != ibft.OriginDHCP || nic.DHCP != mustAddr("10.0.2.2") {
-		t.Errorf("NIC %v origin %d dhcp %v, want QEMU's DHCP lease 10.0.2.15 origin 3 from 10.0.2.2", nic.IP, nic.Origin, nic.DHCP)
-	}
-	fixture(t, "ipxe-bios.bin", tables[0].data, tab)
+// ipxeCase is one iPXE boot: firmware, NIC and script, the target tgtd
+// serves, where the guest must find the iBFT and what it must say.
+type ipxeCase struct {
+	name     string
+	fw       vm.Firmware
+	nic      vm.NIC
+	ipxe     vm.IPXE // Target is filled in with the tgtd's port
+	chap     testtarget.CHAP
+	mutual   testtarget.CHAP
+	source   string // "mem:" (BIOS low-memory scan) or "acpi:iBFT"
+	fixture  string
+	checkNIC func(t *testing.T, nic ibft.NIC, tab *ibft.Table, tgt ibft.Target)
 }
 
-// TestSmokeBIOSCHAP logs in with CHAP and mutual CHAP; iPXE records both
-// accounts in the iBFT.
-func TestSmokeBIOSCHAP(t *testing.T) {
-	vm.Require(t)
-	t.Parallel()
-	iqn := "iqn.2026-01.org.isboot.test:bios-chap"
-	chap := testtarget.CHAP{User: "isboot-user", Secret: "isboot-secret-1"}
-	mutual := testtarget.CHAP{User: "isboot-target", Secret: "isboot-secret-2"}
-	tgt := startTarget(t, 1, iqn, chap, mutual)
-	tables := bootGuest(t, vm.Config{
-		Firmware: vm.BIOS,
-		NIC:      &vm.NIC{Model: "virtio-net-pci", MAC: "52:54:00:12:34:57"},
-		IPXE: vm.IPXE{
-			InitiatorIQN: "iqn.2026-01.org.isboot.test:initiator-chap",
-			Target: &vm.SANTarget{Port: port(t, tgt), LUN: 1, IQN: iqn, CHAP: &vm.CHAP{
-				User: chap.User, Secret: chap.Secret, ReverseUser: mutual.User, ReverseSecret: mutual.Secret,
-			}},
-		},
-	}, 180*time.Second)
-	tab := oneTable(t, tables, "mem:")
-	_, target := checkTarget(t, tab, iqn, port(t, tgt), "52:54:00:12:34:57")
-	if target.CHAPType != ibft.CHAPMutual || target.CHAPName != chap.User || target.CHAPSecret != chap.Secret ||
-		target.RevCHAPName != mutual.User || target.RevCHAPSecret != mutual.Secret {
-		t.Errorf("target CHAP type %d names %q/%q (secrets match: %v/%v), want mutual CHAP with the accounts used",
-			target.CHAPType, target.CHAPName, target.RevCHAPName,
-			target.CHAPSecret == chap.Secret, target.RevCHAPSecret == mutual.Secret)
+var ipxeCases = []ipxeCase{{
+	// DHCP and a sanhook of a tgtd LUN; iPXE leaves the iBFT in low memory.
+	name: "bios", fw: vm.BIOS, nic: vm.NIC{Model: "virtio-net-pci", MAC: "52:54:00:12:34:56"},
+	source: "mem:", fixture: "ipxe-bios.bin", checkNIC: dhcpLease,
+}, {
+	// CHAP and mutual CHAP: iPXE records both accounts.
+	name: "bios-chap", fw: vm.BIOS, nic: vm.NIC{Model: "virtio-net-pci", MAC: "52:54:00:12:34:57"},
+	ipxe:   vm.IPXE{InitiatorIQN: "iqn.2026-01.org.isboot.test:initiator-chap"},
+	chap:   testtarget.CHAP{User: "isboot-user", Secret: "isboot-secret-1"},
+	mutual: testtarget.CHAP{User: "isboot-target", Secret: "isboot-secret-2"},
+	source: "mem:", fixture: "ipxe-bios-chap.bin",
+	checkNIC: func(t *testing.T, nic ibft.NIC, tab *ibft.Table, tgt ibft.Target) {
+		dhcpLease(t, nic, tab, tgt)
+		if tgt.CHAPType != ibft.CHAPMutual || tgt.CHAPName != "isboot-user" || tgt.CHAPSecret != "isboot-secret-1" ||
+			tgt.RevCHAPName != "isboot-target" || tgt.RevCHAPSecret != "isboot-secret-2" {
+			t.Errorf("target CHAP type %d names %q/%q, want mutual CHAP with the accounts used (secrets compared, not shown)",
+				tgt.CHAPType, tgt.CHAPName, tgt.RevCHAPName)
+		}
+		if tab.Initiator.Name != "iqn.2026-01.org.isboot.test:initiator-chap" {
+			t.Errorf("initiator %q", tab.Initiator.Name)
+		}
+	},
+}, {
+	// An e1000 with a custom MAC configured by hand (no dhcp command), and a hostname.
+	name: "bios-static", fw: vm.BIOS, nic: vm.NIC{Model: "e1000", MAC: "02:15:b0:07:e1:00"},
+	ipxe: vm.IPXE{
+		Static:   &vm.StaticIP{IP: "10.0.2.77", Netmask: "255.255.255.0", Gateway: "10.0.2.2", DNS: "10.0.2.3"},
+		Hostname: "isboot-static",
+	},
+	source: "mem:", fixture: "ipxe-bios-static-e1000.bin",
+	checkNIC: func(t *testing.T, nic ibft.NIC, _ *ibft.Table, _ ibft.Target) {
+		if nic.IP != mustAddr("10.0.2.77") || nic.Prefix != 24 || nic.Origin != ibft.OriginManual ||
+			nic.Gateway != mustAddr("10.0.2.2") || nic.Hostname != "isboot-static" {
+			t.Errorf("NIC %v/%d origin %d gw %v hostname %q, want 10.0.2.77/24 origin 1 gw 10.0.2.2 isboot-static",
+				nic.IP, nic.Prefix, nic.Origin, nic.Gateway, nic.Hostname)
+		}
+	},
+}, {
+	// OVMF and iPXE's EFI ROM: the iBFT is an ACPI table.
+	name: "uefi", fw: vm.UEFI, nic: vm.NIC{Model: "virtio-net-pci", MAC: "52:54:00:12:34:58"},
+	source: "acpi:iBFT", fixture: "ipxe-uefi.bin", checkNIC: dhcpLease,
+}}
+
+// dhcpLease checks the NIC holds QEMU's DHCP lease.
+func dhcpLease(t *testing.T, nic ibft.NIC, _ *ibft.Table, _ ibft.Target) {
+	if nic.IP != mustAddr("10.0.2.15") || nic.Prefix != 24 || nic.Origin != ibft.OriginDHCP || nic.DHCP != mustAddr("10.0.2.2") {
+		t.Errorf("NIC %v/%d origin %d dhcp %v, want QEMU's lease 10.0.2.15/24 origin 3 from 10.0.2.2",
+			nic.IP, nic.Prefix, nic.Origin, nic.DHCP)
 	}
-	if tab.Initiator.Name != "iqn.2026-01.org.isboot.test:initiator-chap" {
-		t.Errorf("initiator %q", tab.Initiator.Name)
-	}
-	fixture(t, "ipxe-bios-chap.bin", tables[0].data, tab)
 }
 
-// TestSmokeBIOSStaticE1000 configures an e1000 NIC with a custom MAC by hand
-// (no dhcp command) and sets a hostname.
-func TestSmokeBIOSStaticE1000(t *testing.T) {
+// TestSmokeIPXE boots the smoke guest through iPXE for every case; the guest
+// must find the iBFT iPXE wrote for the hooked target, and the table must
+// match the committed fixture (ISBOOT_CAPTURE_FIXTURES=1 rewrites them).
+func TestSmokeIPXE(t *testing.T) {
 	vm.Require(t)
-	t.Parallel()
-	iqn := "iqn.2026-01.org.isboot.test:bios-static"
-	tgt := startTarget(t, 2, iqn, testtarget.CHAP{}, testtarget.CHAP{})
-	mac := "02:15:b0:07:e1:00"
-	tables := bootGuest(t, vm.Config{
-		Firmware: vm.BIOS,
-		NIC:      &vm.NIC{Model: "e1000", MAC: mac},
-		IPXE: vm.IPXE{
-			Static:   &vm.StaticIP{IP: "10.0.2.77", Netmask: "255.255.255.0", Gateway: "10.0.2.2", DNS: "10.0.2.3"},
-			Hostname: "isboot-static",
-			Target:   &vm.SANTarget{Port: port(t, tgt), LUN: 1, IQN: iqn},
-		},
-	}, 180*time.Second)
-	tab := oneTable(t, tables, "mem:")
-	nic, _ := checkTarget(t, tab, iqn, port(t, tgt), mac)
-	if nic.IP != mustAddr("10.0.2.77") || nic.Prefix != 24 || nic.Origin != ibft.OriginManual ||
-		nic.Gateway != mustAddr("10.0.2.2") || nic.Hostname != "isboot-static" {
-		t.Errorf("NIC %v/%d origin %d gw %v hostname %q, want 10.0.2.77/24 origin 1 gw 10.0.2.2 isboot-static",
-			nic.IP, nic.Prefix, nic.Origin, nic.Gateway, nic.Hostname)
+	for slot, c := range ipxeCases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			iqn := "iqn.2026-01.org.isboot.test:" + c.name
+			tgt := startTarget(t, slot, iqn, c.chap, c.mutual)
+			ipxe := c.ipxe
+			ipxe.Target = &vm.SANTarget{Port: port(t, tgt), LUN: 1, IQN: iqn}
+			if c.chap.User != "" {
+				ipxe.Target.CHAP = &vm.CHAP{User: c.chap.User, Secret: c.chap.Secret,
+					ReverseUser: c.mutual.User, ReverseSecret: c.mutual.Secret}
+			}
+			nic := c.nic
+			timeout := 180 * time.Second
+			if c.fw == vm.UEFI {
+				timeout = 240 * time.Second
+			}
+			tables := bootGuest(t, vm.Config{Firmware: c.fw, NIC: &nic, IPXE: ipxe}, timeout)
+			tab := oneTable(t, tables, c.source)
+			n, target := checkTarget(t, tab, iqn, port(t, tgt), c.nic.MAC)
+			c.checkNIC(t, n, tab, target)
+			fixture(t, c.fixture, tables[0].data, tab)
+		})
 	}
-	fixture(t, "ipxe-bios-static-e1000.bin", tables[0].data, tab)
-}
-
-// TestSmokeUEFI boots through OVMF and iPXE's EFI ROM; iPXE installs the iBFT
-// as an ACPI table.
-func TestSmokeUEFI(t *testing.T) {
-	vm.Require(t)
-	t.Parallel()
-	iqn := "iqn.2026-01.org.isboot.test:uefi"
-	tgt := startTarget(t, 3, iqn, testtarget.CHAP{}, testtarget.CHAP{})
-	tables := bootGuest(t, vm.Config{
-		Firmware: vm.UEFI,
-		NIC:      &vm.NIC{Model: "virtio-net-pci", MAC: "52:54:00:12:34:58"},
-		IPXE:     vm.IPXE{Target: &vm.SANTarget{Port: port(t, tgt), LUN: 1, IQN: iqn}},
-	}, 240*time.Second)
-	tab := oneTable(t, tables, "acpi:iBFT")
-	nic, _ := checkTarget(t, tab, iqn, port(t, tgt), "52:54:00:12:34:58")
-	if nic.IP != mustAddr("10.0.2.15") || nic.Origin != ibft.OriginDHCP {
-		t.Errorf("NIC %v origin %d, want 10.0.2.15 from DHCP", nic.IP, nic.Origin)
-	}
-	fixture(t, "ipxe-uefi.bin", tables[0].data, tab)
 }

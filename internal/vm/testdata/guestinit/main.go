@@ -14,33 +14,24 @@ import (
 	"path/filepath"
 	"strings"
 
-	"golang.org/x/sys/unix"
+	"github.com/isboot/isboot/internal/vm/guest"
 )
 
 func main() {
-	for _, m := range []struct{ src, dst, fs string }{
-		{"proc", "/proc", "proc"}, {"sysfs", "/sys", "sysfs"}, {"devtmpfs", "/dev", "devtmpfs"},
-	} {
-		os.MkdirAll(m.dst, 0o755)
-		if err := unix.Mount(m.src, m.dst, m.fs, 0, ""); err != nil {
-			fmt.Printf("ISBOOT-GUEST-ERROR mount %s: %v\n", m.dst, err)
-		}
-	}
+	guest.MountKernelFS()
 	uptime, _ := os.ReadFile("/proc/uptime")
 	fmt.Printf("ISBOOT-GUEST-UP uptime=%s\n", strings.Fields(string(uptime) + " ?")[0])
 
-	loadModules()
-	if arg := cmdlineArg("smoke.net"); arg != "" {
+	for _, m := range guest.LoadModules() {
+		fmt.Printf("ISBOOT-GUEST-MODULE %s\n", m)
+	}
+	if arg := guest.Arg("smoke.net"); arg != "" {
 		if err := serveNet(arg); err != nil {
-			fmt.Printf("ISBOOT-GUEST-ERROR net: %v\n", err)
+			fmt.Printf("%snet: %v\n", guest.ErrorPrefix, err)
 		}
 	}
 
-	report, err := os.OpenFile("/dev/ttyS1", os.O_WRONLY|unix.O_NOCTTY, 0)
-	if err != nil {
-		fmt.Printf("ISBOOT-GUEST-ERROR report channel: %v\n", err)
-		report = os.Stdout
-	}
+	report := guest.Report()
 	n := 0
 	emit := func(source string, table []byte) {
 		n++
@@ -52,7 +43,7 @@ func main() {
 		if b, err := os.ReadFile(p); err == nil {
 			emit("acpi:"+filepath.Base(p), b)
 		} else {
-			fmt.Printf("ISBOOT-GUEST-ERROR %s: %v\n", p, err)
+			fmt.Printf("%s%s: %v\n", guest.ErrorPrefix, p, err)
 		}
 	}
 	for _, t := range scanLowMemory() {
@@ -60,9 +51,7 @@ func main() {
 	}
 	report.Sync()
 	fmt.Printf("ISBOOT-GUEST-DONE tables=%d\n", n)
-	unix.Sync()
-	unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
-	select {}
+	guest.PowerOff()
 }
 
 type found struct {
@@ -75,7 +64,7 @@ type found struct {
 func scanLowMemory() []found {
 	f, err := os.Open("/dev/mem")
 	if err != nil {
-		fmt.Printf("ISBOOT-GUEST-ERROR /dev/mem: %v\n", err)
+		fmt.Printf("%s/dev/mem: %v\n", guest.ErrorPrefix, err)
 		return nil
 	}
 	defer f.Close()
@@ -92,7 +81,7 @@ func scanLowMemory() []found {
 			}
 			length := int(binary.LittleEndian.Uint32(mem[off+4:]))
 			if length < 48 || off+length > len(mem) {
-				fmt.Printf("ISBOOT-GUEST-ERROR iBFT at %#x: bad length %d\n", r[0]+int64(off), length)
+				fmt.Printf("%siBFT at %#x: bad length %d\n", guest.ErrorPrefix, r[0]+int64(off), length)
 				continue
 			}
 			out = append(out, found{r[0] + int64(off), bytes.Clone(mem[off : off+length])})
