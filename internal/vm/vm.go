@@ -27,6 +27,10 @@
 //	})
 //	m, err := v.WaitFor(ctx, 60*time.Second, `RESULT=(\w+)`)
 //
+// The guest side (mounting /proc /sys /dev, loading the modules the archive
+// holds, the report channel, power-off) is package vm/guest; the smoke guest
+// in testdata/guestinit shows it in use.
+//
 // The guest's reachable host is 10.0.2.2 (QEMU user networking maps it to the
 // host's 127.0.0.1), so targets listen on 127.0.0.1. The guest's first serial
 // port (ttyS0) is the console, captured to console.log in the VM's directory
