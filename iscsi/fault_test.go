@@ -1,0 +1,237 @@
+package iscsi
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/isboot/isboot/internal/testtarget"
+)
+
+// loadResult is what a writer wrote, to check after the faults.
+type loadResult struct {
+	off int64
+	n   int
+	sum [32]byte
+}
+
+// runLoad runs writers writing fresh extents in their own regions until stop is
+// closed, with a read now and then. Any error the caller sees fails the test.
+func runLoad(t *testing.T, l *LUN, writers int, stop <-chan struct{}) func() []loadResult {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var results []loadResult
+	var failed atomic.Value
+	region := l.Size() / int64(writers) &^ 4095
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(w), 7))
+			off := int64(w) * region
+			end := off + region
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				n := (1 + r.IntN(64)) * 4096
+				if off+int64(n) > end {
+					return
+				}
+				b := pattern(n, uint64(w)<<32|uint64(i))
+				if _, err := l.WriteAt(b, off); err != nil {
+					failed.Store(fmt.Errorf("writer %d: write at %d: %w", w, off, err))
+					return
+				}
+				if i%4 == 3 {
+					got := make([]byte, n)
+					if _, err := l.ReadAt(got, off); err != nil {
+						failed.Store(fmt.Errorf("writer %d: read at %d: %w", w, off, err))
+						return
+					}
+					if sum(got) != sum(b) {
+						failed.Store(fmt.Errorf("writer %d: read back at %d differs", w, off))
+						return
+					}
+				}
+				mu.Lock()
+				results = append(results, loadResult{off, n, sum(b)})
+				mu.Unlock()
+				off += int64(n)
+			}
+		}(w)
+	}
+	return func() []loadResult {
+		wg.Wait()
+		if err, ok := failed.Load().(error); ok {
+			t.Fatalf("the caller saw an error: %v", err)
+		}
+		return results
+	}
+}
+
+// verifyLoad reads every extent back (on a fresh session) and compares checksums.
+func verifyLoad(t *testing.T, l *LUN, results []loadResult) {
+	t.Helper()
+	if len(results) == 0 {
+		t.Fatalf("no writes completed")
+	}
+	for _, r := range results {
+		b := make([]byte, r.n)
+		if _, err := l.ReadAt(b, r.off); err != nil {
+			t.Fatalf("verify read at %d: %v", r.off, err)
+		}
+		if sum(b) != r.sum {
+			t.Fatalf("%d bytes at %d do not hold what was written", r.n, r.off)
+		}
+	}
+	t.Logf("verified %d extents", len(results))
+}
+
+func faultConfig(tg testtarget.Target, portal string) Config {
+	cfg := testConfig(tg)
+	cfg.Portals = []string{portal}
+	cfg.Retry = RetryPolicy{InitialBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
+	cfg.NopInterval = 300 * time.Millisecond
+	cfg.NopTimeout = 700 * time.Millisecond
+	cfg.QueueDepth = 32
+	return cfg
+}
+
+func waitReconnects(t *testing.T, s *Session, n uint64) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for s.Stats().Reconnects < n || s.State() != "serving" {
+		if time.Now().After(deadline) {
+			t.Fatalf("still %d reconnects, state %s", s.Stats().Reconnects, s.State())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestFaultCutMidWrite(t *testing.T) {
+	d := startTgtd(t, testtarget.TgtdOptions{Size: 128 << 20})
+	p := newFaultProxy(t, d.Addr())
+	s := dial(t, faultConfig(d, p.Addr()))
+	p.cutAfter.Store(3 << 20) // every connection dies after ~3 MB of writes
+	stop := make(chan struct{})
+	wait := runLoad(t, s.LUN(), 16, stop)
+	waitReconnects(t, s, 3)
+	close(stop)
+	results := wait()
+	p.cutAfter.Store(0)
+	verifyLoad(t, s.LUN(), results)
+	if st := s.Stats(); st.Errors != 0 {
+		t.Fatalf("stats: %+v", st)
+	}
+}
+
+func TestFaultStallPastNOPDeadline(t *testing.T) {
+	d := startTgtd(t, testtarget.TgtdOptions{Size: 64 << 20})
+	p := newFaultProxy(t, d.Addr())
+	s := dial(t, faultConfig(d, p.Addr()))
+	stop := make(chan struct{})
+	wait := runLoad(t, s.LUN(), 8, stop)
+	time.Sleep(200 * time.Millisecond)
+	start := time.Now()
+	p.StallAll()
+	waitReconnects(t, s, 1)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("stall detected only after %v", d)
+	}
+	// Idle stall too: no I/O, only pings.
+	close(stop)
+	results := wait()
+	p.StallAll()
+	waitReconnects(t, s, 2)
+	verifyLoad(t, s.LUN(), results)
+}
+
+func TestFaultResetUnderLoad(t *testing.T) {
+	d := startTgtd(t, testtarget.TgtdOptions{Size: 128 << 20,
+		Params: [][2]string{{"HeaderDigest", "CRC32C,None"}, {"DataDigest", "CRC32C,None"}}})
+	p := newFaultProxy(t, d.Addr())
+	cfg := faultConfig(d, p.Addr())
+	cfg.HeaderDigest, cfg.DataDigest = true, true
+	s := dial(t, cfg)
+	stop := make(chan struct{})
+	wait := runLoad(t, s.LUN(), 32, stop)
+	for i := 0; i < 8; i++ {
+		time.Sleep(150 * time.Millisecond)
+		p.CutAll()
+	}
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	results := wait()
+	verifyLoad(t, s.LUN(), results)
+	if st := s.Stats(); st.Reconnects < 4 || st.Errors != 0 {
+		t.Fatalf("stats: %+v", st)
+	}
+	// A second, independent session sees the same bytes.
+	verifyLoad(t, dial(t, testConfig(d)).LUN(), results)
+}
+
+func TestFaultRestartTgtd(t *testing.T) {
+	d := startTgtd(t, testtarget.TgtdOptions{Size: 64 << 20})
+	cfg := faultConfig(d, d.Addr())
+	s := dial(t, cfg)
+	stop := make(chan struct{})
+	wait := runLoad(t, s.LUN(), 16, stop)
+	time.Sleep(300 * time.Millisecond)
+	d.Restart()
+	waitReconnects(t, s, 1)
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	results := wait()
+	verifyLoad(t, s.LUN(), results)
+}
+
+// TestPortalFailover: the first portal is dead, the second serves; when the
+// second dies too the session comes back through the first once it exists.
+func TestPortalFailover(t *testing.T) {
+	d := startTgtd(t, testtarget.TgtdOptions{})
+	dead := testtarget.FreePort(t, 13260, 13279)
+	p := newFaultProxy(t, d.Addr())
+	cfg := faultConfig(d, "")
+	cfg.Portals = []string{fmt.Sprintf("127.0.0.1:%d", dead), p.Addr()}
+	s := dial(t, cfg)
+	if pm := paramMap(s); pm["portal"] != p.Addr() {
+		t.Fatalf("portal %q, want %q", pm["portal"], p.Addr())
+	}
+	p.CutAll()
+	waitReconnects(t, s, 1)
+	if _, err := s.LUN().WriteAt(pattern(4096, 5), 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRetryBounded: with a bounded policy a dead target ends in a clear error.
+func TestRetryBounded(t *testing.T) {
+	d := startTgtd(t, testtarget.TgtdOptions{})
+	cfg := faultConfig(d, d.Addr())
+	cfg.Retry = RetryPolicy{MaxElapsed: 500 * time.Millisecond, InitialBackoff: 50 * time.Millisecond}
+	s := dial(t, cfg)
+	d.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { _, err := s.LUN().ReadAt(make([]byte, 4096), 0); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatalf("read on a dead target succeeded")
+		}
+		t.Logf("error as expected: %v", err)
+	case <-ctx.Done():
+		t.Fatalf("bounded retry did not give up")
+	}
+	if s.State() != "failed" {
+		t.Fatalf("state %s, want failed", s.State())
+	}
+}
