@@ -73,6 +73,8 @@ func TestBootScenarios(t *testing.T) {
 			disk: rootimg.Options{PartUUID: rootPartUUID, ESP: true}, wantRoot: "/dev/nbd0p2"},
 		{name: "bios-sanhook-gotgt", firmware: vm.BIOS, nic: "virtio-net-pci", gotgt: true,
 			disk: rootimg.Options{}, wantRoot: "/dev/nbd0p1"},
+		{name: "uefi-ipxe-tgtd-chap", firmware: vm.UEFI, nic: "e1000", chap: chap,
+			disk: rootimg.Options{ESP: true}, wantRoot: "/dev/nbd0p2"},
 		{name: "wrong-chap-secret", firmware: vm.Direct, nic: "e1000", chap: chap,
 			useCHAP: testtarget.CHAP{User: chap.User, Secret: "wrong-secret-999"}, disk: rootimg.Options{},
 			wantFail: `boot failed: wait for the LUN: .*authentication failed`},
