@@ -2,6 +2,7 @@ package nbd_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,12 +11,14 @@ import (
 	"time"
 
 	"github.com/isboot/isboot/initramfs"
+	"github.com/isboot/isboot/internal/testtarget"
 	"github.com/isboot/isboot/internal/vm"
 )
 
 // guestScript is /init of the guest: it attaches a disk with `isboot serve --attach`
 // (two sockets), mounts ext4 from its first partition, and checks that I/O survives
 // the serving process being killed and replaced (RECONFIGURE) and being stopped.
+// @SOURCE@ is the serve command's backend, @NETWORK@ the guest's network setup.
 const guestScript = `#!/bin/busybox sh
 export PATH=/bin
 /bin/busybox --install -s /bin
@@ -35,7 +38,8 @@ step() { echo "STEP $*"; }
 modprobe nbd max_part=16 nbds_max=2 || fail "modprobe nbd"
 modprobe crc32c_generic
 modprobe ext4 || fail "modprobe ext4"
-SERVE="isboot serve --file /disk.img --attach /dev/nbd0 --connections 2 --timeout 15s --dead-conn-timeout 120s"
+@NETWORK@
+SERVE="isboot serve @SOURCE@ --attach /dev/nbd0 --connections 2 --timeout 15s --dead-conn-timeout 120s"
 $SERVE 2>/tmp/serve1.log &
 S1=$!
 for i in $(seq 200); do [ -e /sys/block/nbd0/pid ] && break; sleep 0.1; done
@@ -66,7 +70,7 @@ grep -q RECONFIGURE /tmp/serve2.log || fail "second server did not take over wit
 sync; echo 3 > /proc/sys/vm/drop_caches
 cmp /tmp/src /mnt/b || fail "b differs after the restart"
 step "restart with RECONFIGURE ok"
-if isboot serve --file /disk.img --attach /dev/nbd0 2>/tmp/serve3.log; then fail "a third server took over a live device"; fi
+if isboot serve @SOURCE@ --attach /dev/nbd0 2>/tmp/serve3.log; then fail "a third server took over a live device"; fi
 grep -q "another server still serves it" /tmp/serve3.log || fail "third server: $(cat /tmp/serve3.log)"
 step "a live device is refused to another server"
 
@@ -93,26 +97,45 @@ echo "RESULT=PASS"
 poweroff -f
 `
 
+// guestNetwork brings up the virtio NIC with QEMU user networking's fixed addresses;
+// the host's 127.0.0.1 is 10.0.2.2 from the guest.
+const guestNetwork = `modprobe virtio_pci; modprobe virtio_net
+for i in $(seq 50); do [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done
+ip link set lo up; ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 || fail "network"`
+
+// TestKernelAttachVM serves a file inside the guest: the kernel attach on its own.
 func TestKernelAttachVM(t *testing.T) {
 	vm.Require(t)
-	k := vm.DebianKernel(t)
-	for _, tool := range []string{"sgdisk", "mkfs.ext4", "busybox"} {
+	disk := ext4Disk(t)
+	runAttachVM(t, disk, "--file /disk.img", "", nil)
+}
+
+// TestKernelAttachISCSIVM serves a tgtd LUN on the host: the whole gateway, with the
+// iSCSI session re-established by each new serving process.
+func TestKernelAttachISCSIVM(t *testing.T) {
+	vm.Require(t)
+	disk := ext4Disk(t)
+	d := testtarget.StartTgtd(t, testtarget.TgtdOptions{Port: testtarget.FreePort(t, 13400, 13449),
+		ControlPort: 43, Backing: disk})
+	_, port, _ := strings.Cut(d.Addr(), ":")
+	source := fmt.Sprintf("--portal 10.0.2.2:%s --target %s --lun 1", port, d.IQN)
+	runAttachVM(t, "", source, guestNetwork, &vm.NIC{Model: "virtio-net-pci"})
+}
+
+// ext4Disk makes a 128 MiB GPT disk image whose first partition holds ext4.
+func ext4Disk(t *testing.T) string {
+	for _, tool := range []string{"sgdisk", "mkfs.ext4"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("%s not installed (make deps)", tool)
 		}
 	}
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "isboot")
-	build := exec.Command("go", "build", "-o", bin, "github.com/isboot/isboot/cmd/isboot")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build isboot: %v\n%s", err, out)
-	}
-	disk := filepath.Join(dir, "disk.img")
+	disk := filepath.Join(t.TempDir(), "disk.img")
 	if err := os.WriteFile(disk, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	os.Truncate(disk, 128<<20)
+	if err := os.Truncate(disk, 128<<20); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range [][]string{
 		{"sgdisk", "-o", "-n", "1:2048:0", "-t", "1:8300", disk},
 		{"mkfs.ext4", "-q", "-F", "-E", "offset=1048576", disk, "120M"},
@@ -121,24 +144,48 @@ func TestKernelAttachVM(t *testing.T) {
 			t.Fatalf("%q: %v\n%s", c, err, out)
 		}
 	}
-	busybox, _ := exec.LookPath("busybox")
+	return disk
+}
+
+// runAttachVM boots the guest script with isboot and, if disk is set, the disk image
+// as /disk.img in the initramfs.
+func runAttachVM(t *testing.T, disk, source, network string, nic *vm.NIC) {
+	k := vm.DebianKernel(t)
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Skip("busybox not installed (make deps)")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "isboot")
+	build := exec.Command("go", "build", "-o", bin, "github.com/isboot/isboot/cmd/isboot")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build isboot: %v\n%s", err, out)
+	}
+	script := strings.NewReplacer("@SOURCE@", source, "@NETWORK@", network).Replace(guestScript)
 	a := initramfs.New()
-	for _, step := range []error{
-		a.AddBytes("init", []byte(guestScript), 0o755),
+	steps := []error{
+		a.AddBytes("init", []byte(script), 0o755),
 		a.AddFile("bin/busybox", busybox, 0o755),
 		a.AddFile("bin/isboot", bin, 0o755),
-		a.AddFile("disk.img", disk, 0o644),
 		a.AddModules(k.Root, k.Version, "nbd", "ext4", "crc32c_generic"),
-	} {
-		if step != nil {
-			t.Fatal(step)
+	}
+	if disk != "" {
+		steps = append(steps, a.AddFile("disk.img", disk, 0o644))
+	}
+	if nic != nil {
+		steps = append(steps, a.AddModules(k.Root, k.Version, "virtio_pci", "virtio_net"))
+	}
+	for _, err := range steps {
+		if err != nil {
+			t.Fatal(err)
 		}
 	}
 	initrd := filepath.Join(dir, "initrd.gz")
 	if err := a.WriteFile(initrd); err != nil {
 		t.Fatal(err)
 	}
-	v := vm.Start(t, vm.Config{Kernel: k.Image, Initrd: initrd, MemoryMB: 1024, CPUs: 2,
+	v := vm.Start(t, vm.Config{Kernel: k.Image, Initrd: initrd, MemoryMB: 1024, CPUs: 2, NIC: nic,
 		Cmdline: "console=ttyS0 panic=-1 loglevel=4"})
 	m, err := v.WaitFor(context.Background(), 10*time.Minute, `RESULT=(PASS|FAIL[^\r\n]*)\r?\n`)
 	if err != nil {
