@@ -12,8 +12,10 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // CHAP algorithms by their CHAP_A number (RFC 7143 §12.1.3, RFC 1994; 6-8 from the
@@ -71,6 +73,7 @@ func encodeHex(b []byte) string { return "0x" + hex.EncodeToString(b) }
 
 // chapState carries one CHAP exchange in the security stage.
 type chapState struct {
+	reflected    bool // the target's challenge is one we issued before
 	alg          int
 	ourID        byte
 	ourChallenge []byte
@@ -95,6 +98,10 @@ func (c *chapState) respond(cfg *Config, target map[string]string, offer string)
 	if len(challenge) > 1024 {
 		return nil, errors.New("iscsi: target CHAP_C longer than 1024 bytes")
 	}
+	// A target replaying a challenge we issued wants us to compute the answer it
+	// owes us. Our answer is useless to it (the two directions must use different
+	// secrets, see withDefaults), and the login is refused once it is sent.
+	c.reflected = cfg.RevCHAPUser != "" && ourChallenges.seen(challenge)
 	kvs := []KV{
 		{"CHAP_N", cfg.CHAPUser},
 		{"CHAP_R", encodeHex(chapResponse(alg, byte(id), cfg.CHAPSecret, challenge))},
@@ -118,11 +125,15 @@ func (c *chapState) respond(cfg *Config, target map[string]string, offer string)
 		}
 	}
 	c.ourID = idb[0]
+	ourChallenges.add(c.ourChallenge)
 	return append(kvs, KV{"CHAP_I", strconv.Itoa(int(c.ourID))}, KV{"CHAP_C", encodeHex(c.ourChallenge)}), nil
 }
 
 // verifyTarget checks the target's answer to our mutual CHAP challenge in constant time.
 func (c *chapState) verifyTarget(cfg *Config, target map[string]string) error {
+	if c.reflected {
+		return errors.New("iscsi: mutual CHAP: target failed to authenticate (it sent back a challenge we issued)")
+	}
 	name, resp := target["CHAP_N"], target["CHAP_R"]
 	if name == "" || resp == "" {
 		return errors.New("iscsi: mutual CHAP: target did not authenticate itself (no CHAP_N/CHAP_R)")
@@ -138,4 +149,32 @@ func (c *chapState) verifyTarget(cfg *Config, target map[string]string) error {
 		return errors.New("iscsi: mutual CHAP: target failed to authenticate (wrong name or response)")
 	}
 	return nil
+}
+
+// challengeLog remembers the challenges this process issued recently, so a target
+// cannot reflect one of them at us on a later connection.
+type challengeLog struct {
+	mu   sync.Mutex
+	ring [64][]byte
+	next int
+}
+
+var ourChallenges challengeLog
+
+func (l *challengeLog) add(c []byte) {
+	l.mu.Lock()
+	l.ring[l.next%len(l.ring)] = slices.Clone(c)
+	l.next++
+	l.mu.Unlock()
+}
+
+func (l *challengeLog) seen(c []byte) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, old := range l.ring {
+		if old != nil && subtle.ConstantTimeCompare(old, c) == 1 {
+			return true
+		}
+	}
+	return false
 }

@@ -58,12 +58,17 @@ type conn struct {
 	initialR2T bool
 	params     map[string]string
 
-	cmdSN     uint32 // writer-owned
-	expCmdSN  atomic.Uint32
-	maxCmdSN  atomic.Uint32
-	expStatSN atomic.Uint32
-	lastRecv  atomic.Int64
-	pingSent  atomic.Int64 // 0 when no ping is outstanding
+	cmdSN    uint32 // writer-owned
+	expCmdSN atomic.Uint32
+	maxCmdSN atomic.Uint32
+	// windowKnown is false while the target has sent no valid MaxCmdSN: the window
+	// is then bounded by the queue depth alone (a target sending only invalid
+	// windows must be ignored, RFC 7143 §4.2.2.1, not obeyed).
+	windowKnown  atomic.Bool
+	blockedSince atomic.Int64 // when the writer began waiting for the window; 0 if not
+	expStatSN    atomic.Uint32
+	lastRecv     atomic.Int64
+	pingSent     atomic.Int64 // 0 when no ping is outstanding
 
 	dataOut    chan r2tReq
 	ctrl       chan ctrlReq
@@ -111,6 +116,7 @@ func newConn(s *Session, nc net.Conn, res *loginResult, gen uint64) (*conn, erro
 	c.firstBurst = min(c.firstBurst, c.maxBurst)
 	c.expCmdSN.Store(res.expCmdSN)
 	c.maxCmdSN.Store(res.maxCmdSN)
+	c.windowKnown.Store(!snLess(res.maxCmdSN, res.expCmdSN-1))
 	c.expStatSN.Store(res.expStatSN)
 	c.lastRecv.Store(nanotime())
 	c.rd = pduReader{r: bufio.NewReaderSize(nc, 64<<10), maxData: s.cfg.MaxRecvDataSegmentLength,
@@ -154,8 +160,9 @@ func (c *conn) updateWindow(h *bhs) {
 	if snLess(c.expCmdSN.Load(), exp) {
 		c.expCmdSN.Store(exp)
 	}
-	if snLess(c.maxCmdSN.Load(), maxSN) {
+	if !c.windowKnown.Load() || snLess(c.maxCmdSN.Load(), maxSN) {
 		c.maxCmdSN.Store(maxSN)
+		c.windowKnown.Store(true)
 		select {
 		case c.windowOpen <- struct{}{}:
 		default:
@@ -373,25 +380,39 @@ func (c *conn) writeLoop() {
 
 func (c *conn) windowOK() bool {
 	// CmdSN may go up to MaxCmdSN inclusive.
-	return !snLess(c.maxCmdSN.Load(), c.cmdSN)
+	return !c.windowKnown.Load() || !snLess(c.maxCmdSN.Load(), c.cmdSN)
 }
 
 func (c *conn) writeRun() error {
 	s := c.s
 	pending := make([]*task, 0, len(s.tasks))
+	var internal *task // an internal command, sent before the release
 	released := false
 	for {
 		var cmdCh chan taskRef
 		var release chan struct{}
-		if released {
-			if len(pending) > 0 && c.windowOK() {
-				t := pending[0]
-				pending = pending[1:]
-				if err := c.sendCmd(t); err != nil {
+		next := internal
+		if next == nil && released && len(pending) > 0 {
+			next = pending[0]
+		}
+		if next != nil {
+			if c.windowOK() {
+				c.blockedSince.Store(0)
+				if next == internal {
+					internal = nil
+				} else {
+					pending = pending[1:]
+				}
+				if err := c.sendCmd(next); err != nil {
 					return err
 				}
 				continue
 			}
+			if c.blockedSince.Load() == 0 {
+				c.blockedSince.Store(nanotime())
+			}
+		}
+		if released {
 			if len(pending) == 0 {
 				cmdCh = s.cmdCh
 			}
@@ -418,6 +439,12 @@ func (c *conn) writeRun() error {
 				return err
 			}
 		case q := <-c.ctrl:
+			if q.kind == ctrlInternal {
+				if s.claim(taskRef{q.t, q.seq}, c.gen) {
+					internal = q.t
+				}
+				continue
+			}
 			if err := c.sendCtrl(q, &pending); err != nil {
 				return err
 			}
@@ -426,6 +453,17 @@ func (c *conn) writeRun() error {
 			return nil
 		}
 	}
+}
+
+// windowError describes a command window that stayed shut, or nil.
+func (c *conn) windowError(limit time.Duration) error {
+	since := c.blockedSince.Load()
+	d := time.Duration(nanotime() - since)
+	if since == 0 || d < limit {
+		return nil
+	}
+	return fmt.Errorf("iscsi: command window closed for %v (target ExpCmdSN %d, MaxCmdSN %d)",
+		d.Round(time.Millisecond), c.expCmdSN.Load(), c.maxCmdSN.Load())
 }
 
 func (c *conn) sendCmd(t *task) error {
@@ -448,7 +486,7 @@ func (c *conn) sendCmd(t *task) error {
 	copy(h[32:48], t.cdb.b[:])
 	t.cmdSN = c.cmdSN
 	c.cmdSN++
-	t.sentAt = nanotime()
+	t.sentAt.Store(nanotime())
 	var imm []byte
 	if wlen > 0 && c.immediate {
 		imm = t.buf[:min(wlen, c.firstBurst, c.maxSend)]
@@ -516,11 +554,6 @@ func (c *conn) sendCtrl(q ctrlReq, pending *[]*task) error {
 		h.setU32(24, c.cmdSN)
 		h.setU32(28, c.expStatSN.Load())
 		return c.wr.writePDU(h, data)
-	case ctrlInternal:
-		if c.s.claim(taskRef{q.t, q.seq}, c.gen) {
-			return c.sendCmd(q.t)
-		}
-		return nil
 	case ctrlRequeue:
 		if c.s.claim(taskRef{q.t, q.seq}, c.gen) {
 			*pending = append(*pending, q.t)
@@ -577,6 +610,10 @@ func (c *conn) watch() {
 				return
 			}
 			continue
+		}
+		if err := c.windowError(cfg.CommandTimeout); err != nil {
+			c.fail(err)
+			return
 		}
 		if time.Duration(now-c.lastRecv.Load()) >= cfg.NopInterval {
 			c.pingSent.Store(now)

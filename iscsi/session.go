@@ -65,6 +65,8 @@ type Session struct {
 	runDone    chan struct{}
 	lun        *LUN
 
+	progress atomic.Bool // a user command completed since the last connection loss
+
 	reconnects, commands, readBytes, writeBytes, errs atomic.Uint64
 }
 
@@ -97,7 +99,7 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 		}
 	}
 	s.tasks[c.QueueDepth].internal = true
-	if err := s.connect(ctx, true); err != nil {
+	if err := s.connect(ctx, true, &retryState{}); err != nil {
 		return nil, err
 	}
 	go s.run()
@@ -130,12 +132,16 @@ func (s *Session) State() string {
 
 // connect logs in on the portals in turn with capped exponential back-off, checks the
 // LUN identity and starts a connection. first: Dial (stop at permanent errors).
-func (s *Session) connect(ctx context.Context, first bool) error {
+func (s *Session) connect(ctx context.Context, first bool, rs *retryState) error {
 	pol := s.cfg.Retry
-	start := time.Now()
+	if rs.start.IsZero() {
+		rs.start = time.Now()
+	}
 	backoff := pol.InitialBackoff
 	redirect := ""
-	for attempt := 1; ; attempt++ {
+	for redirects := 0; ; {
+		rs.attempts++
+		attempt := rs.attempts
 		addr := redirect
 		if addr == "" {
 			s.mu.Lock()
@@ -147,7 +153,9 @@ func (s *Session) connect(ctx context.Context, first bool) error {
 			return nil
 		}
 		var re *redirectError
-		if errors.As(err, &re) && attempt < 100 {
+		if errors.As(err, &re) && redirects < 16 {
+			redirects++
+			rs.attempts--
 			s.logf("iscsi: %v", err)
 			redirect = re.addr
 			if re.permanent {
@@ -164,8 +172,7 @@ func (s *Session) connect(ctx context.Context, first bool) error {
 		if errors.Is(err, errIdentityChanged) || first && errors.As(err, &le) && le.Permanent() {
 			return err
 		}
-		if pol.MaxAttempts > 0 && attempt >= pol.MaxAttempts ||
-			pol.MaxElapsed > 0 && time.Since(start) >= pol.MaxElapsed {
+		if rs.exhausted(pol) {
 			return fmt.Errorf("iscsi: giving up after %d attempts: %w", attempt, err)
 		}
 		// Next portal (iBFT target0/target1 fail over in turn).
@@ -185,6 +192,19 @@ func (s *Session) connect(ctx context.Context, first bool) error {
 		}
 		backoff = min(2*backoff, pol.MaxBackoff)
 	}
+}
+
+// retryState counts attempts since the session last made progress (a user command
+// completed): a target that accepts logins but fails every command still ends a
+// bounded policy.
+type retryState struct {
+	attempts int
+	start    time.Time
+}
+
+func (rs *retryState) exhausted(pol RetryPolicy) bool {
+	return pol.MaxAttempts > 0 && rs.attempts >= pol.MaxAttempts ||
+		pol.MaxElapsed > 0 && time.Since(rs.start) >= pol.MaxElapsed
 }
 
 var errIdentityChanged = errors.New("iscsi: LUN identity changed")
@@ -313,6 +333,9 @@ func (s *Session) internalCmd(ctx context.Context, c *conn, cd cdb, buf []byte) 
 			return 0, fmt.Errorf("connection lost: %v", c.err)
 		case <-ctx.Done():
 			s.deactivate(t)
+			if err := c.windowError(0); err != nil {
+				return 0, err
+			}
 			return 0, ctx.Err()
 		}
 		err := t.result("INQUIRY")
@@ -404,12 +427,16 @@ func (s *Session) complete(c *conn, t *task) {
 	}
 	s.active[t.slot] = false
 	s.mu.Unlock()
+	if !t.internal {
+		s.progress.Store(true)
+	}
 	t.done <- struct{}{}
 }
 
 // run watches the connection and recovers it until the session closes or fails.
 func (s *Session) run() {
 	defer close(s.runDone)
+	rs := retryState{attempts: 1, start: time.Now()} // Dial's connection
 	for {
 		s.mu.Lock()
 		c := s.conn
@@ -425,10 +452,17 @@ func (s *Session) run() {
 			return
 		default:
 		}
+		if s.progress.Swap(false) {
+			rs = retryState{start: time.Now()}
+		}
+		if rs.exhausted(s.cfg.Retry) {
+			s.failAll(fmt.Errorf("iscsi: giving up after %d attempts: %w", rs.attempts, c.err))
+			return
+		}
 		s.logf("iscsi: connection to %s lost: %v; reconnecting", s.cfg.TargetName, c.err)
 		s.setState("reconnecting")
 		s.reconnects.Add(1)
-		if err := s.connect(context.Background(), false); err != nil {
+		if err := s.connect(context.Background(), false, &rs); err != nil {
 			s.failAll(err)
 			return
 		}
@@ -466,7 +500,8 @@ func (s *Session) checkTimeouts(c *conn, now int64) {
 	s.mu.Lock()
 	for i := range s.tasks {
 		t := &s.tasks[i]
-		if s.active[i] && t.gen == c.gen && t.sentAt != 0 && now-t.sentAt > limit && !t.internal && !t.aborting.Load() {
+		sent := t.sentAt.Load()
+		if s.active[i] && t.gen == c.gen && sent != 0 && now-sent > limit && !t.internal && !t.aborting.Load() {
 			t.aborting.Store(true)
 			late = append(late, taskRef{t, t.seq})
 		}

@@ -17,8 +17,8 @@ type task struct {
 	internal bool
 
 	// Per attempt, written by the connection goroutines.
-	gen      uint64 // connection generation the command was last sent on
-	sentAt   int64  // unix nanoseconds
+	gen      uint64       // connection generation the command was last sent on
+	sentAt   atomic.Int64 // unix nanoseconds; 0 until sent on the current connection
 	cmdSN    uint32
 	received int
 	aborting atomic.Bool
@@ -44,6 +44,7 @@ func (t *task) prepare(c cdb, read bool, buf []byte) {
 func (t *task) reset() {
 	t.received, t.response, t.status, t.resid, t.senseLen = 0, 0, 0, 0, 0
 	t.aborting.Store(false)
+	t.sentAt.Store(0)
 }
 
 func (t *task) writeLen() int {
