@@ -30,7 +30,8 @@ type Options struct {
 	// QueueDepth is the number of requests in flight per connection (default 128).
 	QueueDepth int
 	// MaxBufferBytes bounds the payload bytes held by requests in flight over all
-	// connections (default 128 MiB); the reader waits for room before reading more.
+	// connections (default 64 MiB); the reader waits for room before reading more.
+	// As much again may stay pooled for reuse.
 	MaxBufferBytes int64
 	// Logf receives backend failures and protocol errors (default log.Printf).
 	Logf func(format string, args ...any)
@@ -65,7 +66,7 @@ func NewServer(dev blockdev.Device, opts Options) *Server {
 		opts.QueueDepth = 128
 	}
 	if opts.MaxBufferBytes < int64(opts.MaxRequest) {
-		opts.MaxBufferBytes = max(128<<20, int64(opts.MaxRequest))
+		opts.MaxBufferBytes = max(64<<20, int64(opts.MaxRequest))
 	}
 	if opts.Logf == nil {
 		opts.Logf = log.Printf
@@ -124,6 +125,8 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 // client disconnects or ctx is done. It closes c.
 func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
 	c.SetDeadline(time.Now().Add(30 * time.Second))
 	br := bufio.NewReaderSize(c, 64<<10)
 	transmit, err := s.handshake(br, c)
