@@ -514,4 +514,3 @@ func TestHostileReflectedCHAP(t *testing.T) {
 		}
 	}
 }
-
