@@ -54,7 +54,7 @@ var pruned = []string{"/var/cache/apt", "/var/lib/apt/lists", "/usr/share/doc", 
 var masked = []string{
 	"getty@tty1.service", "serial-getty@ttyS0.service", "apt-daily.timer",
 	"apt-daily-upgrade.timer", "e2scrub_all.timer", "e2scrub_reap.service",
-	"fstrim.timer", "dpkg-db-backup.timer", "systemd-timesyncd.service",
+	"fstrim.timer", "dpkg-db-backup.timer", "systemd-timesyncd.service", "getty-static.service",
 }
 
 func overlayFiles() []overlayFile {
@@ -100,6 +100,7 @@ journalctl -b -o cat --no-pager -u systemd-fsck-root.service 2>/dev/null | sed '
 modprobe qemu_fw_cfg
 fw=` + hookFwCfgFS + `
 mkdir -p ` + HookDir + `
+t0=$(date +%s)
 if [ -d $fw/opt/isboot ]; then
 	find -L $fw/opt/isboot -name raw | while read -r raw; do
 		name=${raw#$fw/opt/isboot/}; name=${name%/raw}; name=${name#files/}
@@ -107,6 +108,7 @@ if [ -d $fw/opt/isboot ]; then
 		cat "$raw" > "` + HookDir + `/$name" && chmod 0755 "` + HookDir + `/$name"
 	done
 fi
+echo "ISBOOT-HOOK: fw_cfg files read in $(( $(date +%s) - t0 )) s"
 if [ -f ` + HookDir + `/hook ]; then
 	cd ` + HookDir + `
 	sh ./hook
