@@ -127,3 +127,35 @@ func (tc *testClient) do(typ, flags uint16, off uint64, length uint32, payload [
 }
 
 func newReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
+
+// greet reads the server greeting and sends client flags.
+func (tc *testClient) greet(cflags uint32) error {
+	var b [18]byte
+	if _, err := io.ReadFull(tc.r, b[:]); err != nil {
+		return err
+	}
+	_, err := tc.c.Write(binary.BigEndian.AppendUint32(nil, cflags))
+	return err
+}
+
+func (tc *testClient) option(opt uint32, data []byte) error {
+	msg := binary.BigEndian.AppendUint64(nil, magicIHaveOpt)
+	msg = binary.BigEndian.AppendUint32(msg, opt)
+	msg = binary.BigEndian.AppendUint32(msg, uint32(len(data)))
+	_, err := tc.c.Write(append(msg, data...))
+	return err
+}
+
+// optionReply reads one option reply: its option, type and data.
+func (tc *testClient) optionReply() (opt, typ uint32, data []byte, err error) {
+	var h [20]byte
+	if _, err = io.ReadFull(tc.r, h[:]); err != nil {
+		return
+	}
+	if m := binary.BigEndian.Uint64(h[:]); m != magicOptReply {
+		return 0, 0, nil, fmt.Errorf("bad option reply magic %#x", m)
+	}
+	data = make([]byte, binary.BigEndian.Uint32(h[16:]))
+	_, err = io.ReadFull(tc.r, data)
+	return binary.BigEndian.Uint32(h[8:]), binary.BigEndian.Uint32(h[12:]), data, err
+}

@@ -130,6 +130,9 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 	c.SetDeadline(time.Now().Add(30 * time.Second))
 	br := bufio.NewReaderSize(c, 64<<10)
 	transmit, err := s.handshake(br, c)
+	if ctx.Err() != nil {
+		return nil
+	}
 	if err != nil || !transmit {
 		return err
 	}
