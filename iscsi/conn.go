@@ -385,23 +385,26 @@ func (c *conn) windowOK() bool {
 
 func (c *conn) writeRun() error {
 	s := c.s
+	// pending is a FIFO over one backing array (head moves, and both reset when it
+	// drains) so queueing commands does not allocate.
 	pending := make([]*task, 0, len(s.tasks))
+	head := 0
 	var internal *task // an internal command, sent before the release
 	released := false
 	for {
 		var cmdCh chan taskRef
 		var release chan struct{}
 		next := internal
-		if next == nil && released && len(pending) > 0 {
-			next = pending[0]
+		if next == nil && released && head < len(pending) {
+			next = pending[head]
 		}
 		if next != nil {
 			if c.windowOK() {
 				c.blockedSince.Store(0)
 				if next == internal {
 					internal = nil
-				} else {
-					pending = pending[1:]
+				} else if head++; head == len(pending) {
+					pending, head = pending[:0], 0
 				}
 				if err := c.sendCmd(next); err != nil {
 					return err
@@ -413,7 +416,7 @@ func (c *conn) writeRun() error {
 			}
 		}
 		if released {
-			if len(pending) == 0 {
+			if head == len(pending) {
 				cmdCh = s.cmdCh
 			}
 		} else {
