@@ -10,6 +10,7 @@ package daemon
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -59,9 +60,14 @@ func (c *Config) encode(w io.Writer) error {
 	return json.NewEncoder(w).Encode(c)
 }
 
+// errNoConfig means PID 1 gave up before it had anything for the daemon to serve.
+var errNoConfig = errors.New("daemon: no configuration: nothing to serve")
+
 func decodeConfig(r io.Reader) (*Config, error) {
 	var c Config
-	if err := json.NewDecoder(r).Decode(&c); err != nil {
+	if err := json.NewDecoder(r).Decode(&c); err == io.EOF {
+		return nil, errNoConfig
+	} else if err != nil {
 		return nil, fmt.Errorf("daemon: config: %w", err)
 	}
 	if len(c.Portals) == 0 || c.Target == "" {

@@ -39,11 +39,14 @@ type Child struct {
 	// Events carries the daemon's reports; it is closed when the daemon closes its end
 	// (after it is ready) or exits.
 	Events <-chan Event
+	cfgW   *os.File
 }
 
-// Start runs exe as the "@isboot" daemon in its own session, hands it cfg over a pipe
-// and returns at once. console receives the daemon's stdout and stderr.
-func Start(exe string, cfg *Config, console *os.File) (*Child, error) {
+// Start runs exe as the "@isboot" daemon in its own session and returns at once; the
+// daemon prepares itself (re-exec, mlockall) and waits for Send. Starting it before
+// the network is up hides that start-up behind the network's. console receives the
+// daemon's stdout and stderr.
+func Start(exe string, console *os.File) (*Child, error) {
 	cfgR, cfgW, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("daemon: pipe: %w", err)
@@ -71,16 +74,26 @@ func Start(exe string, cfg *Config, console *os.File) (*Child, error) {
 		evR.Close()
 		return nil, fmt.Errorf("daemon: start %s: %w", exe, err)
 	}
-	// The pipe holds 64 KiB, far more than a config, so this does not block.
-	err = cfg.encode(cfgW)
-	cfgW.Close()
-	if err != nil {
-		evR.Close()
-		return nil, fmt.Errorf("daemon: send config: %w", err)
-	}
 	events := make(chan Event, 16)
 	go readEvents(evR, events)
-	return &Child{Cmd: cmd, Events: events}, nil
+	return &Child{Cmd: cmd, Events: events, cfgW: cfgW}, nil
+}
+
+// Send hands the daemon its configuration, secrets included, over the pipe.
+func (c *Child) Send(cfg *Config) error {
+	// The pipe holds 64 KiB, far more than a config, so this does not block.
+	err := cfg.encode(c.cfgW)
+	c.cfgW.Close()
+	if err != nil {
+		return fmt.Errorf("daemon: send config: %w", err)
+	}
+	return nil
+}
+
+// Cancel tells a daemon that got no configuration that there is nothing to serve: it
+// exits quietly.
+func (c *Child) Cancel() {
+	c.cfgW.Close()
 }
 
 func readEvents(r io.ReadCloser, out chan<- Event) {

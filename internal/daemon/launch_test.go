@@ -50,6 +50,9 @@ func testChild() int {
 	flErr := becomeIOFlusher() // re-execs on success; returns here afterwards with the flag set
 	rep := newReporter(reportFD)
 	cfg, err := decodeConfig(os.NewFile(configFD, "config"))
+	if err == errNoConfig {
+		return 0
+	}
 	if err != nil {
 		rep.send(EventFatal, err.Error())
 		return 1
@@ -93,8 +96,12 @@ func TestStartPassesConfigOverPipe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	child, err := Start(exe, testConfig(""), os.Stderr)
+	child, err := Start(exe, os.Stderr)
 	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the child waits for its configuration
+	if err := child.Send(testConfig("")); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { child.Cmd.Process.Kill(); child.Cmd.Wait() })
@@ -149,4 +156,24 @@ func hasCapSysResource() bool {
 		}
 	}
 	return false
+}
+
+// A daemon whose boot was given up before it had a configuration exits quietly.
+func TestCancelBeforeConfig(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	child, err := Start(exe, os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	child.Cancel()
+	var got []Event
+	for e := range child.Events {
+		got = append(got, e)
+	}
+	if err := child.Cmd.Wait(); err != nil || len(got) != 0 {
+		t.Errorf("exit %v, events %v; want a quiet exit", err, got)
+	}
 }

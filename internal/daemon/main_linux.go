@@ -38,6 +38,9 @@ func Main(dial Dialer, version string) int {
 	cfg, err := decodeConfig(os.NewFile(configFD, "config"))
 	unix.Close(configFD)
 	rep := newReporter(reportFD)
+	if err == errNoConfig {
+		return 0
+	}
 	if err != nil {
 		rep.send(EventFatal, err.Error())
 		fmt.Fprintf(os.Stderr, "isboot: %v\n", err)

@@ -50,6 +50,7 @@ type boot struct {
 	plan    *Plan
 	nic     string
 	child   *daemon.Child
+	sent    bool // the daemon has its configuration
 	device  string // "nbd0"
 	rootDev string // "/dev/nbd0p2"
 	rootFS  rootfind.FS
@@ -92,11 +93,12 @@ func Run(version string) {
 func (b *boot) steps() []step {
 	return []step{
 		{"read the kernel command line", b.readCmdline},
+		{"start the daemon", b.startDaemon}, // it gets ready while the steps below run
 		{"load storage modules", b.loadStorageModules},
 		{"find the iBFT", b.findIBFT},
 		{"plan the boot", b.makePlan},
 		{"configure the network", b.configureNetwork},
-		{"start the daemon", b.startDaemon},
+		{"hand the daemon its target", b.sendPlan},
 		{"wait for the LUN", b.waitDevice},
 		{"rescue shell (isboot.shell)", b.optionalShell},
 		{"find root", b.findRoot},
@@ -201,7 +203,7 @@ func (b *boot) startDaemon() error {
 	if err != nil {
 		con = os.Stderr
 	}
-	b.child, err = daemon.Start(exe, &b.plan.Daemon, con)
+	b.child, err = daemon.Start(exe, con)
 	if con != os.Stderr {
 		con.Close()
 	}
@@ -209,6 +211,21 @@ func (b *boot) startDaemon() error {
 		return err
 	}
 	b.log.Debugf(1, "daemon started, pid %d", b.child.Cmd.Process.Pid)
+	return nil
+}
+
+func (b *boot) sendPlan() error {
+	b.sent = true
+	if err := b.child.Send(&b.plan.Daemon); err != nil {
+		return err
+	}
+	// Load the usual root filesystem's module while the login runs; mountRoot loads
+	// whatever the root really holds (a second load of the same module is free).
+	go func() {
+		if err := b.mods.Load("ext4", ""); err != nil {
+			b.log.Debugf(1, "%v", err)
+		}
+	}()
 	return nil
 }
 

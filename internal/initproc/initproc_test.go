@@ -142,7 +142,7 @@ func TestStepsPrintable(t *testing.T) {
 		names = append(names, s.String())
 	}
 	got := strings.Join(names, " → ")
-	for _, want := range []string{"find the iBFT → plan the boot → configure the network → start the daemon → wait for the LUN",
+	for _, want := range []string{"start the daemon → load storage modules → find the iBFT → plan the boot → configure the network → hand the daemon its target → wait for the LUN",
 		"find root → mount root → switch root"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("steps %q lack %q", got, want)

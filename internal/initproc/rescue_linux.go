@@ -46,6 +46,9 @@ func (b *boot) rescueShell() bool {
 // as long as the machine runs. PID 1 must never exit (the kernel would panic).
 func (b *boot) rescue(err error) {
 	b.log.Errorf("boot failed: %v", err)
+	if b.child != nil && !b.sent {
+		b.child.Cancel() // nothing to serve: let it exit
+	}
 	for {
 		b.log.Infof("starting the rescue shell (isboot status, dmesg and ip may help)")
 		if !b.rescueShell() {
