@@ -1,0 +1,223 @@
+package iscsi
+
+import (
+	"bytes"
+	"crypto/md5"
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestCRC32CVector(t *testing.T) {
+	// RFC 7143 appendix (from RFC 3720 B.4): 32 bytes of zeros.
+	if got := crc32c(make([]byte, 32)); got != 0x8a9136aa {
+		t.Fatalf("crc32c(zeros) = %#x", got)
+	}
+	ones := bytes.Repeat([]byte{0xff}, 32)
+	if got := crc32c(ones); got != 0x62a8ab43 {
+		t.Fatalf("crc32c(ones) = %#x", got)
+	}
+}
+
+func TestPDURoundTrip(t *testing.T) {
+	for _, digests := range []bool{false, true} {
+		var wire bytes.Buffer
+		w := pduWriter{w: &wire, hdrDigest: digests, dataDigest: digests}
+		var h bhs
+		h.reset(opDataIn)
+		h[1] = flagFinal
+		h.setU32(16, 0x1234)
+		small := []byte("hello")
+		big := bytes.Repeat([]byte{7}, 20000)
+		if err := w.writePDU(&h, small); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.writePDU(&h, big); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.flush(); err != nil {
+			t.Fatal(err)
+		}
+		raw := bytes.Clone(wire.Bytes())
+		r := pduReader{r: bytes.NewReader(raw), hdrDigest: digests, dataDigest: digests, maxData: 1 << 16}
+		for _, want := range [][]byte{small, big} {
+			if err := r.readHeader(); err != nil {
+				t.Fatal(err)
+			}
+			if r.hdr.itt() != 0x1234 || r.hdr.opcode() != opDataIn || r.hdr.dataLen() != len(want) {
+				t.Fatalf("header: %x", r.hdr[:8])
+			}
+			got := make([]byte, r.hdr.dataLen())
+			if err := r.readData(got); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("data differs")
+			}
+		}
+		if !digests {
+			continue
+		}
+		// Corrupt one data byte, then one header byte: both are digest errors.
+		bad := bytes.Clone(raw)
+		bad[bhsLen+4+1] ^= 1
+		r = pduReader{r: bytes.NewReader(bad), hdrDigest: true, dataDigest: true, maxData: 1 << 16}
+		r.readHeader()
+		if err := r.readData(make([]byte, len(small))); !errors.Is(err, errDigest) {
+			t.Fatalf("corrupt data: %v", err)
+		}
+		bad = bytes.Clone(raw)
+		bad[20] ^= 1
+		r = pduReader{r: bytes.NewReader(bad), hdrDigest: true, dataDigest: true, maxData: 1 << 16}
+		if err := r.readHeader(); !errors.Is(err, errDigest) {
+			t.Fatalf("corrupt header: %v", err)
+		}
+	}
+}
+
+func TestPDUSegmentLimit(t *testing.T) {
+	var h bhs
+	h.reset(opSCSIResp)
+	h.setDataLen(8193)
+	r := pduReader{r: bytes.NewReader(h[:]), maxData: 8192}
+	var pe *ProtocolError
+	if err := r.readHeader(); !errors.As(err, &pe) || !strings.Contains(err.Error(), "exceeds MaxRecvDataSegmentLength 8192") {
+		t.Fatalf("oversized segment: %v", err)
+	}
+}
+
+func TestParseText(t *testing.T) {
+	kvs, err := parseText([]byte("A=1\x00HeaderDigest=CRC32C,None\x00TargetAlias=\x00\x00\x00"))
+	if err != nil || len(kvs) != 3 || kvs[1] != (KV{"HeaderDigest", "CRC32C,None"}) || kvs[2].Value != "" {
+		t.Fatalf("%v %v", kvs, err)
+	}
+	for _, bad := range []string{"noequals\x00", "=value\x00", strings.Repeat("k", 64) + "=v\x00", "k=" + strings.Repeat("v", 8193), "ke y=v\x00"} {
+		if _, err := parseText([]byte(bad)); err == nil {
+			t.Errorf("accepted %q", bad[:min(len(bad), 20)])
+		}
+	}
+	if got := encodeText([]KV{{"a", "b"}, {"c", ""}}); string(got) != "a=b\x00c=\x00" {
+		t.Fatalf("encode: %q", got)
+	}
+}
+
+func TestNegotiate(t *testing.T) {
+	cases := []struct {
+		key, ours, theirs, want string
+		err                     bool
+	}{
+		{"HeaderDigest", "CRC32C", "CRC32C", "CRC32C", false},
+		{"HeaderDigest", "CRC32C", "None", "", true},
+		{"DataDigest", "None,CRC32C", "CRC32C", "CRC32C", false},
+		{"InitialR2T", "No", "Yes", "Yes", false}, // OR
+		{"InitialR2T", "Yes", "No", "", true},
+		{"ImmediateData", "Yes", "No", "No", false}, // AND
+		{"ImmediateData", "No", "Yes", "", true},
+		{"MaxBurstLength", "16776192", "262144", "262144", false}, // min
+		{"MaxBurstLength", "262144", "1048576", "", true},
+		{"MaxBurstLength", "262144", "100", "", true}, // below 512
+		{"DefaultTime2Wait", "0", "2", "2", false}, // max
+		{"ErrorRecoveryLevel", "0", "0x0", "0", false},
+		{"MaxOutstandingR2T", "16", "Reject", "", true},
+		{"MaxOutstandingR2T", "16", "abc", "", true},
+		{"TargetAlias", "", "disk", "disk", false},
+	}
+	for _, c := range cases {
+		got, err := negotiate(c.key, c.ours, c.theirs)
+		if (err != nil) != c.err || got != c.want {
+			t.Errorf("negotiate(%s, %q, %q) = %q, %v", c.key, c.ours, c.theirs, got, err)
+		}
+	}
+	if a := answer("MaxBurstLength", "65536", "262144"); a != "65536" {
+		t.Errorf("answer min: %s", a)
+	}
+	if a := answer("HeaderDigest", "CRC32C,None", "None,CRC32C"); a != "None" {
+		t.Errorf("answer list: %s", a)
+	}
+	if a := answer("X-Vendor", "1", ""); a != "NotUnderstood" {
+		t.Errorf("answer unknown: %s", a)
+	}
+}
+
+func TestCHAPExchange(t *testing.T) {
+	cfg := &Config{CHAPUser: "u", CHAPSecret: "initiator-secret", RevCHAPUser: "tgt", RevCHAPSecret: "target-secret"}
+	var st chapState
+	challenge := []byte("0123456789abcdef")
+	kvs, err := st.respond(cfg, map[string]string{"CHAP_A": "5", "CHAP_I": "7", "CHAP_C": "0b" + "MDEyMzQ1Njc4OWFiY2RlZg=="}, chapOffer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, kv := range kvs {
+		got[kv.Key] = kv.Value
+	}
+	h := md5.New()
+	h.Write([]byte{7})
+	h.Write([]byte("initiator-secret"))
+	h.Write(challenge)
+	if got["CHAP_N"] != "u" || got["CHAP_R"] != encodeHex(h.Sum(nil)) {
+		t.Fatalf("response: %v", got)
+	}
+	ours, _ := decodeBinary("CHAP_C", got["CHAP_C"])
+	if len(ours) < 16 || bytes.Equal(ours, challenge) {
+		t.Fatalf("our challenge %x", ours)
+	}
+	id, _ := parseNumber("CHAP_I", got["CHAP_I"])
+	good := encodeHex(chapResponse(5, byte(id), "target-secret", ours))
+	if err := st.verifyTarget(cfg, map[string]string{"CHAP_N": "tgt", "CHAP_R": good}); err != nil {
+		t.Fatalf("good target answer refused: %v", err)
+	}
+	for _, bad := range []map[string]string{
+		{"CHAP_N": "tgt", "CHAP_R": encodeHex(chapResponse(5, byte(id), "initiator-secret", ours))},
+		{"CHAP_N": "other", "CHAP_R": good},
+		{"CHAP_N": "tgt"},
+	} {
+		if err := st.verifyTarget(cfg, bad); err == nil {
+			t.Errorf("accepted %v", bad)
+		}
+	}
+	// A later target that reflects that challenge is refused.
+	var st2 chapState
+	if _, err := st2.respond(cfg, map[string]string{"CHAP_A": "5", "CHAP_I": "1", "CHAP_C": got["CHAP_C"]}, chapOffer); err != nil {
+		t.Fatal(err)
+	}
+	if err := st2.verifyTarget(cfg, map[string]string{"CHAP_N": "tgt", "CHAP_R": good}); err == nil {
+		t.Fatalf("reflected challenge accepted")
+	}
+	// Algorithms 6, 7, 8 produce digests of their size.
+	for alg, size := range map[int]int{5: 16, 6: 20, 7: 32, 8: 32} {
+		if n := len(chapResponse(alg, 1, "s", []byte("c"))); n != size {
+			t.Errorf("CHAP_A=%d: %d bytes", alg, n)
+		}
+	}
+	if _, err := st.respond(cfg, map[string]string{"CHAP_A": "9", "CHAP_I": "1", "CHAP_C": "0x01"}, chapOffer); err == nil {
+		t.Errorf("unknown CHAP_A accepted")
+	}
+}
+
+func TestConfigSecretsDiffer(t *testing.T) {
+	c := Config{Portals: []string{"x:1"}, TargetName: "t", CHAPUser: "u", CHAPSecret: "same-secret1", RevCHAPUser: "r", RevCHAPSecret: "same-secret1"}
+	if _, err := c.withDefaults(); err == nil || strings.Contains(err.Error(), "same-secret1") {
+		t.Fatalf("equal secrets: %v", err)
+	}
+}
+
+func TestEncodeLUNAndSense(t *testing.T) {
+	if b := encodeLUN(1); b != [8]byte{0, 1} {
+		t.Errorf("LUN 1: %x", b)
+	}
+	if b := encodeLUN(300); b != [8]byte{0x41, 0x2c} {
+		t.Errorf("LUN 300: %x", b)
+	}
+	fixed := make([]byte, 18)
+	fixed[0], fixed[2], fixed[12], fixed[13] = 0x70, 0x06, 0x29, 0x00
+	if k, asc, _, ok := parseSense(fixed); !ok || k != senseUnitAttention || asc != 0x29 {
+		t.Errorf("fixed sense: %x %x", k, asc)
+	}
+	if k, asc, q, ok := parseSense([]byte{0x72, 0x05, 0x24, 0x01}); !ok || k != 5 || asc != 0x24 || q != 1 {
+		t.Errorf("descriptor sense")
+	}
+	if _, _, _, ok := parseSense(nil); ok {
+		t.Errorf("empty sense parsed")
+	}
+}
