@@ -598,7 +598,7 @@ const (
 func (c *conn) watch() {
 	defer c.wg.Done()
 	cfg := &c.s.cfg
-	tick := time.NewTicker(max(cfg.NopInterval/4, 50*time.Millisecond))
+	tick := time.NewTicker(max(min(cfg.NopInterval, cfg.NopTimeout, cfg.CommandTimeout)/4, 20*time.Millisecond))
 	defer tick.Stop()
 	for {
 		select {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -233,5 +234,44 @@ func TestRetryBounded(t *testing.T) {
 	}
 	if s.State() != "failed" {
 		t.Fatalf("state %s, want failed", s.State())
+	}
+}
+
+// TestCommandTimeoutEscalates: with pings off, a frozen target leaves commands
+// unanswered; each times out, ABORT TASK and LUN RESET get no answer either, the
+// connection is dropped, and once the target thaws every write completes.
+func TestCommandTimeoutEscalates(t *testing.T) {
+	d := startTgtd(t, testtarget.TgtdOptions{Size: 64 << 20})
+	cfg := faultConfig(d, d.Addr())
+	cfg.NopInterval = time.Hour
+	cfg.NopTimeout = 400 * time.Millisecond
+	cfg.CommandTimeout = time.Second
+	cfg.LoginTimeout = time.Second
+	var mu sync.Mutex
+	var log []string
+	cfg.Logf = func(f string, a ...any) {
+		mu.Lock()
+		log = append(log, fmt.Sprintf(f, a...))
+		mu.Unlock()
+	}
+	s := dial(t, cfg)
+	stop := make(chan struct{})
+	wait := runLoad(t, s.LUN(), 8, stop)
+	time.Sleep(200 * time.Millisecond)
+	d.Pause()
+	time.Sleep(2500 * time.Millisecond)
+	d.Resume()
+	waitReconnects(t, s, 1)
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	results := wait()
+	verifyLoad(t, s.LUN(), results)
+	mu.Lock()
+	all := strings.Join(log, "\n")
+	mu.Unlock()
+	for _, want := range []string{"timed out", "resetting the LUN", "LUN reset failed"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("log lacks %q:\n%s", want, all)
+		}
 	}
 }
