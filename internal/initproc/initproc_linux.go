@@ -50,7 +50,7 @@ type boot struct {
 	plan    *Plan
 	nic     string
 	child   *daemon.Child
-	sent    bool // the daemon has its configuration
+	sent    bool   // the daemon has its configuration
 	device  string // "nbd0"
 	rootDev string // "/dev/nbd0p2"
 	rootFS  rootfind.FS

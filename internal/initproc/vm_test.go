@@ -43,7 +43,7 @@ func TestMain(m *testing.M) {
 }
 
 // image builds isboot and the initramfs exactly as `make initramfs` does.
-func image(t *testing.T) (isboot, initrd string) {
+func image(t testing.TB) (isboot, initrd string) {
 	t.Helper()
 	built.once.Do(func() {
 		built.dir, built.err = os.MkdirTemp("", "isboot-boot-vm-")
@@ -93,7 +93,7 @@ func directTable(target string, port int, chapUser, chapSecret string) *ibft.Tab
 	}
 }
 
-func writeTable(t *testing.T, tab *ibft.Table) string {
+func writeTable(t testing.TB, tab *ibft.Table) string {
 	t.Helper()
 	raw, err := ibft.Encode(tab)
 	if err != nil {
@@ -152,7 +152,7 @@ func TestBootRescueWhenTargetMissing(t *testing.T) {
 }
 
 // logBootStory shows isboot's own console lines under go test -v.
-func logBootStory(t *testing.T, con string) {
+func logBootStory(t testing.TB, con string) {
 	if !testing.Verbose() {
 		return
 	}
