@@ -182,19 +182,25 @@ func TestFaultRestartTgtd(t *testing.T) {
 	d := startTgtd(t, testtarget.TgtdOptions{Size: 64 << 20})
 	cfg := faultConfig(d, d.Addr())
 	s := dial(t, cfg)
-	stop := make(chan struct{})
-	wait := runLoad(t, s.LUN(), 16, stop)
-	time.Sleep(300 * time.Millisecond)
-	d.Restart()
-	waitReconnects(t, s, 1)
-	time.Sleep(300 * time.Millisecond)
-	close(stop)
-	results := wait()
-	verifyLoad(t, s.LUN(), results)
+	loadThrough(t, s, 16, d.Restart)
 }
 
-// TestPortalFailover: the first portal is dead, the second serves; when the
-// second dies too the session comes back through the first once it exists.
+// loadThrough runs writers across fault (which must cost at least one reconnect)
+// and checks every completed write afterwards.
+func loadThrough(t *testing.T, s *Session, writers int, fault func()) {
+	t.Helper()
+	stop := make(chan struct{})
+	wait := runLoad(t, s.LUN(), writers, stop)
+	time.Sleep(250 * time.Millisecond)
+	fault()
+	waitReconnects(t, s, 1)
+	time.Sleep(250 * time.Millisecond)
+	close(stop)
+	verifyLoad(t, s.LUN(), wait())
+}
+
+// TestPortalFailover: the first portal is dead, so the session logs in through the
+// second, and after a reset it comes back through the portals in turn.
 func TestPortalFailover(t *testing.T) {
 	d := startTgtd(t, testtarget.TgtdOptions{})
 	dead := testtarget.FreePort(t, 13260, 13279)
@@ -255,17 +261,11 @@ func TestCommandTimeoutEscalates(t *testing.T) {
 		mu.Unlock()
 	}
 	s := dial(t, cfg)
-	stop := make(chan struct{})
-	wait := runLoad(t, s.LUN(), 8, stop)
-	time.Sleep(200 * time.Millisecond)
-	d.Pause()
-	time.Sleep(2500 * time.Millisecond)
-	d.Resume()
-	waitReconnects(t, s, 1)
-	time.Sleep(200 * time.Millisecond)
-	close(stop)
-	results := wait()
-	verifyLoad(t, s.LUN(), results)
+	loadThrough(t, s, 8, func() {
+		d.Pause()
+		time.Sleep(2500 * time.Millisecond)
+		d.Resume()
+	})
 	mu.Lock()
 	all := strings.Join(log, "\n")
 	mu.Unlock()

@@ -89,45 +89,34 @@ func (l *LUN) check(n int, off int64) (uint64, error) {
 }
 
 // ReadAt reads len(p) bytes at off, split by the LUN's maximum transfer length.
-func (l *LUN) ReadAt(p []byte, off int64) (int, error) {
-	lba, err := l.check(len(p), off)
-	if err != nil {
-		return 0, err
-	}
-	done := 0
-	for done < len(p) {
-		c := min(len(p)-done, l.maxXfer)
-		blocks := uint32(c / l.blockSize)
-		n, err := l.s.exec("READ", cdbRW(false, false, lba, blocks), true, p[done:done+c])
-		if err != nil {
-			return done, err
-		}
-		if n != c {
-			return done + n, fmt.Errorf("iscsi: READ at LBA %d returned %d of %d bytes", lba, n, c)
-		}
-		done += c
-		lba += uint64(blocks)
-	}
-	return done, nil
-}
+func (l *LUN) ReadAt(p []byte, off int64) (int, error) { return l.transfer(p, off, false, false) }
 
-func (l *LUN) WriteAt(p []byte, off int64) (int, error)    { return l.write(p, off, false) }
-func (l *LUN) WriteAtFUA(p []byte, off int64) (int, error) { return l.write(p, off, true) }
+func (l *LUN) WriteAt(p []byte, off int64) (int, error)    { return l.transfer(p, off, true, false) }
+func (l *LUN) WriteAtFUA(p []byte, off int64) (int, error) { return l.transfer(p, off, true, true) }
 
-func (l *LUN) write(p []byte, off int64, fua bool) (int, error) {
-	if l.readOnly {
+// transfer runs READ or WRITE commands over p, one per maximum transfer length.
+func (l *LUN) transfer(p []byte, off int64, write, fua bool) (int, error) {
+	if write && l.readOnly {
 		return 0, blockdev.ErrReadOnly
 	}
 	lba, err := l.check(len(p), off)
 	if err != nil {
 		return 0, err
 	}
+	op := "READ"
+	if write {
+		op = "WRITE"
+	}
 	done := 0
 	for done < len(p) {
 		c := min(len(p)-done, l.maxXfer)
 		blocks := uint32(c / l.blockSize)
-		if _, err := l.s.exec("WRITE", cdbRW(true, fua, lba, blocks), false, p[done:done+c]); err != nil {
+		n, err := l.s.exec(op, cdbRW(write, fua, lba, blocks), !write, p[done:done+c])
+		if err != nil {
 			return done, err
+		}
+		if !write && n != c {
+			return done + n, fmt.Errorf("iscsi: READ at LBA %d returned %d of %d bytes", lba, n, c)
 		}
 		done += c
 		lba += uint64(blocks)
@@ -205,7 +194,7 @@ func (l *LUN) WriteZeroes(off, length int64) error {
 	zeros := make([]byte, min(int64(blocks)*int64(l.blockSize), int64(l.maxXfer)))
 	for blocks > 0 {
 		n := min(blocks, uint64(len(zeros)/l.blockSize))
-		if _, err := l.write(zeros[:n*uint64(l.blockSize)], int64(lba)*int64(l.blockSize), false); err != nil {
+		if _, err := l.WriteAt(zeros[:n*uint64(l.blockSize)], int64(lba)*int64(l.blockSize)); err != nil {
 			return err
 		}
 		lba += n
