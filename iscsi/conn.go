@@ -107,7 +107,8 @@ func newConn(s *Session, nc net.Conn, res *loginResult, gen uint64) (*conn, erro
 		release:    make(chan struct{}),
 		tmfResp:    make(chan byte, 1),
 		logoutResp: make(chan byte, 1),
-		scratch:    make([]byte, 64<<10),
+		// Any segment up to our MaxRecvDataSegmentLength may land here.
+		scratch:    make([]byte, s.cfg.MaxRecvDataSegmentLength),
 		dead:       make(chan struct{}),
 	}
 	if c.maxSend < 512 || c.firstBurst < 512 || c.maxBurst < 512 {

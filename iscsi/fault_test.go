@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -273,5 +274,45 @@ func TestCommandTimeoutEscalates(t *testing.T) {
 		if !strings.Contains(all, want) {
 			t.Errorf("log lacks %q:\n%s", want, all)
 		}
+	}
+}
+
+// TestLoginRedirect: a portal that only answers "target moved temporarily" (status
+// 0x0101 with TargetAddress) sends the initiator to the real target.
+func TestLoginRedirect(t *testing.T) {
+	d := startTgtd(t, testtarget.TgtdOptions{})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var redirected atomic.Int32
+	go func() {
+		for {
+			nc, err := l.Accept()
+			if err != nil {
+				return
+			}
+			r := pduReader{r: nc, maxData: 8192}
+			if r.readHeader() == nil && r.readData(make([]byte, r.hdr.dataLen())) == nil {
+				var h bhs
+				h.reset(opLoginResp)
+				copy(h[8:14], r.hdr[8:14])
+				h.setU32(16, r.hdr.itt())
+				h[36], h[37] = 1, 1
+				w := pduWriter{w: nc}
+				w.writePDU(&h, encodeText([]KV{{"TargetAddress", d.Addr() + ",1"}}))
+				w.flush()
+				redirected.Add(1)
+			}
+			nc.Close()
+		}
+	}()
+	t.Cleanup(func() { l.Close() })
+	s := dial(t, faultConfig(d, l.Addr().String()))
+	if pm := paramMap(s); pm["portal"] != d.Addr() || redirected.Load() != 1 {
+		t.Fatalf("portal %q after %d redirects", pm["portal"], redirected.Load())
+	}
+	if _, err := s.LUN().WriteAt(pattern(8192, 3), 0); err != nil {
+		t.Fatal(err)
 	}
 }

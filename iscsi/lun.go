@@ -202,3 +202,29 @@ func (l *LUN) WriteZeroes(off, length int64) error {
 	}
 	return nil
 }
+
+// ReportLUNs lists the LUNs the target exposes to this initiator.
+func (s *Session) ReportLUNs() ([]uint64, error) {
+	buf := make([]byte, 8+8*256)
+	n, err := s.exec("REPORT LUNS", cdbReportLUNs(len(buf)), true, buf)
+	if err != nil {
+		return nil, err
+	}
+	if n < 8 {
+		return nil, fmt.Errorf("iscsi: REPORT LUNS: %d bytes", n)
+	}
+	listLen := min(int(binary.BigEndian.Uint32(buf)), n-8)
+	var luns []uint64
+	for i := 8; i+8 <= 8+listLen; i += 8 {
+		e := buf[i : i+8]
+		switch e[0] >> 6 {
+		case 0: // peripheral device addressing
+			luns = append(luns, uint64(e[1]))
+		case 1: // flat space addressing
+			luns = append(luns, uint64(e[0]&0x3f)<<8|uint64(e[1]))
+		default:
+			luns = append(luns, binary.BigEndian.Uint64(e))
+		}
+	}
+	return luns, nil
+}

@@ -156,7 +156,7 @@ func (s *Session) connect(ctx context.Context, first bool, rs *retryState) error
 		if errors.As(err, &re) && redirects < 16 {
 			redirects++
 			rs.attempts--
-			s.logf("iscsi: %v", err)
+			s.logf("%v", err)
 			redirect = re.addr
 			if re.permanent {
 				s.mu.Lock()

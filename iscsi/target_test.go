@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -157,6 +158,9 @@ func TestTgtdReadWrite(t *testing.T) {
 	}
 	if params["state"] != "serving" || params["tsih"] == "0" || params["ImmediateData"] != "Yes" || len(params["isid"]) != 12 {
 		t.Fatalf("params: %v", params)
+	}
+	if luns, err := s.ReportLUNs(); err != nil || !slices.Contains(luns, 1) {
+		t.Fatalf("REPORT LUNS: %v, %v", luns, err)
 	}
 	if err := s.Close(); err != nil {
 		t.Fatalf("Close (logout): %v", err)
