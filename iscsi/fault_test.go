@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -314,5 +315,32 @@ func TestLoginRedirect(t *testing.T) {
 	}
 	if _, err := s.LUN().WriteAt(pattern(8192, 3), 0); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestIdentityChangeRefused: if the target comes back with a different LUN behind
+// the same name, nothing is reissued to it and the caller gets a clear error.
+func TestIdentityChangeRefused(t *testing.T) {
+	d := startTgtd(t, testtarget.TgtdOptions{LUNParams: "scsi_sn=isboot-disk-a"})
+	s := dial(t, faultConfig(d, d.Addr()))
+	l := s.LUN()
+	if _, err := l.WriteAt(pattern(4096, 1), 0); err != nil {
+		t.Fatal(err)
+	}
+	d.SetLUNParams("scsi_sn=isboot-disk-b")
+	d.Restart()
+	_, err := l.WriteAt(pattern(4096, 2), 0)
+	if err == nil || !strings.Contains(err.Error(), "LUN identity changed") {
+		t.Fatalf("write after the LUN changed: %v", err)
+	}
+	if s.State() != "failed" {
+		t.Fatalf("state %s", s.State())
+	}
+	b := make([]byte, 4096)
+	f, _ := os.Open(d.Backing())
+	defer f.Close()
+	f.ReadAt(b, 0)
+	if sum(b) != sum(pattern(4096, 1)) {
+		t.Fatalf("the write went to the changed LUN")
 	}
 }

@@ -94,15 +94,17 @@ func TestTgtdDigests(t *testing.T) {
 }
 
 // TestTgtdSolicitedOnly forces every byte of a write through R2Ts: no immediate or
-// unsolicited data, 4 KiB PDUs and 8 KiB bursts, so a 3 MiB write takes 384 R2Ts.
+// unsolicited data, 4 KiB PDUs and 8 KiB bursts, so a 3 MiB write takes 384 R2Ts,
+// up to 4 of them outstanding at once.
 func TestTgtdSolicitedOnly(t *testing.T) {
 	d := startTgtd(t, testtarget.TgtdOptions{Params: [][2]string{
 		{"InitialR2T", "Yes"}, {"ImmediateData", "No"},
 		{"MaxRecvDataSegmentLength", "4096"}, {"MaxBurstLength", "8192"}, {"FirstBurstLength", "4096"},
+		{"MaxOutstandingR2T", "4"},
 	}})
 	s := dial(t, testConfig(d))
 	p := paramMap(s)
-	if p["InitialR2T"] != "Yes" || p["ImmediateData"] != "No" || p["TargetMaxRecvDataSegmentLength"] != "4096" || p["MaxBurstLength"] != "8192" {
+	if p["InitialR2T"] != "Yes" || p["ImmediateData"] != "No" || p["TargetMaxRecvDataSegmentLength"] != "4096" || p["MaxBurstLength"] != "8192" || p["MaxOutstandingR2T"] != "4" {
 		t.Fatalf("params: %v", p)
 	}
 	exerciseLUN(t, s, d.Backing())

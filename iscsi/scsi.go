@@ -3,6 +3,7 @@ package iscsi
 import (
 	"encoding/binary"
 	"fmt"
+	"strings"
 )
 
 // SCSI status codes (SAM-5).
@@ -189,7 +190,7 @@ type identity struct {
 }
 
 func (a identity) String() string {
-	return fmt.Sprintf("serial %q, %d-byte device id", a.serial, len(a.devID))
+	return fmt.Sprintf("serial %q, %d-byte device id", strings.TrimSpace(a.serial), len(a.devID))
 }
 
 // vpdPayload returns the page body of VPD response b, bounded by what was received.

@@ -26,6 +26,9 @@ type TgtdOptions struct {
 	Params [][2]string
 	// ReadOnly exports the LUN write-protected.
 	ReadOnly bool
+	// LUNParams are extra `tgtadm --mode logicalunit --op update --params` values,
+	// e.g. "scsi_sn=abc" to give the LUN another identity.
+	LUNParams string
 }
 
 // Tgtd is a running tgtd (Linux SCSI target framework) serving one LUN.
@@ -136,6 +139,11 @@ func (d *Tgtd) configure() error {
 	if err := d.tgtadm(lu...); err != nil {
 		return err
 	}
+	if d.opts.LUNParams != "" {
+		if err := d.tgtadm("--op", "update", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "--params", d.opts.LUNParams); err != nil {
+			return err
+		}
+	}
 	if d.opts.ReadOnly {
 		if err := d.tgtadm("--op", "update", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "--params", "readonly=1"); err != nil {
 			return err
@@ -194,6 +202,9 @@ func (d *Tgtd) Restart() {
 		d.t.Fatalf("testtarget: restart tgtd: %v", err)
 	}
 }
+
+// SetLUNParams changes the LUN parameters used from the next Restart on.
+func (d *Tgtd) SetLUNParams(p string) { d.opts.LUNParams = p }
 
 // Pause freezes tgtd (SIGSTOP): the TCP connection stays up but nothing answers.
 func (d *Tgtd) Pause() { d.signal(syscall.SIGSTOP) }
