@@ -246,7 +246,7 @@ func statusFrom(t testing.TB, con string) map[string]string {
 
 var (
 	kernelStamp = `\[\s*([\d.]+)\] `
-	initStart   = regexp.MustCompile(kernelStamp + `isboot: isboot \S+ as /init`)
+	initStart   = regexp.MustCompile(kernelStamp + `isboot: isboot \S+ as /init on`)
 	initExec    = regexp.MustCompile(kernelStamp + `isboot: switch_root: executing init`)
 	daemonRSS   = regexp.MustCompile(`ISBOOT-DAEMON .*VmRSS: (\d+) kB`)
 )

@@ -75,7 +75,7 @@ func Run(version string) {
 	b.mods.logf = b.log.Debugf
 	log.SetFlags(0) // u-root's packages log through the standard logger
 	log.SetOutput(logWriter{b.log})
-	b.log.Infof("isboot %s as /init", version)
+	b.log.Infof("isboot %s as /init on Linux %s (kernel up %s)", version, kernelRelease(), kernelUptime())
 	if err := errors.Join(early...); err != nil {
 		b.rescue(err)
 	}
@@ -401,4 +401,21 @@ func checkInit(root, init string) error {
 		}
 	}
 	return fmt.Errorf("init %s: too many symlinks", init)
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return "?"
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+func kernelUptime() string {
+	b, err := os.ReadFile("/proc/uptime")
+	if err != nil {
+		return "?"
+	}
+	up, _, _ := strings.Cut(string(b), " ")
+	return up + " s"
 }

@@ -126,7 +126,7 @@ func TestBootRescueWhenTargetMissing(t *testing.T) {
 	})
 	ctx := context.Background()
 	for _, want := range []string{
-		`isboot: isboot vmtest as /init`,
+		`isboot: isboot vmtest as /init on Linux`,
 		`isboot: iBFT found at acpi`,
 		`isboot: network: \S+ is 10\.0\.2\.15/24`,
 		`isboot: boot failed: wait for the LUN: .*iqn\.2026-01\.org\.isboot\.test:missing`,

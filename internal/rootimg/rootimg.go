@@ -91,7 +91,7 @@ func Make(path string, o Options) error {
 }
 
 func populate(tree string, o Options) error {
-	for _, d := range []string{"bin", "sbin", "proc", "sys", "dev", "run", "tmp", "etc", "usr/bin"} {
+	for _, d := range []string{"bin", "sbin", "proc", "sys", "dev", "run", "tmp", "etc", "var", "usr/bin"} {
 		if err := os.MkdirAll(filepath.Join(tree, d), 0o755); err != nil {
 			return err
 		}
