@@ -22,8 +22,9 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in crc32c_generic virtio_pci virtio_blk ext4; do modprobe $m; done
-for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda1 ] && break; sleep 0.2; done
-mount -o ro /dev/vda1 /newroot || exec sh
+# The root is the virtio disk with a partition (the hook's tar disk has none).
+for i in 1 2 3 4 5 6 7 8 9 10; do set -- /dev/vd?1; [ -b "$1" ] && break; sleep 0.2; done
+mount -o ro "$1" /newroot || exec sh
 exec switch_root /newroot /sbin/init
 `
 
@@ -66,13 +67,16 @@ func TestImageBootsLocally(t *testing.T) {
 	marker := filepath.Join(dir, "marker")
 	os.WriteFile(marker, []byte("from-fw-cfg\n"), 0o644)
 
+	hookArgs, err := HookArgs(dir, hook, map[string]string{"marker": marker})
+	if err != nil {
+		t.Fatal(err)
+	}
 	v := vm.Start(t, vm.Config{
-		Firmware: vm.Direct,
-		Kernel:   k.Image,
-		Initrd:   localInitrd(t, k),
-		Cmdline:  "console=ttyS0 ro net.ifnames=0",
-		ExtraArgs: append([]string{"-drive", "file=" + disk + ",format=raw,if=virtio"},
-			FwCfgArgs(hook, map[string]string{"marker": marker})...),
+		Firmware:  vm.Direct,
+		Kernel:    k.Image,
+		Initrd:    localInitrd(t, k),
+		Cmdline:   "console=ttyS0 ro net.ifnames=0",
+		ExtraArgs: append([]string{"-drive", "file=" + disk + ",format=raw,if=virtio"}, hookArgs...),
 	})
 	ctx := context.Background()
 	m, err := v.WaitFor(ctx, 180*time.Second, MarkerReady+` (\S+)`)

@@ -66,11 +66,27 @@ func TestImageKeyFollowsOverlay(t *testing.T) {
 	}
 }
 
-func TestFwCfgArgs(t *testing.T) {
-	got := strings.Join(FwCfgArgs("/t/hook,x", map[string]string{"blkverify": "/t/bv"}), " ")
-	want := "-fw_cfg name=opt/isboot/hook,file=/t/hook,,x -fw_cfg name=opt/isboot/files/blkverify,file=/t/bv"
+func TestHookArgs(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "tool")
+	os.WriteFile(bin, []byte("#!/bin/sh\necho hi\n"), 0o755)
+	args, err := HookArgs(dir, "/t/hook,x", map[string]string{"tool": bin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(args, " ")
+	want := "-fw_cfg name=opt/isboot/hook,file=/t/hook,,x -drive if=none,id=hookfiles,format=raw,readonly=on,file=" +
+		filepath.Join(dir, "hook-files.tar") + " -device virtio-blk-pci,drive=hookfiles,serial=isboot-hook"
 	if got != want {
 		t.Fatalf("got %q\nwant %q", got, want)
+	}
+	st, err := os.Stat(filepath.Join(dir, "hook-files.tar"))
+	if err != nil || st.Size()%512 != 0 {
+		t.Fatalf("tar %v, size not a whole number of sectors", err)
+	}
+	out, err := exec.Command("tar", "-tvf", filepath.Join(dir, "hook-files.tar")).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "rwxr-xr-x") || !strings.Contains(string(out), "tool") {
+		t.Fatalf("tar listing: %v %s", err, out)
 	}
 }
 

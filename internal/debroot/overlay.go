@@ -1,6 +1,7 @@
 package debroot
 
 import (
+	"archive/tar"
 	"bufio"
 	"bytes"
 	"context"
@@ -8,33 +9,80 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 )
 
 // Markers the hook prints on the console (/dev/ttyS0), for vm.WaitFor.
 const (
-	MarkerReady = "ISBOOT-HOOK: ready"   // multi-user.target reached; followed by the system state
-	MarkerFsck  = "ISBOOT-FSCK: "        // one line per line systemd-fsck-root logged this boot
-	MarkerExit  = "ISBOOT-HOOK: exit="   // the test's script ended; its exit code follows
-	MarkerNone  = "ISBOOT-HOOK: no hook" // no script was handed in
-	HookFwCfg   = "opt/isboot/hook"      // fw_cfg name of the test's script (sh)
-	FilesFwCfg  = "opt/isboot/files/"    // fw_cfg prefix of further files: /run/isboot-hook/<rest>
-	HookDir     = "/run/isboot-hook"     // where the guest puts what it got over fw_cfg
-	DataDir     = "/var/lib/isboot-test" // on the root filesystem, for test data
-	hookScript  = "/usr/local/sbin/isboot-test-hook"
-	hookUnit    = "isboot-test-hook.service"
-	unitDir     = "/etc/systemd/system"
-	hookFwCfgFS = "/sys/firmware/qemu_fw_cfg/by_name"
+	MarkerReady    = "ISBOOT-HOOK: ready"   // multi-user.target reached; followed by the system state
+	MarkerFsck     = "ISBOOT-FSCK: "        // one line per line systemd-fsck-root logged this boot
+	MarkerExit     = "ISBOOT-HOOK: exit="   // the test's script ended; its exit code follows
+	MarkerNone     = "ISBOOT-HOOK: no hook" // no script was handed in
+	HookFwCfg      = "opt/isboot/hook"      // fw_cfg name of the test's script (sh)
+	HookDiskSerial = "isboot-hook"          // virtio disk (a tar) holding the hook's files
+	HookDir        = "/run/isboot-hook"     // where the guest puts the hook and its files
+	DataDir        = "/var/lib/isboot-test" // on the root filesystem, for test data
+	hookScript     = "/usr/local/sbin/isboot-test-hook"
+	hookUnit       = "isboot-test-hook.service"
+	unitDir        = "/etc/systemd/system"
+	hookFwCfgFS    = "/sys/firmware/qemu_fw_cfg/by_name"
 )
 
-// FwCfgArgs are the QEMU arguments that hand the hook a script and files
-// (name under HookDir -> host path).
-func FwCfgArgs(script string, files map[string]string) []string {
-	args := []string{"-fw_cfg", "name=" + HookFwCfg + ",file=" + strings.ReplaceAll(script, ",", ",,")}
-	for name, path := range files {
-		args = append(args, "-fw_cfg", "name="+FilesFwCfg+name+",file="+strings.ReplaceAll(path, ",", ",,"))
+// HookArgs are the QEMU arguments that hand the hook a script and files
+// (name under HookDir -> host path). The script goes over fw_cfg; the files,
+// which may be megabytes, go in a tar on a read-only virtio disk, because
+// fw_cfg without DMA moves a byte per port read and takes minutes under TCG.
+// The tar is written into dir.
+func HookArgs(dir, script string, files map[string]string) ([]string, error) {
+	args := []string{"-fw_cfg", "name=" + HookFwCfg + ",file=" + qemuEscape(script)}
+	if len(files) == 0 {
+		return args, nil
 	}
-	return args
+	tarPath := filepath.Join(dir, "hook-files.tar")
+	if err := writeTar(tarPath, files); err != nil {
+		return nil, err
+	}
+	return append(args,
+		"-drive", "if=none,id=hookfiles,format=raw,readonly=on,file="+qemuEscape(tarPath),
+		"-device", "virtio-blk-pci,drive=hookfiles,serial="+HookDiskSerial), nil
+}
+
+func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+// writeTar packs files (sorted by name) into a tar, which is a whole number
+// of 512-byte blocks: a disk image as it is.
+func writeTar(path string, files map[string]string) error {
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("debroot: hook files: %w", err)
+	}
+	tw := tar.NewWriter(f)
+	for _, n := range names {
+		b, err := os.ReadFile(files[n])
+		if err != nil {
+			f.Close()
+			return fmt.Errorf("debroot: hook files: %w", err)
+		}
+		if err := tw.WriteHeader(&tar.Header{Name: n, Mode: 0o755, Size: int64(len(b)), Typeflag: tar.TypeReg}); err != nil {
+			f.Close()
+			return fmt.Errorf("debroot: hook files: %w", err)
+		}
+		if _, err := tw.Write(b); err != nil {
+			f.Close()
+			return fmt.Errorf("debroot: hook files: %w", err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		f.Close()
+		return fmt.Errorf("debroot: hook files: %w", err)
+	}
+	return f.Close()
 }
 
 type overlayFile struct {
@@ -100,15 +148,10 @@ journalctl -b -o cat --no-pager -u systemd-fsck-root.service 2>/dev/null | sed '
 modprobe qemu_fw_cfg
 fw=` + hookFwCfgFS + `
 mkdir -p ` + HookDir + `
-t0=$(date +%s)
-if [ -d $fw/opt/isboot ]; then
-	find -L $fw/opt/isboot -name raw | while read -r raw; do
-		name=${raw#$fw/opt/isboot/}; name=${name%/raw}; name=${name#files/}
-		mkdir -p "$(dirname "` + HookDir + `/$name")"
-		cat "$raw" > "` + HookDir + `/$name" && chmod 0755 "` + HookDir + `/$name"
-	done
-fi
-echo "ISBOOT-HOOK: fw_cfg files read in $(( $(date +%s) - t0 )) s"
+[ -e $fw/` + HookFwCfg + `/raw ] && cat $fw/` + HookFwCfg + `/raw > ` + HookDir + `/hook
+for s in /sys/block/vd*/serial; do
+	[ "$(cat $s 2>/dev/null)" = ` + HookDiskSerial + ` ] && tar -xf /dev/$(basename $(dirname $s)) -C ` + HookDir + `
+done
 if [ -f ` + HookDir + `/hook ]; then
 	cd ` + HookDir + `
 	sh ./hook
