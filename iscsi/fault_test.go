@@ -344,3 +344,24 @@ func TestIdentityChangeRefused(t *testing.T) {
 		t.Fatalf("the write went to the changed LUN")
 	}
 }
+
+// TestCloseWhileReconnecting: Close ends a session that is retrying forever, and
+// the I/O waiting on it gets ErrClosed.
+func TestCloseWhileReconnecting(t *testing.T) {
+	d := startTgtd(t, testtarget.TgtdOptions{})
+	cfg := faultConfig(d, d.Addr())
+	cfg.Retry = RetryPolicy{} // forever
+	s := dial(t, cfg)
+	d.Stop()
+	done := make(chan error, 1)
+	go func() { _, err := s.LUN().ReadAt(make([]byte, 4096), 0); done <- err }()
+	time.Sleep(500 * time.Millisecond)
+	start := time.Now()
+	s.Close()
+	if el := time.Since(start); el > 2*time.Second {
+		t.Fatalf("Close took %v", el)
+	}
+	if err := <-done; err != ErrClosed {
+		t.Fatalf("waiting read: %v, want ErrClosed", err)
+	}
+}

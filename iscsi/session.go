@@ -436,6 +436,16 @@ func (s *Session) complete(c *conn, t *task) {
 // run watches the connection and recovers it until the session closes or fails.
 func (s *Session) run() {
 	defer close(s.runDone)
+	// Close must not wait for a login in progress.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-s.closing:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	rs := retryState{attempts: 1, start: time.Now()} // Dial's connection
 	for {
 		s.mu.Lock()
@@ -462,7 +472,7 @@ func (s *Session) run() {
 		s.logf("iscsi: connection to %s lost: %v; reconnecting", s.cfg.TargetName, c.err)
 		s.setState("reconnecting")
 		s.reconnects.Add(1)
-		if err := s.connect(context.Background(), false, &rs); err != nil {
+		if err := s.connect(ctx, false, &rs); err != nil {
 			s.failAll(err)
 			return
 		}
