@@ -24,8 +24,7 @@ func DialISCSI(ctx context.Context, cfg *Config, logf func(string, ...any)) (Ses
 		Portals: append([]string(nil), cfg.Portals...), TargetName: cfg.Target, InitiatorName: cfg.Initiator,
 		LUN: cfg.LUN, CHAPUser: cfg.CHAPUser, CHAPSecret: cfg.CHAPSecret,
 		RevCHAPUser: cfg.RevCHAPUser, RevCHAPSecret: cfg.RevCHAPSecret,
-		HeaderDigest: cfg.HeaderDigest, DataDigest: cfg.DataDigest,
-		Logf: limitLog(logf, 10, time.Minute, time.Now),
+		HeaderDigest: cfg.HeaderDigest, DataDigest: cfg.DataDigest, Logf: logf,
 	})
 	if err != nil {
 		var le *iscsi.LoginError

@@ -177,9 +177,11 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 // permanent error ends it.
 func (d *daemon) login(ctx context.Context) (Session, error) {
 	backoff := time.Second
+	// One limiter for the session's whole life: it also hears the reconnects.
+	initiatorLog := limitLog(d.o.Logf, 10, time.Minute, time.Now)
 	for attempt := 1; ; attempt++ {
 		d.o.Logf("logging in to %s (attempt %d)", d.cfg, attempt)
-		sess, err := d.o.Dial(ctx, d.cfg, d.o.Logf)
+		sess, err := d.o.Dial(ctx, d.cfg, initiatorLog)
 		if err == nil {
 			return sess, nil
 		}
