@@ -93,7 +93,7 @@ type overlayFile struct {
 
 // modules are copied (with their dependencies) from the host's kernel cache:
 // fw_cfg for the hook, and what the initramfs loaded, so udev finds it again.
-var modules = []string{"qemu_fw_cfg", "virtio_blk", "virtio_net", "e1000", "nbd", "ext4", "crc32c_generic"}
+var modules = []string{"qemu_fw_cfg", "virtio_pci", "virtio_blk", "virtio_net", "e1000", "nbd", "ext4", "crc32c_generic"}
 
 // pruned directories only make the image (and each test's copy) bigger.
 var pruned = []string{"/var/cache/apt", "/var/lib/apt/lists", "/usr/share/doc", "/usr/share/locale", "/usr/share/man", "/usr/share/info"}
@@ -149,6 +149,12 @@ modprobe qemu_fw_cfg
 fw=` + hookFwCfgFS + `
 mkdir -p ` + HookDir + `
 [ -e $fw/` + HookFwCfg + `/raw ] && cat $fw/` + HookFwCfg + `/raw > ` + HookDir + `/hook
+# udev loads virtio_pci and virtio_blk at coldplug; the disk may still be coming.
+for i in $(seq 50); do
+	ls /sys/block/vd* >/dev/null 2>&1 && break
+	grep -qs 0x1af4 /sys/bus/pci/devices/*/vendor || break
+	sleep 0.2
+done
 for s in /sys/block/vd*/serial; do
 	[ "$(cat $s 2>/dev/null)" = ` + HookDiskSerial + ` ] && tar -xf /dev/$(basename $(dirname $s)) -C ` + HookDir + `
 done
