@@ -51,7 +51,8 @@ type Options struct {
 	Logf   func(format string, args ...any)
 	// Report hears the boot-time events (ready, retry, fatal); nil: nobody listens.
 	Report func(Event)
-	// StatusInterval is how often the status file is rewritten while serving (5 s).
+	// StatusInterval is how often the status file is rewritten while serving (5 s);
+	// a change of state or counters is written within a second anyway.
 	StatusInterval time.Duration
 	// Signals delivers SIGTERM/SIGINT; nil: none.
 	Signals <-chan os.Signal
@@ -80,6 +81,7 @@ type daemon struct {
 	mu          sync.Mutex
 	st          status.Status // guarded by mu
 	loginErrors uint64        // guarded by mu: failed logins, counted with the NBD errors
+	lastWrite   time.Time     // guarded by mu
 }
 
 // Run serves cfg until ctx ends or a shutdown is accepted, then flushes and logs out.
@@ -150,18 +152,18 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 	d.update(func(st *status.Status) {
 		st.State, st.Device, st.Size, st.LastError = status.Serving, att.Device(), lun.Size(), ""
 	})
-	d.refresh(sess, srv, att)
+	d.refresh(sess, srv, att, true)
 	o.Logf("serving %s (%d MiB) on /dev/%s", cfg.Target, lun.Size()>>20, att.Device())
 	o.Report(Event{EventReady, att.Device()})
 
-	tick := time.NewTicker(o.StatusInterval)
+	tick := time.NewTicker(min(time.Second, o.StatusInterval))
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return d.stop(sess, att)
 		case <-tick.C:
-			d.refresh(sess, srv, att)
+			d.refresh(sess, srv, att, false)
 		case sig := <-o.Signals:
 			if o.InUse != nil && o.InUse(att.Device()) {
 				o.Logf("%v: /dev/%s is still in use: serving on", sig, att.Device())
@@ -215,11 +217,15 @@ func (d *daemon) fail(err error) {
 	d.o.Report(Event{EventFatal, err.Error()})
 }
 
-// refresh copies the counters into the status and rewrites the file.
-func (d *daemon) refresh(sess Session, srv *nbd.Server, att Attachment) {
+// refresh copies the counters into the status and rewrites the file when they or the
+// state changed, when StatusInterval passed, or when forced.
+func (d *daemon) refresh(sess Session, srv *nbd.Server, att Attachment, force bool) {
 	info := sess.Info()
 	ns := srv.Stats()
-	d.update(func(st *status.Status) {
+	d.mu.Lock()
+	before := d.st
+	d.mu.Unlock()
+	d.apply(func(st *status.Status) {
 		st.Session = status.Session{ISID: info.ISID, TSIH: info.TSIH, Params: info.Params}
 		if info.Portal != "" {
 			st.Portal = info.Portal
@@ -239,19 +245,31 @@ func (d *daemon) refresh(sess Session, srv *nbd.Server, att Attachment) {
 			st.LastError = info.LastError
 		}
 	})
+	d.mu.Lock()
+	changed := d.st.State != before.State || d.st.Counters != before.Counters || d.st.LastError != before.LastError
+	stale := time.Since(d.lastWrite) >= d.o.StatusInterval
+	d.mu.Unlock()
+	if force || changed || stale {
+		d.flush()
+	}
 }
 
-// update changes the status and rewrites the file if anything visible changed state.
+// update changes the status and rewrites the file.
 func (d *daemon) update(f func(*status.Status)) {
+	d.apply(f)
+	d.flush()
+}
+
+// apply changes the status in memory, logging a change of state.
+func (d *daemon) apply(f func(*status.Status)) {
 	d.mu.Lock()
 	old := d.st.State
 	f(&d.st)
-	changed := d.st.State != old
+	now := d.st.State
 	d.mu.Unlock()
-	if changed {
-		d.o.Logf("state: %s", d.st.State)
+	if now != old {
+		d.o.Logf("state: %s", now)
 	}
-	d.flush()
 }
 
 func (d *daemon) flush() {
@@ -260,6 +278,7 @@ func (d *daemon) flush() {
 	}
 	d.mu.Lock()
 	st := d.st
+	d.lastWrite = time.Now()
 	d.mu.Unlock()
 	if err := d.stat.Write(&st); err != nil {
 		d.o.Logf("warning: %v", err)
