@@ -164,9 +164,13 @@ func (c *conn) updateWindow(h *bhs) {
 	if !c.windowKnown.Load() || snLess(c.maxCmdSN.Load(), maxSN) {
 		c.maxCmdSN.Store(maxSN)
 		c.windowKnown.Store(true)
-		select {
-		case c.windowOpen <- struct{}{}:
-		default:
+		// Wake the writer only when it waits for the window: most responses move
+		// MaxCmdSN, and a wake-up per response costs more than the response.
+		if c.blockedSince.Load() != 0 {
+			select {
+			case c.windowOpen <- struct{}{}:
+			default:
+			}
 		}
 	}
 }
@@ -400,6 +404,11 @@ func (c *conn) writeRun() error {
 			next = pending[head]
 		}
 		if next != nil {
+			if !c.windowOK() && c.blockedSince.Load() == 0 {
+				// Say we wait before looking again: either the reader sees the flag
+				// and wakes us, or we see its new MaxCmdSN here.
+				c.blockedSince.Store(nanotime())
+			}
 			if c.windowOK() {
 				c.blockedSince.Store(0)
 				if next == internal {
@@ -411,9 +420,6 @@ func (c *conn) writeRun() error {
 					return err
 				}
 				continue
-			}
-			if c.blockedSince.Load() == 0 {
-				c.blockedSince.Store(nanotime())
 			}
 		}
 		if released {
