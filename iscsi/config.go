@@ -7,6 +7,7 @@ package iscsi
 import (
 	"crypto/rand"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -51,6 +52,7 @@ type RetryPolicy struct {
 
 func (c *Config) withDefaults() (Config, error) {
 	cfg := *c
+	cfg.Portals = slices.Clone(c.Portals) // a permanent redirect rewrites our copy
 	if len(cfg.Portals) == 0 {
 		return cfg, fmt.Errorf("iscsi: config: no portal")
 	}

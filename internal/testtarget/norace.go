@@ -1,0 +1,5 @@
+//go:build !race
+
+package testtarget
+
+const raceEnabled = false
