@@ -71,11 +71,10 @@ func StartIstgt(t testing.TB, opts IstgtOptions) *Istgt {
 	cmd := exec.Command("istgt", "-D", "-q", "-c", conf, "-p", filepath.Join(dir, "istgt.pid"))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	exited, err := startReaped(cmd)
+	if err != nil {
 		t.Fatalf("testtarget: start istgt: %v", err)
 	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGCONT)
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -123,4 +124,27 @@ func sparseFile(path string, size int64) error {
 	}
 	defer f.Close()
 	return f.Truncate(size)
+}
+
+// startReaped starts cmd (which has Pdeathsig set) from a goroutine locked to its OS
+// thread until the child exits: Pdeathsig fires when the starting thread ends, not
+// the process, and the Go runtime ends threads whose locked goroutine exits. The
+// returned channel closes once the child is reaped.
+func startReaped(cmd *exec.Cmd) (<-chan struct{}, error) {
+	exited := make(chan struct{})
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			runtime.UnlockOSThread()
+			return
+		}
+		started <- nil
+		cmd.Wait()
+		close(exited)
+		// Exiting without unlocking retires the thread, which is right: the child
+		// it guarded is gone.
+	}()
+	return exited, <-started
 }

@@ -42,7 +42,7 @@ type Tgtd struct {
 	mu  sync.Mutex
 	cmd *exec.Cmd
 	// exited is closed when the current process has been reaped.
-	exited chan struct{}
+	exited <-chan struct{}
 }
 
 // StartTgtd starts tgtd in the foreground and configures it; it is killed in t.Cleanup.
@@ -86,11 +86,10 @@ func (d *Tgtd) start() error {
 		"--iscsi", fmt.Sprintf("portal=127.0.0.1:%d", d.opts.Port))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	exited, err := startReaped(cmd)
+	if err != nil {
 		return err
 	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
 	d.mu.Lock()
 	d.cmd, d.exited = cmd, exited
 	d.mu.Unlock()
