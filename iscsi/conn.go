@@ -108,8 +108,8 @@ func newConn(s *Session, nc net.Conn, res *loginResult, gen uint64) (*conn, erro
 		tmfResp:    make(chan byte, 1),
 		logoutResp: make(chan byte, 1),
 		// Any segment up to our MaxRecvDataSegmentLength may land here.
-		scratch:    make([]byte, s.cfg.MaxRecvDataSegmentLength),
-		dead:       make(chan struct{}),
+		scratch: make([]byte, s.cfg.MaxRecvDataSegmentLength),
+		dead:    make(chan struct{}),
 	}
 	if c.maxSend < 512 || c.firstBurst < 512 || c.maxBurst < 512 {
 		return nil, fmt.Errorf("iscsi: negotiated sizes out of range: %v", p)

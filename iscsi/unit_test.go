@@ -116,7 +116,7 @@ func TestNegotiate(t *testing.T) {
 		{"MaxBurstLength", "16776192", "262144", "262144", false}, // min
 		{"MaxBurstLength", "262144", "1048576", "", true},
 		{"MaxBurstLength", "262144", "100", "", true}, // below 512
-		{"DefaultTime2Wait", "0", "2", "2", false}, // max
+		{"DefaultTime2Wait", "0", "2", "2", false},    // max
 		{"ErrorRecoveryLevel", "0", "0x0", "0", false},
 		{"MaxOutstandingR2T", "16", "Reject", "", true},
 		{"MaxOutstandingR2T", "16", "abc", "", true},
