@@ -366,6 +366,7 @@ func (c *conn) nopIn(h *bhs) error {
 	}
 	if h.ttt() != reservedTag {
 		// The target pings us: answer with its TTT (RFC 7143 §11.18).
+		c.s.targetPings.Add(1)
 		select {
 		case c.ctrl <- ctrlReq{kind: ctrlNOPReply, ttt: h.ttt(), n: n}:
 		default:

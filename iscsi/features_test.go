@@ -215,3 +215,20 @@ func TestTgtdReadOnly(t *testing.T) {
 	}
 	_ = bytes.Equal
 }
+
+// TestTargetNOPIn: tgtd pings every second and drops a connection after two
+// unanswered pings; with our own pings off the session must answer its pings and
+// stay up.
+func TestTargetNOPIn(t *testing.T) {
+	d := startTgtd(t, testtarget.TgtdOptions{Params: [][2]string{{"nop_interval", "1"}, {"nop_count", "2"}}})
+	cfg := testConfig(d)
+	cfg.NopInterval = time.Hour
+	s := dial(t, cfg)
+	time.Sleep(3500 * time.Millisecond)
+	if _, err := s.LUN().ReadAt(make([]byte, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	if n, st := s.targetPings.Load(), s.Stats(); n < 2 || st.Reconnects != 0 {
+		t.Fatalf("%d target pings answered, %d reconnects", n, st.Reconnects)
+	}
+}

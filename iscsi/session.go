@@ -65,7 +65,8 @@ type Session struct {
 	runDone    chan struct{}
 	lun        *LUN
 
-	progress atomic.Bool // a user command completed since the last connection loss
+	progress    atomic.Bool   // a user command completed since the last connection loss
+	targetPings atomic.Uint64 // NOP-In pings answered
 
 	reconnects, commands, readBytes, writeBytes, errs atomic.Uint64
 }
