@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -397,6 +398,7 @@ func (c *conn) writeRun() error {
 	head := 0
 	var internal *task // an internal command, sent before the release
 	released := false
+	yielded := false
 	for {
 		var cmdCh chan taskRef
 		var release chan struct{}
@@ -433,10 +435,19 @@ func (c *conn) writeRun() error {
 		// About to wait: send what is queued unless more work is already here, so
 		// back-to-back PDUs share one write.
 		if len(c.dataOut) == 0 && len(c.ctrl) == 0 && (cmdCh == nil || len(cmdCh) == 0) {
+			if len(c.wr.out) > 0 && !yielded {
+				// Callers just woken by responses are about to queue their next
+				// command: let them run first and send it all in one write (this
+				// took writes per command at QD 32 from 1.0 to about 0.35).
+				yielded = true
+				runtime.Gosched()
+				continue
+			}
 			if err := c.wr.flush(); err != nil {
 				return err
 			}
 		}
+		yielded = false
 		select {
 		case <-release:
 			released = true
