@@ -79,6 +79,22 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
+	s := newSession(c)
+	if err := s.connect(ctx, true, &retryState{}); err != nil {
+		return nil, err
+	}
+	go s.run()
+	lun, err := s.openLUN()
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.lun = lun
+	return s, nil
+}
+
+// newSession allocates every task slot up front: I/O later reuses them.
+func newSession(c Config) *Session {
 	s := &Session{
 		cfg:       c,
 		lunBytes:  encodeLUN(c.LUN),
@@ -100,17 +116,7 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 		}
 	}
 	s.tasks[c.QueueDepth].internal = true
-	if err := s.connect(ctx, true, &retryState{}); err != nil {
-		return nil, err
-	}
-	go s.run()
-	lun, err := s.openLUN()
-	if err != nil {
-		s.Close()
-		return nil, err
-	}
-	s.lun = lun
-	return s, nil
+	return s
 }
 
 // LUN returns the block device handle of the session's LUN.

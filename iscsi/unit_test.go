@@ -221,3 +221,59 @@ func TestEncodeLUNAndSense(t *testing.T) {
 		t.Errorf("empty sense parsed")
 	}
 }
+
+// TestSCSIStatusRetries drives the command path with a stand-in connection that
+// answers each attempt with the next scripted status: UNIT ATTENTION, BUSY and
+// TASK SET FULL are retried without the caller noticing; other errors surface once.
+func TestSCSIStatusRetries(t *testing.T) {
+	type reply struct {
+		status byte
+		key    byte
+	}
+	cases := []struct {
+		name    string
+		replies []reply
+		wantErr string
+	}{
+		{"retried", []reply{{statusCheckCondition, senseUnitAttention}, {statusBusy, 0}, {statusTaskSetFull, 0}, {statusGood, 0}}, ""},
+		{"illegal request", []reply{{statusCheckCondition, senseIllegalRequest}}, "CHECK CONDITION, illegal request"},
+		{"medium error after UA", []reply{{statusCheckCondition, senseUnitAttention}, {statusCheckCondition, senseMediumError}}, "medium error"},
+		{"reservation conflict", []reply{{statusReservation, 0}}, "SCSI status 0x18"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, _ := (&Config{Portals: []string{"x:1"}, TargetName: "t", QueueDepth: 2}).withDefaults()
+			s := newSession(cfg)
+			fake := &conn{s: s, gen: 1}
+			attempts := 0
+			go func() {
+				for ref := range s.cmdCh {
+					if !s.claim(ref, fake.gen) {
+						continue
+					}
+					r := c.replies[min(attempts, len(c.replies)-1)]
+					attempts++
+					ref.t.status = r.status
+					if r.key != 0 {
+						ref.t.senseLen = copy(ref.t.sense[:], []byte{0x70, 0, r.key, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x29, 0})
+					}
+					s.complete(fake, ref.t)
+				}
+			}()
+			defer close(s.cmdCh)
+			_, err := s.exec("READ", cdbRW(false, false, 0, 1), true, make([]byte, 512))
+			if c.wantErr == "" {
+				if err != nil || attempts != len(c.replies) {
+					t.Fatalf("err %v after %d attempts", err, attempts)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), c.wantErr) || attempts != len(c.replies) {
+				t.Fatalf("err %v after %d attempts, want %q", err, attempts, c.wantErr)
+			}
+			if s.Stats().Errors != 1 {
+				t.Fatalf("errors not counted: %+v", s.Stats())
+			}
+		})
+	}
+}
