@@ -277,3 +277,70 @@ func TestSCSIStatusRetries(t *testing.T) {
 		})
 	}
 }
+
+// TestReaderTargetMessages feeds target PDUs to the full-feature reader: async
+// events that end the connection, a reject, a target ping that must be answered,
+// and Data-In that must stay inside the command's buffer.
+func TestReaderTargetMessages(t *testing.T) {
+	cfg, _ := (&Config{Portals: []string{"x:1"}, TargetName: "t", QueueDepth: 2}).withDefaults()
+	s := newSession(cfg)
+	pdu := func(op byte, mod func(h *bhs), data []byte) []byte {
+		var h bhs
+		h.reset(op)
+		h[1] = flagFinal
+		h.setU32(16, reservedTag)
+		h.setU32(20, reservedTag)
+		h.setU32(28, 1)
+		h.setU32(32, 10)
+		if mod != nil {
+			mod(&h)
+		}
+		var b bytes.Buffer
+		w := pduWriter{w: &b}
+		w.writePDU(&h, data)
+		w.flush()
+		return b.Bytes()
+	}
+	run := func(stream []byte) (*conn, error) {
+		c := &conn{s: s, gen: 1, scratch: make([]byte, 8192), ctrl: make(chan ctrlReq, 4),
+			windowOpen: make(chan struct{}, 1), tmfResp: make(chan byte, 1), logoutResp: make(chan byte, 1)}
+		c.rd = pduReader{r: bytes.NewReader(stream), maxData: 8192}
+		return c, c.readOne()
+	}
+	for ev, want := range map[byte]string{1: "requests logout", 2: "drops the connection", 3: "drops the connection"} {
+		if _, err := run(pdu(opAsyncMsg, func(h *bhs) { h[36] = ev }, nil)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("async event %d: %v", ev, err)
+		}
+	}
+	if _, err := run(pdu(opAsyncMsg, func(h *bhs) { h[36] = 0 }, make([]byte, 20))); err != nil {
+		t.Errorf("SCSI async event: %v", err)
+	}
+	var pe *ProtocolError
+	if _, err := run(pdu(opReject, func(h *bhs) { h[2] = 9 }, make([]byte, 48))); !errors.As(err, &pe) {
+		t.Errorf("reject: %v", err)
+	}
+	c, err := run(pdu(opNOPIn, func(h *bhs) { h.setU32(20, 0x77) }, []byte("ping")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case q := <-c.ctrl:
+		if q.kind != ctrlNOPReply || q.ttt != 0x77 || string(c.nopData[:q.n]) != "ping" {
+			t.Errorf("NOP reply %+v", q)
+		}
+	default:
+		t.Errorf("target ping not answered")
+	}
+	// Data-In beyond the task's buffer is a protocol error, not a write past it.
+	tk := &s.tasks[0]
+	tk.prepare(cdbRW(false, false, 0, 1), true, make([]byte, 512))
+	s.register(tk)
+	tk.gen = 1
+	stream := pdu(opDataIn, func(h *bhs) { h[1] = 0; h.setU32(16, tk.itt); h.setU32(40, 256) }, make([]byte, 512))
+	if _, err := run(stream); !errors.As(err, &pe) || !strings.Contains(err.Error(), "beyond the 512-byte buffer") {
+		t.Errorf("Data-In overflow: %v", err)
+	}
+	if _, err := run(pdu(opLoginResp, nil, nil)); !errors.As(err, &pe) {
+		t.Errorf("login response in full-feature phase: %v", err)
+	}
+}
