@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"crypto/md5"
 	"errors"
+	"net"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestCRC32CVector(t *testing.T) {
@@ -342,5 +344,62 @@ func TestReaderTargetMessages(t *testing.T) {
 	}
 	if _, err := run(pdu(opLoginResp, nil, nil)); !errors.As(err, &pe) {
 		t.Errorf("login response in full-feature phase: %v", err)
+	}
+}
+
+// TestAbortEscalation checks the timeout path on a stand-in connection: ABORT TASK
+// answered → the command is requeued; unanswered → LOGICAL UNIT RESET; that
+// unanswered too → the connection is dropped (and the reconnect reissues).
+func TestAbortEscalation(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		answers map[byte]byte // TMF function → response; absent: no answer
+		wantFns []byte
+		dropped bool
+	}{
+		{"abort works", map[byte]byte{tmfAbortTask: 0}, []byte{tmfAbortTask}, false},
+		{"task already gone", map[byte]byte{tmfAbortTask: 1}, []byte{tmfAbortTask}, false},
+		{"reset works", map[byte]byte{tmfLogicalReset: 0}, []byte{tmfAbortTask, tmfLogicalReset}, false},
+		{"nothing answers", nil, []byte{tmfAbortTask, tmfLogicalReset}, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, _ := (&Config{Portals: []string{"x:1"}, TargetName: "t", QueueDepth: 2,
+				NopTimeout: 50 * time.Millisecond}).withDefaults()
+			s := newSession(cfg)
+			nc, peer := net.Pipe()
+			defer peer.Close()
+			fc := &conn{s: s, gen: 1, nc: nc, ctrl: make(chan ctrlReq, 8), tmfResp: make(chan byte, 1), dead: make(chan struct{})}
+			tk := &s.tasks[0]
+			tk.prepare(cdbRW(true, false, 0, 1), false, make([]byte, 512))
+			s.register(tk)
+			tk.gen = 1
+			done := make(chan struct{})
+			var fns []byte
+			requeued := false
+			go func() {
+				defer close(done)
+				for {
+					select {
+					case q := <-fc.ctrl:
+						switch q.kind {
+						case ctrlTMF:
+							fns = append(fns, q.fn)
+							if r, ok := c.answers[q.fn]; ok {
+								fc.tmfResp <- r
+							}
+						case ctrlRequeue:
+							requeued = q.t == tk
+						}
+					case <-time.After(300 * time.Millisecond):
+						return
+					}
+				}
+			}()
+			s.abort(fc, taskRef{tk, tk.seq})
+			<-done
+			if !bytes.Equal(fns, c.wantFns) || requeued == c.dropped || fc.isDead() != c.dropped {
+				t.Fatalf("TMFs %v, requeued %v, dropped %v", fns, requeued, fc.isDead())
+			}
+		})
 	}
 }
