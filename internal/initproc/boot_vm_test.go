@@ -41,17 +41,18 @@ poweroff -f
 // scenario is one boot: the firmware path, the target, the disk, the kernel command
 // line and what the console must show. New cases cost a few lines.
 type scenario struct {
-	name     string
-	firmware vm.Firmware
-	nic      string // QEMU NIC model
-	cmdline  string
-	chap     testtarget.CHAP // the target's accounts (tgtd)
-	mutual   testtarget.CHAP
-	useCHAP  testtarget.CHAP // what the initiator is given (default chap)
-	gotgt    bool            // the in-process gotgt instead of tgtd (no CHAP)
-	disk     rootimg.Options
-	wantRoot string // the device root must be mounted from, e.g. /dev/nbd0p2
-	wantFail string // regexp of the one failure line; "" expects the real root
+	name      string
+	firmware  vm.Firmware
+	nic       string // QEMU NIC model
+	cmdline   string
+	chap      testtarget.CHAP // the target's accounts (tgtd)
+	mutual    testtarget.CHAP
+	useCHAP   testtarget.CHAP // what the initiator is given (default chap)
+	gotgt     bool            // the in-process gotgt instead of tgtd (no CHAP)
+	disk      rootimg.Options
+	wantRoot  string // the device root must be mounted from, e.g. /dev/nbd0p2
+	wantMount string // the mount line, when the test is about it
+	wantFail  string // regexp of the one failure line; "" expects the real root
 }
 
 var (
@@ -72,6 +73,9 @@ func TestBootScenarios(t *testing.T) {
 			disk: rootimg.Options{Label: "myroot"}, wantRoot: "/dev/nbd0p1"},
 		{name: "direct-root-partuuid", firmware: vm.Direct, nic: "e1000", cmdline: "root=PARTUUID=" + rootPartUUID,
 			disk: rootimg.Options{PartUUID: rootPartUUID, ESP: true}, wantRoot: "/dev/nbd0p2"},
+		{name: "direct-root-path-flags", firmware: vm.Direct, nic: "e1000",
+			cmdline: "root=/dev/nbd0p2 rootfstype=ext4 rootflags=noatime rw", disk: rootimg.Options{ESP: true},
+			wantRoot: "/dev/nbd0p2", wantMount: "mount -t ext4 /dev/nbd0p2 /newroot -o noatime"},
 		{name: "bios-sanhook-gotgt", firmware: vm.BIOS, nic: "virtio-net-pci", gotgt: true,
 			disk: rootimg.Options{}, wantRoot: "/dev/nbd0p1"},
 		{name: "uefi-ipxe-tgtd-chap", firmware: vm.UEFI, nic: "e1000", chap: chap,
@@ -158,8 +162,12 @@ func runScenario(t testing.TB, slot int, sc scenario) string {
 		logBootStory(t, con)
 		return con
 	}
-	if _, err := v.WaitFor(ctx, 300*time.Second, `ISBOOT-ROOT-DONE`); err != nil {
+	m, err := v.WaitFor(ctx, 300*time.Second, `ISBOOT-ROOT-DONE|isboot: boot failed: .*`)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if m[0] != "ISBOOT-ROOT-DONE" {
+		t.Fatal(m[0])
 	}
 	if err := v.Wait(ctx, 60*time.Second); err != nil {
 		t.Errorf("no clean power-off: %v", err)
@@ -188,10 +196,13 @@ func runScenario(t testing.TB, slot int, sc scenario) string {
 	if m := regexp.MustCompile(`isboot: root: (\S+)`).FindStringSubmatch(con); m == nil || m[1] != sc.wantRoot {
 		t.Errorf("root mounted from %v, want %s", m, sc.wantRoot)
 	}
+	if sc.wantMount != "" && !regexp.MustCompile(`isboot: `+regexp.QuoteMeta(sc.wantMount)+`\r?\n`).MatchString(con) {
+		t.Errorf("no %q on the console", sc.wantMount)
+	}
 	if !strings.Contains(con, "ISBOOT-MARKER none") || strings.Contains(con, "ISBOOT-ERROR") {
 		t.Errorf("the real root could not write through the LUN")
 	}
-	m := regexp.MustCompile(`ISBOOT-DAEMON argv0=(\S+) .*VmRSS: (\d+) kB`).FindStringSubmatch(con)
+	m = regexp.MustCompile(`ISBOOT-DAEMON argv0=(\S+) .*VmRSS: (\d+) kB`).FindStringSubmatch(con)
 	if m == nil || m[1] != "@isboot" {
 		t.Errorf("daemon after switch_root: %v", m)
 	} else {

@@ -284,25 +284,26 @@ func (b *boot) optionalShell() error {
 }
 
 func (b *boot) findRoot() error {
-	if b.cmd.Root.Kind == cmdline.RootPath {
-		b.rootDev = b.cmd.Root.Value
-		if err := waitPath(b.rootDev, 10*time.Second); err != nil {
-			return err
-		}
-		f, err := os.Open(b.rootDev)
-		if err != nil {
-			return err
-		}
-		b.rootFS = rootfind.ProbeFS(f)
-		f.Close()
-		return nil
-	}
 	dev := "/dev/" + b.device
 	f, err := os.Open(dev) // the first open makes the kernel read the partition table
 	if err != nil {
 		return err
 	}
 	defer f.Close()
+	if b.cmd.Root.Kind == cmdline.RootPath {
+		b.rootDev = b.cmd.Root.Value
+		if err := waitDevice(f, b.rootDev); err != nil {
+			return err
+		}
+		r, err := os.Open(b.rootDev)
+		if err != nil {
+			return err
+		}
+		b.rootFS = rootfind.ProbeFS(r)
+		r.Close()
+		b.log.Infof("root: %s (root=, %s)", b.rootDev, b.rootFS)
+		return nil
+	}
 	size, err := f.Seek(0, 2)
 	if err != nil {
 		return fmt.Errorf("%s: size: %w", dev, err)
@@ -318,16 +319,22 @@ func (b *boot) findRoot() error {
 	b.rootDev, b.rootFS = dev, choice.FS
 	if choice.Partition > 0 {
 		b.rootDev = fmt.Sprintf("%sp%d", dev, choice.Partition)
-		if err := waitPath(b.rootDev, 3*time.Second); err != nil {
-			// The kernel scans partitions on open; ask again explicitly.
-			_ = unix.IoctlSetInt(int(f.Fd()), unix.BLKRRPART, 0)
-			if err := waitPath(b.rootDev, 10*time.Second); err != nil {
-				return err
-			}
+		if err := waitDevice(f, b.rootDev); err != nil {
+			return err
 		}
 	}
 	b.log.Infof("root: %s (%s)", b.rootDev, choice.Why)
 	return nil
+}
+
+// waitDevice waits for a partition's node; if the kernel has not made it from the
+// scan on open, it asks for a rescan of the whole device once.
+func waitDevice(whole *os.File, p string) error {
+	if err := waitPath(p, 3*time.Second); err == nil {
+		return nil
+	}
+	_ = unix.IoctlSetInt(int(whole.Fd()), unix.BLKRRPART, 0)
+	return waitPath(p, 10*time.Second)
 }
 
 func waitPath(p string, d time.Duration) error {

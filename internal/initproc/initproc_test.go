@@ -104,9 +104,14 @@ func TestMountString(t *testing.T) {
 	if s := earlyMounts[2].String(); s != "mount -t devtmpfs devtmpfs /dev -o nosuid,mode=0755" {
 		t.Errorf("got %q", s)
 	}
-	m := rootMount("/dev/nbd0p2", "ext4", "noatime", false)
-	if m.String() != "mount -t ext4 /dev/nbd0p2 /newroot -o ro,noatime" || m.Flags&unix.MS_RDONLY == 0 {
-		t.Errorf("got %q", m)
+	m := rootMount("/dev/nbd0p2", "ext4", "noatime,discard,errors=remount-ro", false)
+	if m.String() != "mount -t ext4 /dev/nbd0p2 /newroot -o ro,noatime,discard,errors=remount-ro" ||
+		m.Flags != unix.MS_RDONLY|unix.MS_NOATIME || m.Data != "discard,errors=remount-ro" {
+		t.Errorf("got %q flags %#x data %q", m, m.Flags, m.Data)
+	}
+	// rootflags=rw wins over the default ro, as with the kernel's own root mount.
+	if m := rootMount("/dev/x", "xfs", "rw,nodev", false); m.Flags != unix.MS_NODEV || m.Data != "" {
+		t.Errorf("rootflags=rw,nodev: flags %#x data %q", m.Flags, m.Data)
 	}
 	if rootMount("/dev/x", "xfs", "", true).Flags&unix.MS_RDONLY != 0 {
 		t.Error("rw root mounted read-only")
