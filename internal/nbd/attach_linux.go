@@ -200,7 +200,8 @@ func (a *Attachment) offer() error {
 	if err != nil {
 		return err
 	}
-	err = a.g.reconfigure(a.index, a.cfg.KernelConfig, fds)
+	// Sockets only: a refused takeover must not change the owner's settings.
+	err = a.g.reconfigure(a.index, nil, fds)
 	closeAll(fds) // sockets the kernel did not take now read EOF on our end
 	return err
 }
@@ -222,7 +223,7 @@ func (a *Attachment) takeOver() error {
 	if a.Live() == 0 {
 		return fmt.Errorf("nbd: nbd%d is connected and none of its sockets is dead: another server still serves it", a.index)
 	}
-	return nil
+	return a.g.reconfigure(a.index, &a.cfg.KernelConfig, nil) // ours now: our timeouts
 }
 
 // repairLoop re-offers sockets while fewer than cfg.Connections are live. The kernel
@@ -242,11 +243,14 @@ func (a *Attachment) repairLoop() {
 		if a.Live() >= a.cfg.Connections || a.stopped.Load() {
 			continue
 		}
+		before := a.Live()
 		if err := a.offer(); err != nil {
 			a.srv.opts.Logf("nbd: %s: %v", a.Device(), err)
 			continue
 		}
 		a.reconfigures.Add(1)
+		a.srv.opts.Logf("nbd: %s: offered %d fresh sockets with RECONFIGURE (%d were live)",
+			a.Device(), a.cfg.Connections-before, before)
 	}
 }
 

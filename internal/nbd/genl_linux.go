@@ -158,17 +158,21 @@ func indexName(i int) string {
 	return fmt.Sprintf(" nbd%d", i)
 }
 
-// reconfigure hands fresh sockets to a connected device. The kernel swaps each one for
-// a socket it has marked dead and silently drops the rest, so callers learn which were
-// taken by watching for EOF on their ends.
-func (g *genl) reconfigure(index int, cfg KernelConfig, fds []int) error {
+// reconfigure hands fresh sockets to a connected device, and sets its timeouts when
+// cfg is not nil. The kernel swaps each socket for one it has marked dead and silently
+// drops the rest, so callers learn which were taken by watching for EOF on their ends.
+func (g *genl) reconfigure(index int, cfg *KernelConfig, fds []int) error {
 	req := g.request(nbdCmdReconfigure)
 	req.AddData(nl.NewRtAttr(nbdAttrIndex, u32(uint32(index))))
-	req.AddData(nl.NewRtAttr(nbdAttrTimeout, u64(seconds(cfg.Timeout))))
-	if cfg.DeadConnTimeout > 0 {
-		req.AddData(nl.NewRtAttr(nbdAttrDeadConnTimeout, u64(seconds(cfg.DeadConnTimeout))))
+	if cfg != nil {
+		req.AddData(nl.NewRtAttr(nbdAttrTimeout, u64(seconds(cfg.Timeout))))
+		if cfg.DeadConnTimeout > 0 {
+			req.AddData(nl.NewRtAttr(nbdAttrDeadConnTimeout, u64(seconds(cfg.DeadConnTimeout))))
+		}
 	}
-	req.AddData(sockets(fds))
+	if len(fds) > 0 {
+		req.AddData(sockets(fds))
+	}
 	if _, err := req.Execute(unix.NETLINK_GENERIC, g.family); err != nil {
 		return fmt.Errorf("nbd: NBD_CMD_RECONFIGURE nbd%d: %w", index, err)
 	}

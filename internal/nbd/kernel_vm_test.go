@@ -44,7 +44,6 @@ $SERVE 2>/tmp/serve1.log &
 S1=$!
 for i in $(seq 200); do [ -e /sys/block/nbd0/pid ] && break; sleep 0.1; done
 [ -e /sys/block/nbd0/pid ] || fail "nbd0 not connected"
-cat /tmp/serve1.log
 [ -e /dev/nbd0p1 ] || blockdev --rereadpt /dev/nbd0 || echo "rereadpt failed"
 for i in $(seq 50); do [ -e /dev/nbd0p1 ] && break; sleep 0.1; done
 [ -e /dev/nbd0p1 ] || fail "no nbd0p1: size $(cat /sys/block/nbd0/size), $(ls /sys/block/nbd0 | tr '\n' ' ')"
@@ -56,36 +55,73 @@ echo 3 > /proc/sys/vm/drop_caches
 cmp /tmp/src /mnt/a || fail "a differs after write, sync, drop caches"
 step "ext4 write/sync/verify ok"
 
-dd if=/tmp/src of=/mnt/b bs=64k oflag=direct 2>/tmp/dd1.log &
+# writer rewrites /tmp/src8 into $1 with direct I/O until /tmp/stop exists, so I/O
+# is in flight whenever something happens to the server.
+dd if=/dev/urandom of=/tmp/src8 bs=1M count=8 2>/dev/null
+writer() {
+	while [ ! -e /tmp/stop ]; do
+		dd if=/tmp/src8 of=$1 bs=16k oflag=direct conv=notrunc 2>/tmp/dd.log || return 1
+	done
+}
+finish() { # $1: file the writer wrote, $2: what happened
+	touch /tmp/stop
+	wait $D || fail "I/O failed across $2: $(cat /tmp/dd.log)"
+	rm /tmp/stop
+	sync; echo 3 > /proc/sys/vm/drop_caches
+	cmp /tmp/src8 $1 || fail "$1 differs after $2"
+}
+
+if isboot serve @SOURCE@ --attach /dev/nbd0 2>/tmp/serve3.log; then fail "a second server took over a live device"; fi
+grep -q "another server still serves it" /tmp/serve3.log || fail "second server: $(cat /tmp/serve3.log)"
+step "a live device is refused to another server"
+
+# Stopped past the request timeout, the server loses a socket (the kernel times the
+# request out, shuts the socket down and sends LINK_DEAD) and must replace it itself.
+kill -STOP $S1
+dd if=/dev/nbd0 of=/dev/null bs=4k count=1 skip=3000 iflag=direct 2>/tmp/dd0.log &
+R=$!
+sleep 20
+kill -CONT $S1
+wait $R || fail "raw read failed across a long SIGSTOP: $(cat /tmp/dd0.log)"
+for i in $(seq 50); do grep -q "fresh sockets with RECONFIGURE" /tmp/serve1.log && break; sleep 0.1; done
+grep -q "fresh sockets with RECONFIGURE" /tmp/serve1.log || fail "the server did not replace the socket the kernel dropped"
+step "long SIGSTOP: socket replaced after LINK_DEAD, read completed"
+
+writer /mnt/b &
 D=$!
-sleep 0.5
-kill -0 $D 2>/dev/null || fail "dd b finished before the kill: nothing in flight"
+sleep 1
 kill -9 $S1
 step "killed server $S1 during I/O"
 sleep 1
 $SERVE 2>/tmp/serve2.log &
 S2=$!
-wait $D || fail "dd b failed across the restart: $(cat /tmp/dd1.log)"
-grep -q RECONFIGURE /tmp/serve2.log || fail "second server did not take over with RECONFIGURE"
-sync; echo 3 > /proc/sys/vm/drop_caches
-cmp /tmp/src /mnt/b || fail "b differs after the restart"
+sleep 2
+finish /mnt/b "the restart"
+grep -q "taking it over with RECONFIGURE" /tmp/serve2.log || fail "second server did not take over with RECONFIGURE"
 step "restart with RECONFIGURE ok"
-if isboot serve @SOURCE@ --attach /dev/nbd0 2>/tmp/serve3.log; then fail "a third server took over a live device"; fi
-grep -q "another server still serves it" /tmp/serve3.log || fail "third server: $(cat /tmp/serve3.log)"
-step "a live device is refused to another server"
 
-dd if=/tmp/src of=/mnt/c bs=64k oflag=direct 2>/tmp/dd2.log &
+writer /mnt/c &
 D=$!
-sleep 0.5
+sleep 1
 kill -STOP $S2
 step "stopped server $S2"
 sleep 4
 kill -CONT $S2
-wait $D || fail "dd c failed across SIGSTOP: $(cat /tmp/dd2.log)"
-sync; echo 3 > /proc/sys/vm/drop_caches
-cmp /tmp/src /mnt/c || fail "c differs after SIGSTOP/SIGCONT"
-cmp /tmp/src /mnt/a || fail "a differs at the end"
+sleep 1
+finish /mnt/c "SIGSTOP/SIGCONT"
 step "SIGSTOP/SIGCONT ok"
+
+writer /mnt/d &
+D=$!
+sleep 1
+kill -STOP $S2
+step "stopped server $S2 beyond the 15 s request timeout"
+sleep 22
+kill -CONT $S2
+sleep 2
+finish /mnt/d "a long SIGSTOP"
+cmp /tmp/src /mnt/a || fail "a differs at the end"
+step "long SIGSTOP during ext4 I/O ok"
 
 umount /mnt || fail "umount"
 kill -TERM $S2
