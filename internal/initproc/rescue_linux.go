@@ -31,11 +31,14 @@ func (b *boot) rescueShell() bool {
 		cmd.Env = []string{"PATH=/bin:/sbin:/usr/bin:/usr/sbin", "HOME=/", "TERM=linux", "PS1=isboot rescue# "}
 		// Its own session with the console as controlling terminal, so ^C works.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+		t0 := time.Now()
 		err = cmd.Run()
 		con.Close()
 		if err != nil {
 			b.log.Warnf("rescue shell %s: %v", argv[0], err)
-			time.Sleep(time.Second) // never spin if the shell dies at once
+		}
+		if time.Since(t0) < 2*time.Second {
+			time.Sleep(2 * time.Second) // a console without input ends the shell at once: never spin
 		}
 		return true
 	}
