@@ -54,6 +54,36 @@ type boot struct {
 	device  string // "nbd0"
 	rootDev string // "/dev/nbd0p2"
 	rootFS  rootfind.FS
+	status  *status.Writer // PID 1's own status until the daemon takes over
+}
+
+// setState writes the status file while PID 1 owns it (before the daemon has its
+// configuration), so `isboot status` in the rescue shell says how far the boot got.
+func (b *boot) setState(st status.State, lastErr string) {
+	if b.sent {
+		return
+	}
+	if b.status == nil {
+		w, err := status.NewWriter(status.DefaultDir)
+		if err != nil {
+			return
+		}
+		b.status = w
+	}
+	s := &status.Status{Version: b.version, PID: os.Getpid(), State: st, LastError: lastErr, NIC: b.nic}
+	if b.cmd != nil {
+		s.Debug = b.cmd.Debug
+	}
+	if b.plan != nil {
+		d := &b.plan.Daemon
+		s.Target, s.LUN, s.IBFT = d.Target, d.LUN, d.IBFT
+		if len(d.Portals) > 0 {
+			s.Portal = d.Portals[0]
+		}
+	}
+	if err := b.status.Write(s); err != nil {
+		b.log.Debugf(1, "%v", err)
+	}
 }
 
 // Run is PID 1's boot. It never returns.
@@ -138,6 +168,7 @@ func (b *boot) loadStorageModules() error {
 }
 
 func (b *boot) findIBFT() error {
+	b.setState(status.Discovering, "")
 	logf := func(format string, a ...any) { b.log.Debugf(2, format, a...) }
 	if b.cmd.IBFTVerbose {
 		logf = b.log.Infof
@@ -171,6 +202,7 @@ func (b *boot) makePlan() error {
 }
 
 func (b *boot) configureNetwork() error {
+	b.setState(status.Configuring, "")
 	np, err := netcfg.NewPlan(b.table, b.plan.NIC, netcfg.Overrides{Targets: b.plan.Targets, Renew: b.cmd.DHCP})
 	if err != nil {
 		return err

@@ -1,6 +1,7 @@
 package initproc
 
 import (
+	"github.com/isboot/isboot/internal/status"
 	"os"
 	"os/exec"
 	"syscall"
@@ -49,6 +50,7 @@ func (b *boot) rescueShell() bool {
 // as long as the machine runs. PID 1 must never exit (the kernel would panic).
 func (b *boot) rescue(err error) {
 	b.log.Errorf("boot failed: %v", err)
+	b.setState(status.Failed, err.Error())
 	if b.child != nil && !b.sent {
 		b.child.Cancel() // nothing to serve: let it exit
 	}
