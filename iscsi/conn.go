@@ -492,8 +492,19 @@ func (c *conn) sendCmd(t *task) error {
 	s := c.s
 	h := &c.hdr
 	h.reset(opSCSICmd)
-	flags := byte(flagFinal | 0x01) // attribute SIMPLE
 	wlen := t.writeLen()
+	var imm []byte
+	if wlen > 0 && c.immediate {
+		imm = t.buf[:min(wlen, c.firstBurst, c.maxSend)]
+	}
+	// Unsolicited Data-Out follows up to FirstBurstLength when InitialR2T=No.
+	burst := min(wlen, c.firstBurst)
+	unsolicited := wlen > 0 && !c.initialR2T && len(imm) < burst
+	flags := byte(0x01) // attribute SIMPLE
+	if !unsolicited {
+		// F=1 says no unsolicited Data-Out follows (RFC 7143 §11.3.1).
+		flags |= flagFinal
+	}
 	if t.read && len(t.buf) > 0 {
 		flags |= 0x40
 	} else if wlen > 0 {
@@ -509,19 +520,10 @@ func (c *conn) sendCmd(t *task) error {
 	t.cmdSN = c.cmdSN
 	c.cmdSN++
 	t.sentAt.Store(nanotime())
-	var imm []byte
-	if wlen > 0 && c.immediate {
-		imm = t.buf[:min(wlen, c.firstBurst, c.maxSend)]
-	}
 	if err := c.wr.writePDU(h, imm); err != nil {
 		return err
 	}
-	if wlen == 0 || c.initialR2T {
-		return nil
-	}
-	// Unsolicited Data-Out up to FirstBurstLength (InitialR2T=No).
-	burst := min(wlen, c.firstBurst)
-	if len(imm) >= burst {
+	if !unsolicited {
 		return nil
 	}
 	return c.sendData(t, reservedTag, len(imm), burst-len(imm))

@@ -232,3 +232,20 @@ func TestTargetNOPIn(t *testing.T) {
 		t.Fatalf("%d target pings answered, %d reconnects", n, st.Reconnects)
 	}
 }
+
+// TestTgtdUnsolicitedData: InitialR2T=No with small PDUs, so a write carries 8 KiB
+// of immediate data, unsolicited Data-Out up to the 64 KiB first burst, and R2Ts
+// for the rest.
+func TestTgtdUnsolicitedData(t *testing.T) {
+	d := startTgtd(t, testtarget.TgtdOptions{Params: [][2]string{
+		{"InitialR2T", "No"}, {"ImmediateData", "Yes"}, {"FirstBurstLength", "65536"},
+		{"MaxRecvDataSegmentLength", "8192"}, {"MaxBurstLength", "131072"},
+	}})
+	s := dial(t, testConfig(d))
+	p := paramMap(s)
+	if p["InitialR2T"] != "No" || p["ImmediateData"] != "Yes" || p["FirstBurstLength"] != "65536" {
+		t.Fatalf("params: %v", p)
+	}
+	exerciseLUN(t, s, d.Backing())
+	concurrentWriters(t, s, 16, 4)
+}

@@ -207,6 +207,7 @@ func (s *Session) connect(ctx context.Context, first bool, rs *retryState) error
 type retryState struct {
 	attempts int
 	start    time.Time
+	backoff  time.Duration // pause before the next reconnect without progress
 }
 
 func (rs *retryState) exhausted(pol RetryPolicy) bool {
@@ -475,6 +476,16 @@ func (s *Session) run() {
 		if rs.exhausted(s.cfg.Retry) {
 			s.failAll(fmt.Errorf("iscsi: giving up after %d attempts: %w", rs.attempts, c.err))
 			return
+		}
+		if rs.attempts > 1 {
+			// The last connection died before any command completed: back off
+			// rather than hammer a target that fails every connection at once.
+			rs.backoff = min(max(2*rs.backoff, s.cfg.Retry.InitialBackoff), s.cfg.Retry.MaxBackoff)
+			select {
+			case <-time.After(rs.backoff):
+			case <-s.closing:
+				return
+			}
 		}
 		s.logf("iscsi: connection to %s lost: %v; reconnecting", s.cfg.TargetName, c.err)
 		s.setState("reconnecting")
