@@ -165,8 +165,12 @@ type conn struct {
 	slots chan struct{}
 	wg    sync.WaitGroup
 	wmu   sync.Mutex
+	w     *bufio.Writer   // replies, guarded by wmu
 	rhdr  [replySize]byte // reply header, guarded by wmu
 	werr  error           // first reply write error, guarded by wmu
+	// waiting counts replies queued for wmu. The last writer flushes, so replies that
+	// complete together leave in one system call.
+	waiting atomic.Int32
 	// gone is set when the peer vanished without NBD_CMD_DISC. Requests not yet
 	// started are then dropped: nobody can receive their replies, and the kernel
 	// resends them on another socket, where a late copy of a write could overwrite
@@ -177,7 +181,7 @@ type conn struct {
 func (s *Server) transmit(ctx context.Context, c net.Conn, br *bufio.Reader) error {
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
-	cn := &conn{s: s, c: c, r: br, slots: make(chan struct{}, s.opts.QueueDepth)}
+	cn := &conn{s: s, c: c, r: br, w: bufio.NewWriterSize(c, 64<<10), slots: make(chan struct{}, s.opts.QueueDepth)}
 	defer cn.wg.Wait()
 	err := cn.readRequests(ctx)
 	if err != nil || ctx.Err() != nil {
@@ -269,22 +273,22 @@ func (cn *conn) release(buf []byte, payload int64) {
 
 // reply sends one simple reply. Replies go out in completion order, not request order.
 func (cn *conn) reply(cookie uint64, errno uint32, data []byte) {
+	cn.waiting.Add(1)
 	cn.wmu.Lock()
 	defer cn.wmu.Unlock()
+	last := cn.waiting.Add(-1) == 0
 	if cn.werr != nil {
 		return
 	}
 	binary.BigEndian.PutUint32(cn.rhdr[0:], magicSimpleRepl)
 	binary.BigEndian.PutUint32(cn.rhdr[4:], errno)
 	binary.BigEndian.PutUint64(cn.rhdr[8:], cookie)
-	var err error
-	if len(data) == 0 {
-		_, err = cn.c.Write(cn.rhdr[:])
-	} else {
-		v := net.Buffers{cn.rhdr[:], data}
-		_, err = v.WriteTo(cn.c)
+	cn.w.Write(cn.rhdr[:])
+	cn.w.Write(data) // large payloads bypass the buffer
+	if !last {
+		return // a write error sticks in cn.w and surfaces at the last writer's Flush
 	}
-	if err != nil {
+	if err := cn.w.Flush(); err != nil {
 		cn.werr = err
 		cn.c.Close() // the reader sees the error and ends the connection
 	}
