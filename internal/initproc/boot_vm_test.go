@@ -274,7 +274,7 @@ func BenchmarkBoot(b *testing.B) {
 	}
 	var total, rss float64
 	for i := 0; i < b.N; i++ {
-		con := runScenario(b, 7, scenario{name: "bench", firmware: vm.Direct, nic: "virtio-net-pci", wantRoot: "/dev/nbd0p1", cmdline: os.Getenv("ISBOOT_BENCH_CMDLINE")})
+		con := runScenario(b, i, scenario{name: "bench", firmware: vm.Direct, nic: "virtio-net-pci", wantRoot: "/dev/nbd0p1", cmdline: os.Getenv("ISBOOT_BENCH_CMDLINE")})
 		s, e, r := initStart.FindStringSubmatch(con), initExec.FindStringSubmatch(con), daemonRSS.FindStringSubmatch(con)
 		if s == nil || e == nil || r == nil {
 			b.Fatal("boot log lacks the /init, exec or RSS line")

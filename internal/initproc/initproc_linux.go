@@ -55,6 +55,8 @@ type boot struct {
 	rootDev string // "/dev/nbd0p2"
 	rootFS  rootfind.FS
 	status  *status.Writer // PID 1's own status until the daemon takes over
+
+	storageModules <-chan error // nbd loaded (or why not)
 }
 
 // setState writes the status file while PID 1 owns it (before the daemon has its
@@ -153,17 +155,21 @@ func (b *boot) readCmdline() error {
 	return err
 }
 
+// loadStorageModules loads nbd (with partitions) and crc32c in the background: the
+// daemon needs them only when it attaches, after the network is up. crc32c is loaded
+// by name, as ext4 and jbd2 want it but only name it as a soft dependency, which the
+// loader does not follow.
 func (b *boot) loadStorageModules() error {
-	// nbd with partitions; crc32c first, as ext4 and jbd2 want it but only name it as
-	// a soft dependency, which the loader does not follow.
-	if err := b.mods.Load("nbd", "max_part=16"); err != nil {
-		return err
-	}
-	for _, m := range []string{"crc32c_intel", "crc32c_generic"} {
-		if err := b.mods.Load(m, ""); err != nil {
-			b.log.Debugf(1, "%v", err)
+	done := make(chan error, 1)
+	b.storageModules = done
+	go func() {
+		for _, m := range []string{"crc32c_intel", "crc32c_generic"} {
+			if err := b.mods.Load(m, ""); err != nil {
+				b.log.Debugf(1, "%v", err)
+			}
 		}
-	}
+		done <- b.mods.Load("nbd", "max_part=16")
+	}()
 	return nil
 }
 
@@ -247,6 +253,9 @@ func (b *boot) startDaemon() error {
 }
 
 func (b *boot) sendPlan() error {
+	if err := <-b.storageModules; err != nil {
+		return err
+	}
 	b.sent = true
 	if err := b.child.Send(&b.plan.Daemon); err != nil {
 		return err
