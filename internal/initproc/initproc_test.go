@@ -55,6 +55,24 @@ func TestMakePlanFromIBFT(t *testing.T) {
 	}
 }
 
+// A second valid target with the same name and LUN is a second path: the daemon gets
+// both portals, the boot-selected one first. A target for another LUN is not a path.
+func TestMakePlanFailoverPortals(t *testing.T) {
+	tb := table()
+	second := tb.Targets[0]
+	second.Index, second.Flags, second.IP, second.Port = 1, ibft.FlagValid, netip.MustParseAddr("10.0.3.2"), 3261
+	other := second
+	other.Index, other.LUN = 2, 7
+	tb.Targets = append(tb.Targets, second, other)
+	p, err := MakePlan(parse(t, ""), tb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(p.Daemon.Portals, " "); got != "10.0.2.2:3260 10.0.3.2:3261" {
+		t.Errorf("portals %q", got)
+	}
+}
+
 // The command line wins: netroot= replaces the target and its CHAP (here: none), and
 // rd.iscsi.initiator= the name. A garbage iBFT target address does not matter then.
 func TestMakePlanOverrides(t *testing.T) {

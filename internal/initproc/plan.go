@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 
 	"github.com/isboot/isboot/ibft"
@@ -69,11 +70,16 @@ func MakePlan(c *cmdline.CmdLine, t *ibft.Table) (*Plan, error) {
 		if tg.Name == "" {
 			return nil, fmt.Errorf("ibft: target%d has no name (use netroot= to give one)", tg.Index)
 		}
-		port := int(tg.Port)
-		if port == 0 {
-			port = defaultPort
+		d.Portals = []string{portal(tg)}
+		// The other valid targets naming the same LUN are paths to it: the initiator
+		// fails over to them in turn (iBFT target0, then target1).
+		for _, o := range t.Targets {
+			if o.Index != tg.Index && o.Flags&ibft.FlagValid != 0 && o.Name == tg.Name && o.LUN == tg.LUN &&
+				o.IP.IsValid() && !o.IP.IsUnspecified() && !slices.Contains(d.Portals, portal(o)) {
+				d.Portals = append(d.Portals, portal(o))
+				p.Notes = append(p.Notes, fmt.Sprintf("target%d (%s) is another path to the LUN", o.Index, portal(o)))
+			}
 		}
-		d.Portals = []string{net.JoinHostPort(tg.IP.Unmap().String(), strconv.Itoa(port))}
 		d.Target, d.LUN = tg.Name, tg.LUN
 		if tg.CHAPType >= ibft.CHAPOneWay {
 			d.CHAPUser, d.CHAPSecret = tg.CHAPName, tg.CHAPSecret
@@ -100,4 +106,13 @@ func MakePlan(c *cmdline.CmdLine, t *ibft.Table) (*Plan, error) {
 		return nil, errors.New("no usable NIC in the iBFT: isboot configures the network from the iBFT, which netroot= alone does not replace")
 	}
 	return p, nil
+}
+
+// portal is a target's "address:port", the port defaulting to 3260.
+func portal(tg ibft.Target) string {
+	port := int(tg.Port)
+	if port == 0 {
+		port = defaultPort
+	}
+	return net.JoinHostPort(tg.IP.Unmap().String(), strconv.Itoa(port))
 }
