@@ -45,7 +45,7 @@ func (m *modules) Load(name, params string) error {
 	if err != nil {
 		err = fmt.Errorf("load module %s: %w", name, err)
 	} else {
-		m.logf(1, "loaded module %s %s", name, params)
+		m.logf(1, "loaded module %s", strings.TrimSpace(name+" "+params))
 	}
 	m.tried[name] = err
 	return err
