@@ -2,6 +2,7 @@ package iscsi
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -31,7 +32,8 @@ type ctrlReq struct {
 	refITT uint32 // TMF referenced task
 	t      *task
 	seq    uint64
-	n      int // NOP reply data length (in conn.nopData)
+	data   []byte  // NOP reply: the ping data to echo (a copy; usually none)
+	lun    [8]byte // NOP reply: the ping's LUN, echoed
 }
 
 // r2tReq asks the writer to send Data-Out for one R2T.
@@ -369,7 +371,7 @@ func (c *conn) nopIn(h *bhs) error {
 		// The target pings us: answer with its TTT (RFC 7143 §11.18).
 		c.s.targetPings.Add(1)
 		select {
-		case c.ctrl <- ctrlReq{kind: ctrlNOPReply, ttt: h.ttt(), n: n}:
+		case c.ctrl <- ctrlReq{kind: ctrlNOPReply, ttt: h.ttt(), data: bytes.Clone(c.nopData[:n]), lun: [8]byte(h[8:16])}:
 		default:
 		}
 	}
@@ -567,12 +569,11 @@ func (c *conn) sendCtrl(q ctrlReq, pending *[]*task) error {
 		h.reset(opNOPOut | flagImmediate)
 		h[1] = flagFinal
 		itt, ttt := uint32(reservedTag), q.ttt
-		var data []byte
 		if q.kind == ctrlPing {
 			itt, ttt = 0x80000000|uint32(c.gen&0x7fff), reservedTag
-		} else {
-			data = c.nopData[:q.n]
 		}
+		copy(h[8:16], q.lun[:])
+		data := q.data
 		h.setU32(16, itt)
 		h.setU32(20, ttt)
 		h.setU32(24, c.cmdSN)
@@ -594,7 +595,6 @@ func (c *conn) sendCtrl(q ctrlReq, pending *[]*task) error {
 		if q.fn == tmfAbortTask {
 			h.setU32(32, q.ttt) // RefCmdSN travels in ttt
 		}
-		h.setU32(36, c.expStatSN.Load())
 		return c.wr.writePDU(h, nil)
 	case ctrlLogout:
 		h.reset(opLogoutReq | flagImmediate)

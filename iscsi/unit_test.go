@@ -327,7 +327,7 @@ func TestReaderTargetMessages(t *testing.T) {
 	}
 	select {
 	case q := <-c.ctrl:
-		if q.kind != ctrlNOPReply || q.ttt != 0x77 || string(c.nopData[:q.n]) != "ping" {
+		if q.kind != ctrlNOPReply || q.ttt != 0x77 || string(q.data) != "ping" {
 			t.Errorf("NOP reply %+v", q)
 		}
 	default:
