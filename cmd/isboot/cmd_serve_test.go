@@ -5,13 +5,17 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/isboot/isboot/ibft"
 	"github.com/isboot/isboot/internal/testtarget"
 )
 
@@ -141,6 +145,7 @@ const (
 	ctlGateway     = 40
 	ctlGatewayCHAP = 41
 	ctlBench       = 42
+	ctlIBFT        = 44 // 43: the iSCSI VM test in internal/nbd
 )
 
 func randomFile(t testing.TB, path string, size int) []byte {
@@ -218,5 +223,38 @@ func TestServeGatewayCHAP(t *testing.T) {
 	mustRun(t, "nbdcopy", "--flush", src, "nbd+unix:///?socket="+sock)
 	if got, _ := os.ReadFile(d.Backing()); !bytes.Equal(got[:size], want) {
 		t.Fatal("tgtd's backing file differs from what nbdcopy wrote through the gateway")
+	}
+}
+
+// TestServeFromIBFT takes portal, target, LUN, initiator and CHAP from an iBFT file.
+func TestServeFromIBFT(t *testing.T) {
+	needPeer(t, "nbdinfo", "tgtd")
+	const size = 16 << 20
+	d := testtarget.StartTgtd(t, testtarget.TgtdOptions{Port: testtarget.FreePort(t, 13400, 13449),
+		ControlPort: ctlIBFT, Size: size,
+		CHAP: testtarget.CHAP{User: "ibft-user", Secret: "ibft-secret-123"}})
+	_, portStr, _ := strings.Cut(d.Addr(), ":")
+	port, _ := strconv.Atoi(portStr)
+	mac, _ := net.ParseMAC("52:54:00:12:34:56")
+	lun, _ := ibft.SAMLUN(1)
+	tbl := &ibft.Table{
+		Revision:  1,
+		OEMID:     "ISBOOT",
+		Initiator: ibft.Initiator{Flags: 3, Name: "iqn.2026-01.org.isboot:ibft-initiator"},
+		NICs: []ibft.NIC{{Flags: 3, IP: netip.MustParseAddr("127.0.0.1"), Prefix: 8,
+			Origin: ibft.OriginManual, MAC: mac}},
+		Targets: []ibft.Target{{Flags: 3, IP: netip.MustParseAddr("127.0.0.1"), Port: uint16(port),
+			LUN: 1, LUNRaw: lun, CHAPType: ibft.CHAPOneWay, Name: d.IQN,
+			CHAPName: "ibft-user", CHAPSecret: "ibft-secret-123"}},
+	}
+	b, err := ibft.Encode(tbl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "ibft.bin")
+	os.WriteFile(file, b, 0o600)
+	sock := startServe(t, "--ibft", file)
+	if got := strings.TrimSpace(mustRun(t, "nbdinfo", "--size", "nbd+unix:///?socket="+sock)); got != fmt.Sprint(size) {
+		t.Errorf("nbdinfo --size through an iBFT-configured gateway: %s, want %d", got, size)
 	}
 }
