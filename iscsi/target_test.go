@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,19 +14,7 @@ import (
 )
 
 // Ports for this package's tests (iscsi helper range): TCP 13260-13284, tgtd
-// control ports 10-18. Tests in one package run one at a time.
-var ctlPorts struct {
-	sync.Mutex
-	next int
-}
-
-func nextCtlPort() int {
-	ctlPorts.Lock()
-	defer ctlPorts.Unlock()
-	p := 10 + ctlPorts.next%9
-	ctlPorts.next++
-	return p
-}
+// control ports 10-18.
 
 func startTgtd(t testing.TB, opts testtarget.TgtdOptions) *testtarget.Tgtd {
 	t.Helper()
@@ -35,7 +22,7 @@ func startTgtd(t testing.TB, opts testtarget.TgtdOptions) *testtarget.Tgtd {
 		opts.Port = testtarget.FreePort(t, 13260, 13279)
 	}
 	if opts.ControlPort == 0 {
-		opts.ControlPort = nextCtlPort()
+		opts.ControlPort = testtarget.FreeControlPort(t, 10, 18)
 	}
 	return testtarget.StartTgtd(t, opts)
 }

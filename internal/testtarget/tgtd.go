@@ -2,6 +2,7 @@ package testtarget
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -221,3 +222,18 @@ func (d *Tgtd) signal(sig syscall.Signal) {
 
 // Log returns the daemon's output so far, for failure messages.
 func (d *Tgtd) Log() string { return logTail(d.log) }
+
+// FreeControlPort returns a tgtd control port in [lo, hi] that no running tgtd
+// answers on (its management socket is /var/run/tgtd/socket.N).
+func FreeControlPort(t testing.TB, lo, hi int) int {
+	t.Helper()
+	for p := lo; p <= hi; p++ {
+		c, err := net.DialTimeout("unix", fmt.Sprintf("/var/run/tgtd/socket.%d", p), 100*time.Millisecond)
+		if err != nil {
+			return p
+		}
+		c.Close()
+	}
+	t.Fatalf("testtarget: every tgtd control port in %d-%d is in use", lo, hi)
+	return 0
+}
