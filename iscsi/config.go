@@ -2,6 +2,16 @@
 // filesystem: it logs in (CHAP, mutual CHAP), keeps many commands in flight, and at
 // ErrorRecoveryLevel 0 reconnects and reissues every unfinished command so that the
 // caller never sees a connection loss.
+//
+// Shape: a Session owns QueueDepth+1 task slots allocated once. Callers fill a slot
+// and hand it to the connection's writer goroutine, which assigns CmdSN inside the
+// target's window and batches PDUs into few writes; the reader goroutine puts
+// Data-In straight into the caller's buffer and completes the slot. A watchdog
+// pings an idle target and aborts late commands. When the connection dies, the
+// session logs in again with the same ISID and TSIH 0 (session reinstatement,
+// RFC 7143 §6.3.5: the target drops the old session's tasks), checks the LUN is
+// still the same disk (VPD 0x83/0x80), and the new writer resends every unfinished
+// command in submission order.
 package iscsi
 
 import (
