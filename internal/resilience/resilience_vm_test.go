@@ -73,8 +73,16 @@ func TestLowMemoryWriteHeavy(t *testing.T) {
 		`--ioengine=psync --time_based --runtime=300 --end_fsync=1 --output=/run/fio.log &
 echo "RES-MEM $(grep -E 'MemTotal|MemAvailable' /proc/meminfo | tr -s ' \n' ' ')"`
 	o := bootOpts{memoryMB: 256}
-	v := r.boot(writeHook(dur, fio), o)
+	end := `wait
+grep -E 'WRITE:|err=' /run/fio.log | sed 's/^ */RES-FIO /'
+systemctl poweroff`
+	v := r.boot(writeHookThen(dur, fio, end), o)
 	w := r.waitWriter(v, dur, nil)
+	if m, err := v.WaitFor(context.Background(), 120*time.Second, `RES-FIO ([^\r\n]*WRITE:[^\r\n]*)[\r\n]`); err != nil {
+		t.Errorf("fio's dirty-page load did not finish: %v", err)
+	} else {
+		t.Logf("fio buffered load: %s", m[1])
+	}
 	if w.maxFsync > 60 {
 		t.Errorf("an fsync took %.1f s under memory pressure", w.maxFsync)
 	}

@@ -328,7 +328,7 @@ func (r *rig) checkVerify(v *vm.VM, when string) {
 	if _, err := v.WaitFor(ctx, 30*time.Second, `RES-REPORT-DONE`); err != nil {
 		t.Fatal(err)
 	}
-	for _, l := range regexp.MustCompile(`RES-(KLOG|STATUS) [^\r\n]*`).FindAllString(v.Console(), -1) {
+	for _, l := range regexp.MustCompile(`RES-(KLOG|STATUS|FIO|MEM) [^\r\n]*`).FindAllString(v.Console(), -1) {
 		t.Logf("guest %s: %s", when, l)
 	}
 }
