@@ -36,7 +36,7 @@ type Attachment struct {
 	g     *genl
 	watch *linkDeadWatch
 	cfg   AttachConfig
-	index int
+	index atomic.Int32 // set by CONNECT while connections may already log
 
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -81,8 +81,9 @@ func Attach(srv *Server, cfg AttachConfig) (*Attachment, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	a := &Attachment{srv: srv, g: g, watch: watch, cfg: cfg, index: cfg.Index, ctx: ctx, cancel: cancel,
+	a := &Attachment{srv: srv, g: g, watch: watch, cfg: cfg, ctx: ctx, cancel: cancel,
 		kick: make(chan struct{}, 1), stop: make(chan struct{})}
+	a.index.Store(int32(cfg.Index))
 
 	takeover := false
 	if cfg.Index >= 0 {
@@ -99,7 +100,9 @@ func Attach(srv *Server, cfg AttachConfig) (*Attachment, error) {
 	} else {
 		var fds []int
 		if fds, err = a.newSockets(cfg.Connections); err == nil {
-			a.index, err = g.connect(cfg.KernelConfig, fds)
+			var index int
+			index, err = g.connect(cfg.KernelConfig, fds)
+			a.index.Store(int32(index))
 			closeAll(fds) // the kernel holds its own references now
 		}
 	}
@@ -114,10 +117,10 @@ func Attach(srv *Server, cfg AttachConfig) (*Attachment, error) {
 }
 
 // Index is N of /dev/nbdN.
-func (a *Attachment) Index() int { return a.index }
+func (a *Attachment) Index() int { return int(a.index.Load()) }
 
 // Device is the block device name, e.g. "nbd0".
-func (a *Attachment) Device() string { return fmt.Sprintf("nbd%d", a.index) }
+func (a *Attachment) Device() string { return fmt.Sprintf("nbd%d", a.Index()) }
 
 // Live is the number of sockets currently served.
 func (a *Attachment) Live() int { return int(a.live.Load()) }
@@ -184,7 +187,7 @@ func (a *Attachment) watchLoop() {
 			}
 			return
 		}
-		if idx == a.index || idx < 0 {
+		if idx == a.Index() || idx < 0 {
 			a.poke()
 		}
 	}
@@ -201,7 +204,7 @@ func (a *Attachment) offer() error {
 		return err
 	}
 	// Sockets only: a refused takeover must not change the owner's settings.
-	err = a.g.reconfigure(a.index, nil, fds)
+	err = a.g.reconfigure(a.Index(), nil, fds)
 	closeAll(fds) // sockets the kernel did not take now read EOF on our end
 	return err
 }
@@ -221,9 +224,9 @@ func (a *Attachment) takeOver() error {
 		}
 	}
 	if a.Live() == 0 {
-		return fmt.Errorf("nbd: nbd%d is connected and none of its sockets is dead: another server still serves it", a.index)
+		return fmt.Errorf("nbd: %s is connected and none of its sockets is dead: another server still serves it", a.Device())
 	}
-	return a.g.reconfigure(a.index, &a.cfg.KernelConfig, nil) // ours now: our timeouts
+	return a.g.reconfigure(a.Index(), &a.cfg.KernelConfig, nil) // ours now: our timeouts
 }
 
 // repairLoop re-offers sockets while fewer than cfg.Connections are live. The kernel
@@ -259,7 +262,7 @@ func (a *Attachment) repairLoop() {
 // sync first. Close waits for the connections to finish and flushes the backend.
 func (a *Attachment) Close() error {
 	a.halt()
-	err := a.g.disconnect(a.index)
+	err := a.g.disconnect(a.Index())
 	cut := time.AfterFunc(30*time.Second, a.cancel) // a kernel that never closes its end
 	a.wg.Wait()
 	cut.Stop()
