@@ -44,6 +44,7 @@ const realInit = `#!/bin/sh
 echo
 echo "=== the real root: $(uname -r), init is PID $$ ==="
 mount -o remount,rw /
+sleep 1 # the daemon refreshes its counters every second
 echo "--- isboot status (/run/isboot/status) ---"
 /usr/bin/isboot status
 echo "------------------------------------------"
