@@ -1,7 +1,6 @@
 package iscsi
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -200,7 +199,7 @@ func TestIstgt(t *testing.T) {
 	}
 }
 
-// TestReadOnlyLUN checks MODE SENSE write protection is honoured.
+// TestTgtdReadOnly checks MODE SENSE write protection is honoured.
 func TestTgtdReadOnly(t *testing.T) {
 	d := startTgtd(t, testtarget.TgtdOptions{ReadOnly: true})
 	s := dial(t, testConfig(d))
@@ -213,7 +212,6 @@ func TestTgtdReadOnly(t *testing.T) {
 	if _, err := s.LUN().ReadAt(make([]byte, 512), 0); err != nil {
 		t.Fatal(err)
 	}
-	_ = bytes.Equal
 }
 
 // TestTargetNOPIn: tgtd pings every second and drops a connection after two
