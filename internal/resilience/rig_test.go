@@ -96,6 +96,20 @@ func isbootBinary(t *testing.T) string {
 	return vm.BuildGo(t, "../../cmd/isboot", "-X main.Version=resilience")
 }
 
+// freeControlPort returns want, or the next control port in our range whose
+// tgtd socket nobody answers on (another run of these tests may hold it).
+func freeControlPort(want int) int {
+	for i := 0; i < 10; i++ {
+		n := ctlBase + (want-ctlBase+i)%10
+		c, err := net.Dial("unix", fmt.Sprintf("/var/run/tgtd/socket.%d", n))
+		if err != nil {
+			return n
+		}
+		c.Close()
+	}
+	return want
+}
+
 // newRig prepares the Debian root on a fresh tgtd. slot picks the control port.
 func newRig(t *testing.T, slot int) *rig {
 	t.Helper()
@@ -112,7 +126,7 @@ func newRig(t *testing.T, slot int) *rig {
 	}
 	t.Logf("root image copied in %v", time.Since(t0).Round(time.Millisecond))
 	r.port = testtarget.FreePort(t, portLo, portHi)
-	r.tgt = testtarget.StartTgtd(t, testtarget.TgtdOptions{Port: r.port, ControlPort: ctlBase + slot, Backing: r.disk})
+	r.tgt = testtarget.StartTgtd(t, testtarget.TgtdOptions{Port: r.port, ControlPort: freeControlPort(ctlBase+slot), Backing: r.disk})
 	r.iqn = r.tgt.IQN
 	return r
 }
