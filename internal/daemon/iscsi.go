@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"strconv"
 	"time"
@@ -25,6 +26,7 @@ func DialISCSI(ctx context.Context, cfg *Config, logf func(string, ...any)) (Ses
 		LUN: cfg.LUN, CHAPUser: cfg.CHAPUser, CHAPSecret: cfg.CHAPSecret,
 		RevCHAPUser: cfg.RevCHAPUser, RevCHAPSecret: cfg.RevCHAPSecret,
 		HeaderDigest: cfg.HeaderDigest, DataDigest: cfg.DataDigest, Logf: logf,
+		ISID: stableISID(cfg.Initiator, cfg.Target),
 	})
 	if err != nil {
 		var le *iscsi.LoginError
@@ -34,6 +36,16 @@ func DialISCSI(ctx context.Context, cfg *Config, logf func(string, ...any)) (Ses
 		return nil, err
 	}
 	return &iscsiSession{s: s}, nil
+}
+
+// stableISID derives the session's ISID from the initiator and target names (the
+// random format, T=10b, with hash bytes for the random part). Two reasons: a random
+// one would come from getrandom(2), which at boot blocks until the kernel's entropy
+// pool is ready (1-2 s under QEMU without an RNG device); and the same ISID after a
+// crash and reboot lets the target reinstate the old session instead of keeping it.
+func stableISID(initiator, target string) [6]byte {
+	h := sha256.Sum256([]byte(initiator + "\x00" + target))
+	return [6]byte{0x80, h[0], h[1], h[2], 0, 0}
 }
 
 // permanent marks an error as ErrPermanent without changing its message.

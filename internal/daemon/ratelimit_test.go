@@ -24,3 +24,16 @@ func TestLimitLog(t *testing.T) {
 		t.Errorf("after the window: %q", got)
 	}
 }
+
+func TestStableISID(t *testing.T) {
+	a := stableISID("iqn.a:host", "iqn.t:disk")
+	if a != stableISID("iqn.a:host", "iqn.t:disk") {
+		t.Error("ISID not stable")
+	}
+	if a == stableISID("iqn.a:other", "iqn.t:disk") || a == stableISID("iqn.a:host", "iqn.t:other") {
+		t.Error("ISID does not depend on both names")
+	}
+	if a[0] != 0x80 || a[4] != 0 || a[5] != 0 {
+		t.Errorf("ISID %x: want the random format (T=10b) with qualifier 0", a)
+	}
+}

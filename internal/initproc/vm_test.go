@@ -158,7 +158,7 @@ func logBootStory(t testing.TB, con string) {
 	}
 	var lines []string
 	for _, l := range strings.Split(con, "\n") {
-		if strings.Contains(l, "isboot") || strings.Contains(l, "switch_root") || strings.HasPrefix(l, "ISBOOT") {
+		if strings.Contains(l, "isboot") || strings.Contains(l, "switch_root") || strings.HasPrefix(l, "ISBOOT") || strings.Contains(l, "random") {
 			lines = append(lines, l)
 		}
 	}
