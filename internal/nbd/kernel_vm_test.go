@@ -42,10 +42,15 @@ modprobe ext4 || fail "modprobe ext4"
 SERVE="isboot serve @SOURCE@ --attach /dev/nbd0 --connections 2 --timeout 15s --dead-conn-timeout 120s"
 $SERVE 2>/tmp/serve1.log &
 S1=$!
-for i in $(seq 200); do [ -e /sys/block/nbd0/pid ] && break; sleep 0.1; done
-[ -e /sys/block/nbd0/pid ] || fail "nbd0 not connected"
-[ -e /dev/nbd0p1 ] || blockdev --rereadpt /dev/nbd0 || echo "rereadpt failed"
-for i in $(seq 50); do [ -e /dev/nbd0p1 ] && break; sleep 0.1; done
+# The pid file appears in the middle of NBD_CMD_CONNECT; the log line once it returned.
+for i in $(seq 300); do grep -q "serving /dev/nbd0" /tmp/serve1.log && break; sleep 0.1; done
+grep -q "serving /dev/nbd0" /tmp/serve1.log || fail "nbd0 not attached: $(cat /tmp/serve1.log)"
+[ -e /sys/block/nbd0/pid ] || fail "nbd0 has no pid file"
+for i in $(seq 50); do
+	[ -e /dev/nbd0p1 ] && break
+	blockdev --rereadpt /dev/nbd0
+	sleep 0.1
+done
 [ -e /dev/nbd0p1 ] || fail "no nbd0p1: size $(cat /sys/block/nbd0/size), $(ls /sys/block/nbd0 | tr '\n' ' ')"
 step "nbd0p1 appeared, size $(cat /sys/block/nbd0/size) sectors"
 mount -t ext4 /dev/nbd0p1 /mnt || fail "mount"
@@ -74,6 +79,16 @@ finish() { # $1: file the writer wrote, $2: what happened
 if isboot serve @SOURCE@ --attach /dev/nbd0 2>/tmp/serve3.log; then fail "a second server took over a live device"; fi
 grep -q "another server still serves it" /tmp/serve3.log || fail "second server: $(cat /tmp/serve3.log)"
 step "a live device is refused to another server"
+
+isboot serve --mem 16M --attach 2>/tmp/serve4.log &
+S4=$!
+for i in $(seq 100); do grep -q "serving /dev/nbd" /tmp/serve4.log && break; sleep 0.1; done
+grep -q "serving /dev/nbd1 (16777216 bytes" /tmp/serve4.log || fail "bare --attach: $(cat /tmp/serve4.log)"
+[ "$(blockdev --getsize64 /dev/nbd1)" = 16777216 ] || fail "nbd1 size $(blockdev --getsize64 /dev/nbd1)"
+kill -TERM $S4
+wait $S4 || fail "bare --attach server exit status $?"
+[ -e /sys/block/nbd1/pid ] && fail "nbd1 still connected after clean stop"
+step "bare --attach took the first free device (nbd1) and disconnected cleanly"
 
 # Stopped past the request timeout, the server loses a socket (the kernel times the
 # request out, shuts the socket down and sends LINK_DEAD) and must replace it itself.
