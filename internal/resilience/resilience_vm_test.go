@@ -11,6 +11,8 @@ package resilience_test
 
 import (
 	"context"
+	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -100,6 +102,13 @@ func TestBootFailsOverToTarget1(t *testing.T) {
 	o := bootOpts{table: r.table(dead, r.port)}
 	const dur = 20 * time.Second
 	v := r.boot(writeHook(dur, ""), o)
+	con := v.Console()
+	tried := regexp.MustCompile(fmt.Sprintf(`isboot: iscsi: connect 10\.0\.2\.2:%d \(attempt 1\): ([^\r\n]*)`, dead)).FindStringSubmatch(con)
+	if tried == nil || !strings.Contains(con, fmt.Sprintf("logged in to %s at 10.0.2.2:%d", r.iqn, r.port)) {
+		t.Errorf("the console does not show target0 tried and target1 logged in to")
+	} else {
+		t.Logf("target0: %s; then logged in through target1", tried[1])
+	}
 	w := r.waitWriter(v, dur, nil)
 	r.poweroff(v)
 	r.rebootAndVerify(w, o)

@@ -126,7 +126,7 @@ func newRig(t *testing.T, slot int) *rig {
 	}
 	t.Logf("root image copied in %v", time.Since(t0).Round(time.Millisecond))
 	r.port = testtarget.FreePort(t, portLo, portHi)
-	r.tgt = testtarget.StartTgtd(t, testtarget.TgtdOptions{Port: r.port, ControlPort: freeControlPort(ctlBase+slot), Backing: r.disk})
+	r.tgt = testtarget.StartTgtd(t, testtarget.TgtdOptions{Port: r.port, ControlPort: freeControlPort(ctlBase + slot), Backing: r.disk})
 	r.iqn = r.tgt.IQN
 	return r
 }
