@@ -105,7 +105,7 @@ func TestFioRandRWVerify(t *testing.T) {
 	out := run(t, "fio", "--name=nbdverify", "--ioengine=nbd", "--uri="+nbdURI(sock),
 		"--rw=randrw", "--bs=4k", "--iodepth=16", "--numjobs=4", "--size=16M",
 		"--offset_increment=16M", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1",
-		"--group_reporting", "--output-format=json")
+		"--group_reporting", "--output-format=json", "--verify_state_save=0")
 	var res struct {
 		Jobs []struct {
 			Error int `json:"error"`
