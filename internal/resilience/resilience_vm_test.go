@@ -12,6 +12,7 @@ package resilience_test
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"regexp"
 	"strings"
 	"testing"
@@ -92,19 +93,20 @@ systemctl poweroff`
 	r.rebootAndVerify(w, o)
 }
 
-// TestBootFailsOverToTarget1: the iBFT's boot-selected target0 points at a
-// port nothing listens on; target1 is the same LUN on tgtd. The boot must
-// reach multi-user.target through target1.
+// TestBootFailsOverToTarget1: the iBFT's boot-selected target0 is an
+// address on the guest's subnet where no host answers (connects time out);
+// target1 is tgtd with the same LUN. The boot must reach multi-user.target
+// through target1, and so must the next boot.
 func TestBootFailsOverToTarget1(t *testing.T) {
 	requireLong(t)
 	r := newRig(t, 3)
-	dead := r.port + 1 // FreePort handed out r.port; nothing listens above it in our range
-	o := bootOpts{table: r.table(dead, r.port)}
+	dead := netip.AddrPortFrom(netip.MustParseAddr("10.0.2.99"), 3260)
+	o := bootOpts{table: r.table(dead, r.portal())}
 	const dur = 20 * time.Second
 	v := r.boot(writeHook(dur, ""), o)
 	con := v.Console()
-	tried := regexp.MustCompile(fmt.Sprintf(`isboot: iscsi: connect 10\.0\.2\.2:%d \(attempt 1\): ([^\r\n]*)`, dead)).FindStringSubmatch(con)
-	if tried == nil || !strings.Contains(con, fmt.Sprintf("logged in to %s at 10.0.2.2:%d", r.iqn, r.port)) {
+	tried := regexp.MustCompile(`isboot: iscsi: connect 10\.0\.2\.99:3260 \(attempt 1\): ([^\r\n]*)`).FindStringSubmatch(con)
+	if tried == nil || !strings.Contains(con, fmt.Sprintf("logged in to %s at %s", r.iqn, r.portal())) {
 		t.Errorf("the console does not show target0 tried and target1 logged in to")
 	} else {
 		t.Logf("target0: %s; then logged in through target1", tried[1])
@@ -113,8 +115,6 @@ func TestBootFailsOverToTarget1(t *testing.T) {
 	r.poweroff(v)
 	r.rebootAndVerify(w, o)
 }
-
-func dataDirFile(name string) string { return "/var/lib/isboot-test/" + name }
 
 // TestDaemonKilledReplacementTakesOver: the serving daemon (@isboot) is
 // SIGKILLed inside the guest under load; a replacement `isboot serve
@@ -147,3 +147,5 @@ systemctl poweroff --force --force`
 	r.poweroffWant(v, "reboot: Power down")
 	r.rebootAndVerify(w, bootOpts{})
 }
+
+func dataDirFile(name string) string { return "/var/lib/isboot-test/" + name }

@@ -37,7 +37,13 @@ func requireLong(t *testing.T) {
 	}
 }
 
-func TestMain(m *testing.M) { os.Exit(vm.RunTests(m)) }
+func TestMain(m *testing.M) {
+	code := vm.RunTests(m)
+	if initrdOnce.path != "" {
+		os.RemoveAll(filepath.Dir(initrdOnce.path))
+	}
+	os.Exit(code)
+}
 
 // Writer geometry: 4096 blocks of 4 KiB (16 MiB), an fsync every 8 blocks.
 const (
@@ -132,10 +138,11 @@ func newRig(t *testing.T, slot int) *rig {
 }
 
 // table is the iBFT of a direct boot: one NIC (QEMU user networking) and the
-// given target portals, the first boot-selected, all naming the same LUN.
-func (r *rig) table(ports ...int) *ibft.Table {
-	if len(ports) == 0 {
-		ports = []int{r.port}
+// given target portals (default: tgtd), the first boot-selected, all naming
+// the same LUN.
+func (r *rig) table(portals ...netip.AddrPort) *ibft.Table {
+	if len(portals) == 0 {
+		portals = []netip.AddrPort{r.portal()}
 	}
 	tab := &ibft.Table{
 		OEMID: "ISBOOT", OEMTableID: "RESILIEN",
@@ -146,17 +153,22 @@ func (r *rig) table(ports ...int) *ibft.Table {
 			MAC: net.HardwareAddr{0x52, 0x54, 0, 0x12, 0x34, 0x56}, PCIBDF: 2 << 3,
 		}},
 	}
-	for i, p := range ports {
+	for i, p := range portals {
 		flags := uint8(ibft.FlagValid)
 		if i == 0 {
 			flags |= ibft.FlagBootSelected
 		}
 		tab.Targets = append(tab.Targets, ibft.Target{
-			Index: i, Flags: flags, IP: netip.MustParseAddr(vm.HostAddr), Port: uint16(p),
+			Index: i, Flags: flags, IP: p.Addr(), Port: p.Port(),
 			LUN: 1, LUNRaw: [8]byte{0, 1}, Name: r.iqn,
 		})
 	}
 	return tab
+}
+
+// portal is tgtd as the guest reaches it.
+func (r *rig) portal() netip.AddrPort {
+	return netip.AddrPortFrom(netip.MustParseAddr(vm.HostAddr), uint16(r.port))
 }
 
 type bootOpts struct {
