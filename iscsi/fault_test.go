@@ -220,6 +220,33 @@ func TestPortalFailover(t *testing.T) {
 	}
 }
 
+// TestPortalFailoverPastRefusal: a portal that refuses the first login for good
+// (a target that does not know our IQN) does not end the login while another
+// portal (iBFT target1) still leads to the LUN; only when every portal refuses
+// does Dial fail, at once, with the target's reason.
+func TestPortalFailoverPastRefusal(t *testing.T) {
+	good := startTgtd(t, testtarget.TgtdOptions{})
+	stranger := startTgtd(t, testtarget.TgtdOptions{IQN: "iqn.2026-01.org.isboot.test:stranger"})
+	cfg := faultConfig(good, "")
+	cfg.Portals = []string{stranger.Addr(), good.Addr()}
+	s := dial(t, cfg)
+	if pm := paramMap(s); pm["portal"] != good.Addr() {
+		t.Fatalf("portal %q, want %q", pm["portal"], good.Addr())
+	}
+
+	cfg.Portals = []string{stranger.Addr(), stranger.Addr()}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if s, err := Dial(ctx, cfg); err == nil {
+		s.Close()
+		t.Fatal("Dial succeeded with every portal refusing the target")
+	} else if ctx.Err() != nil {
+		t.Fatalf("Dial kept retrying a permanent refusal: %v", err)
+	} else {
+		t.Logf("error as expected: %v", err)
+	}
+}
+
 // TestRetryBounded: with a bounded policy a dead target ends in a clear error.
 func TestRetryBounded(t *testing.T) {
 	d := startTgtd(t, testtarget.TgtdOptions{})

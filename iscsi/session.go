@@ -146,6 +146,7 @@ func (s *Session) connect(ctx context.Context, first bool, rs *retryState) error
 	}
 	backoff := pol.InitialBackoff
 	redirect := ""
+	var refused map[string]bool // portals that refused the first login for good
 	for redirects := 0; ; {
 		rs.attempts++
 		attempt := rs.attempts
@@ -175,9 +176,21 @@ func (s *Session) connect(ctx context.Context, first bool, rs *retryState) error
 		}
 		redirect = ""
 		s.logf("iscsi: connect %s (attempt %d): %v", addr, attempt, err)
-		var le *LoginError
-		if errors.Is(err, errIdentityChanged) || first && errors.As(err, &le) && le.Permanent() {
+		if errors.Is(err, errIdentityChanged) {
 			return err
+		}
+		// A refusal that retrying cannot cure (bad credentials, unknown target) ends
+		// the first login only once every portal has refused: another portal
+		// (iBFT target1) may still lead to the LUN.
+		var le *LoginError
+		if first && errors.As(err, &le) && le.Permanent() {
+			if refused == nil {
+				refused = map[string]bool{}
+			}
+			refused[addr] = true
+			if len(refused) >= distinct(s.cfg.Portals) {
+				return err
+			}
 		}
 		if rs.exhausted(pol) {
 			return fmt.Errorf("iscsi: giving up after %d attempts: %w", attempt, err)
@@ -199,6 +212,14 @@ func (s *Session) connect(ctx context.Context, first bool, rs *retryState) error
 		}
 		backoff = min(2*backoff, pol.MaxBackoff)
 	}
+}
+
+func distinct(portals []string) int {
+	seen := map[string]bool{}
+	for _, p := range portals {
+		seen[p] = true
+	}
+	return len(seen)
 }
 
 // retryState counts attempts since the session last made progress (a user command
