@@ -9,7 +9,7 @@ LDFLAGS := -s -w -X main.Version=$(VERSION)
 # Test timeout for the whole suite (CI allows 90 minutes in all).
 TEST_TIMEOUT ?= 75m
 
-.PHONY: all isboot deps initramfs demo test test-unit bench clean
+.PHONY: all isboot deps initramfs demo test test-quick test-unit bench clean
 
 all: isboot
 
@@ -33,8 +33,14 @@ test-unit:
 
 # All tiers: unit, integration (root: tgtd, istgt, libnbd, netns) and VM (QEMU/TCG).
 # CI=1 turns a missing tool or root (a skip elsewhere) into a failure.
+# ISBOOT_LONG=1 adds the slow fault tests (60 s target freeze, 5 min at 256 MiB,
+# iBFT target failover, daemon kill): about 15 more minutes. CI runs them all.
 test: deps
 	$(GO) vet ./...
+	CI=1 ISBOOT_LONG=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+# Everything but the slow fault tests (about 8 minutes).
+test-quick: deps
 	CI=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 bench: deps
