@@ -2,6 +2,8 @@ module github.com/isboot/isboot
 
 go 1.26.0
 
+// Some requirements serve only the u-root commands that mkinitramfs compiles with
+// gobusybox (gosh needs golang.org/x/term and mvdan.cc/sh): `go mod tidy` drops them.
 require (
 	github.com/Microsoft/go-winio v0.6.0 // indirect
 	github.com/ceph/go-ceph v0.0.0-20180104205452-bd5bc6d4cb3e // indirect
