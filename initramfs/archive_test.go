@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/isboot/isboot/internal/testenv"
 	"github.com/u-root/u-root/pkg/cpio"
 )
 
@@ -177,9 +178,7 @@ func TestArchiveRejectsBadInput(t *testing.T) {
 
 // TestArchiveGNUcpio checks interoperability: GNU cpio lists what we wrote.
 func TestArchiveGNUcpio(t *testing.T) {
-	if _, err := exec.LookPath("cpio"); err != nil {
-		t.Skip("cpio not installed")
-	}
+	testenv.RequireTools(t, "cpio interoperability test", "cpio")
 	src := filepath.Join(t.TempDir(), "init")
 	if err := os.WriteFile(src, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)

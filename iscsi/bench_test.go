@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/isboot/isboot/internal/testenv"
 	"github.com/isboot/isboot/internal/testtarget"
 )
 
@@ -87,9 +88,7 @@ var perfAverage = regexp.MustCompile(`iops average (\d+) \((\d+) MB/s\)`)
 
 // runIscsiPerf runs libiscsi's iscsi-perf for secs and returns its average IOPS and MB/s.
 func runIscsiPerf(b *testing.B, d *testtarget.Tgtd, blocks int, random bool, secs int) (iops, mbs float64) {
-	if _, err := exec.LookPath("iscsi-perf"); err != nil {
-		b.Skip("iscsi-perf not installed (libiscsi-bin)")
-	}
+	testenv.RequireTools(b, "iscsi benchmark", "iscsi-perf")
 	args := []string{"-i", "iqn.2026-01.org.isboot.test:perf", "-m", strconv.Itoa(benchQD),
 		"-b", strconv.Itoa(blocks), "-t", strconv.Itoa(secs)}
 	if random {

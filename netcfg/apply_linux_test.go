@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/isboot/isboot/ibft"
+	"github.com/isboot/isboot/internal/testenv"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -46,12 +47,7 @@ var nsSeq atomic.Int32
 
 func requireNetns(t *testing.T) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("network namespace test: skipped under -short")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("network namespace test: needs root")
-	}
+	testenv.Require(t, "network namespace test")
 }
 
 var sweepOnce sync.Once

@@ -19,6 +19,7 @@ import (
 
 	"github.com/isboot/isboot/ibft"
 	"github.com/isboot/isboot/initramfs"
+	"github.com/isboot/isboot/internal/testenv"
 	"github.com/isboot/isboot/internal/vm"
 	"github.com/vishvananda/netlink"
 )
@@ -54,10 +55,7 @@ const guestSlot = 5
 func TestVMLoadsDriver(t *testing.T) {
 	vm.Require(t)
 	k := vm.DebianKernel(t)
-	busybox, err := exec.LookPath("busybox")
-	if err != nil {
-		t.Skip("busybox not installed (make deps)")
-	}
+	busybox := testenv.LookPath(t, "VM test", "busybox")
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "netcfg.test")
 	build := exec.Command("go", "test", "-c", "-o", bin, ".")

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/isboot/isboot/internal/testenv"
 	"github.com/vishvananda/netns"
 )
 
@@ -76,12 +77,7 @@ func TestNetcfgDryRunDetails(t *testing.T) {
 // TestNetcfgAppliesInNamespace runs `isboot netcfg --file` for real, on a thread in a
 // fresh network namespace holding a veth with the fixture's MAC, and runs it twice.
 func TestNetcfgAppliesInNamespace(t *testing.T) {
-	if testing.Short() || os.Geteuid() != 0 {
-		t.Skip("needs root and no -short: configures a network namespace")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("iproute2 not installed (make deps)")
-	}
+	testenv.Require(t, "network namespace test", "ip")
 	ns := fmt.Sprintf("isb-nc-cmd-%d", os.Getpid())
 	ip := func(args ...string) string {
 		out, err := exec.Command("ip", append([]string{"-n", ns}, args...)...).CombinedOutput()

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/isboot/isboot/internal/testenv"
 	"github.com/isboot/isboot/internal/testtarget"
 )
 
@@ -20,7 +21,7 @@ import (
 // through `qemu-nbd iscsi://` (QEMU's libiscsi) and measures both in the same run:
 // nbdcopy of the whole LUN to null:, and fio random 4 KiB reads at queue depth 32.
 func BenchmarkGatewayVsQemuNBD(b *testing.B) {
-	needPeer(b, "nbdcopy", "fio", "qemu-nbd", "tgtd")
+	testenv.Require(b, "integration test", "nbdcopy", "fio", "qemu-nbd", "tgtd")
 	const size = 1 << 30
 	f, err := os.CreateTemp("/dev/shm", "isboot-bench-lun-")
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/isboot/isboot/ibft"
+	"github.com/isboot/isboot/internal/testenv"
 	"github.com/isboot/isboot/internal/testtarget"
 )
 
@@ -104,23 +105,8 @@ func startServe(t testing.TB, args ...string) string {
 	}
 }
 
-func needPeer(t testing.TB, tools ...string) {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("integration test: skipped with -short")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("integration test: needs root")
-	}
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (make deps)", tool)
-		}
-	}
-}
-
 func TestServeFileRoundTrip(t *testing.T) {
-	needPeer(t, "nbdcopy", "nbdinfo")
+	testenv.Require(t, "integration test", "nbdcopy", "nbdinfo")
 	dir := t.TempDir()
 	disk, src := filepath.Join(dir, "disk"), filepath.Join(dir, "src")
 	os.WriteFile(disk, make([]byte, 8<<20), 0o600)
@@ -170,7 +156,7 @@ func mustRun(t testing.TB, name string, args ...string) string {
 // TestServeGatewayTgtd writes through the gateway with nbdcopy and reads the LUN back
 // on an independent path (QEMU's libiscsi), then the other way round.
 func TestServeGatewayTgtd(t *testing.T) {
-	needPeer(t, "nbdcopy", "nbdinfo", "qemu-img", "tgtd")
+	testenv.Require(t, "integration test", "nbdcopy", "nbdinfo", "qemu-img", "tgtd")
 	const size = 32 << 20
 	d := testtarget.StartTgtd(t, testtarget.TgtdOptions{Port: testtarget.FreePort(t, 13400, 13449),
 		ControlPort: ctlGateway, Size: size,
@@ -205,7 +191,7 @@ func TestServeGatewayTgtd(t *testing.T) {
 
 // TestServeGatewayCHAP logs in with mutual CHAP, secrets from files.
 func TestServeGatewayCHAP(t *testing.T) {
-	needPeer(t, "nbdcopy", "tgtd")
+	testenv.Require(t, "integration test", "nbdcopy", "tgtd")
 	const size = 8 << 20
 	d := testtarget.StartTgtd(t, testtarget.TgtdOptions{Port: testtarget.FreePort(t, 13400, 13449),
 		ControlPort: ctlGatewayCHAP, Size: size,
@@ -228,7 +214,7 @@ func TestServeGatewayCHAP(t *testing.T) {
 
 // TestServeFromIBFT takes portal, target, LUN, initiator and CHAP from an iBFT file.
 func TestServeFromIBFT(t *testing.T) {
-	needPeer(t, "nbdinfo", "tgtd")
+	testenv.Require(t, "integration test", "nbdinfo", "tgtd")
 	const size = 16 << 20
 	d := testtarget.StartTgtd(t, testtarget.TgtdOptions{Port: testtarget.FreePort(t, 13400, 13449),
 		ControlPort: ctlIBFT, Size: size,

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/isboot/isboot/initramfs"
+	"github.com/isboot/isboot/internal/testenv"
 	"github.com/isboot/isboot/internal/vm"
 )
 
@@ -37,10 +38,7 @@ func localInitrd(t *testing.T, k vm.Kernel) string {
 			t.Fatal(err)
 		}
 	}
-	bb, err := exec.LookPath("busybox")
-	if err != nil {
-		t.Skip("busybox not installed (make deps)")
-	}
+	bb := testenv.LookPath(t, "VM test", "busybox")
 	must(a.AddFile("bin/busybox", bb, 0o755))
 	must(a.AddBytes("init", []byte(localInit), 0o755))
 	must(a.AddCharDev("dev/console", 0o600, 5, 1))

@@ -29,6 +29,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/isboot/isboot/internal/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -279,17 +280,7 @@ func lock(path string) (func(), error) {
 // build failure fails the test.
 func ForTest(t testing.TB) Image {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("debroot: skipped under -short")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("debroot: needs root (debootstrap)")
-	}
-	for _, tool := range []string{"debootstrap", "sgdisk", "mke2fs", "e2fsck", "depmod", "modprobe"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("debroot: %s not installed (make deps)", tool)
-		}
-	}
+	testenv.Require(t, "debroot", "debootstrap", "sgdisk", "mke2fs", "e2fsck", "depmod", "modprobe")
 	img, err := Build(context.Background(), Options{Logf: t.Logf})
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/isboot/isboot/initramfs"
+	"github.com/isboot/isboot/internal/testenv"
 	"github.com/isboot/isboot/internal/testtarget"
 	"github.com/isboot/isboot/internal/vm"
 )
@@ -175,11 +176,7 @@ func TestKernelAttachISCSIVM(t *testing.T) {
 
 // ext4Disk makes a 128 MiB GPT disk image whose first partition holds ext4.
 func ext4Disk(t *testing.T) string {
-	for _, tool := range []string{"sgdisk", "mkfs.ext4"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (make deps)", tool)
-		}
-	}
+	testenv.RequireTools(t, "VM test", "sgdisk", "mkfs.ext4")
 	disk := filepath.Join(t.TempDir(), "disk.img")
 	if err := os.WriteFile(disk, nil, 0o644); err != nil {
 		t.Fatal(err)
@@ -202,10 +199,7 @@ func ext4Disk(t *testing.T) string {
 // as /disk.img in the initramfs.
 func runAttachVM(t *testing.T, disk, source, network string, nic *vm.NIC) {
 	k := vm.DebianKernel(t)
-	busybox, err := exec.LookPath("busybox")
-	if err != nil {
-		t.Skip("busybox not installed (make deps)")
-	}
+	busybox := testenv.LookPath(t, "VM test", "busybox")
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "isboot")
 	build := exec.Command("go", "build", "-o", bin, "github.com/isboot/isboot/cmd/isboot")

@@ -9,24 +9,8 @@ import (
 	"testing"
 
 	"github.com/isboot/isboot/internal/blockdev"
+	"github.com/isboot/isboot/internal/testenv"
 )
-
-// needTools skips integration tests in the unit tier, without root, or when a peer
-// program is not installed (make deps installs them all).
-func needTools(t testing.TB, tools ...string) {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("integration test: skipped with -short")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("integration test: needs root")
-	}
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (make deps)", tool)
-		}
-	}
-}
 
 func nbdURI(sock string) string { return "nbd+unix:///?socket=" + sock }
 
@@ -40,7 +24,7 @@ func run(t testing.TB, name string, args ...string) []byte {
 }
 
 func TestNbdinfoReportsExport(t *testing.T) {
-	needTools(t, "nbdinfo")
+	testenv.Require(t, "integration test", "nbdinfo")
 	for _, ro := range []bool{false, true} {
 		sock, _ := serveUnix(t, blockdev.NewMem(48<<20, 4096, ro), Options{ExportName: "lun1", MaxRequest: 16 << 20})
 		out := run(t, "nbdinfo", "--json", nbdURI(sock))
@@ -74,7 +58,7 @@ func TestNbdinfoReportsExport(t *testing.T) {
 }
 
 func TestNbdcopyRoundTrip(t *testing.T) {
-	needTools(t, "nbdcopy")
+	testenv.Require(t, "integration test", "nbdcopy")
 	const size = 64 << 20
 	dev := blockdev.NewMem(size, 512, false)
 	sock, _ := serveUnix(t, dev, Options{})
@@ -97,7 +81,7 @@ func TestNbdcopyRoundTrip(t *testing.T) {
 }
 
 func TestFioRandRWVerify(t *testing.T) {
-	needTools(t, "fio")
+	testenv.Require(t, "integration test", "fio")
 	const jobs, per = 4, 16 << 20
 	dev := blockdev.NewMem(jobs*per, 512, false)
 	sock, srv := serveUnix(t, dev, Options{})

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/isboot/isboot/internal/cmdline"
+	"github.com/isboot/isboot/internal/testenv"
 )
 
 const (
@@ -20,11 +21,7 @@ const (
 
 func need(t *testing.T, tools ...string) {
 	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (make deps installs it)", tool)
-		}
-	}
+	testenv.RequireTools(t, "rootfind test", tools...)
 }
 
 func run(t *testing.T, name string, args ...string) {

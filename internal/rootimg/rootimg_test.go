@@ -10,16 +10,13 @@ import (
 
 	"github.com/isboot/isboot/internal/cmdline"
 	"github.com/isboot/isboot/internal/rootfind"
+	"github.com/isboot/isboot/internal/testenv"
 )
 
 // The image is what rootfind expects: GPT, root on the Linux partition with the
 // label and UUIDs asked for, and debugfs sees init and busybox in it.
 func TestMake(t *testing.T) {
-	for _, tool := range []string{"sgdisk", "mke2fs", "debugfs"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
-		}
-	}
+	testenv.RequireTools(t, "rootimg test", "sgdisk", "mke2fs", "debugfs")
 	if _, err := os.Stat("/bin/busybox"); err != nil {
 		t.Skip("busybox-static not installed")
 	}

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/isboot/isboot/internal/testenv"
 )
 
 // IstgtOptions configures one istgt instance with one disk at LUN 0.
@@ -40,7 +42,7 @@ func (s *Istgt) Log() string       { return logTail(s.log) }
 // StartIstgt writes a config into a temp dir and runs istgt in the foreground (-D).
 func StartIstgt(t testing.TB, opts IstgtOptions) *Istgt {
 	t.Helper()
-	requireRoot(t, "istgt")
+	testenv.Require(t, "iSCSI target", "istgt")
 	if opts.Port == 0 {
 		t.Fatalf("testtarget: IstgtOptions needs Port")
 	}

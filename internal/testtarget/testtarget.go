@@ -25,31 +25,6 @@ type CHAP struct {
 	User, Secret string
 }
 
-// InCI reports whether tests run under CI (`make test`), where missing tools are failures.
-func InCI() bool { return os.Getenv("CI") != "" }
-
-// requireRoot skips (or fails in CI) unless the test may start real targets.
-func requireRoot(t testing.TB, tools ...string) {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("integration test: skipped under -short")
-	}
-	skip := func(format string, args ...any) {
-		if InCI() {
-			t.Fatalf(format, args...)
-		}
-		t.Skipf(format, args...)
-	}
-	if os.Geteuid() != 0 {
-		skip("needs root to run iSCSI targets")
-	}
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			skip("%s not installed (make deps)", tool)
-		}
-	}
-}
-
 // CreateBacking makes a sparse backing file of size bytes in dir.
 func CreateBacking(t testing.TB, dir string, size int64) string {
 	t.Helper()

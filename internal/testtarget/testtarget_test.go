@@ -7,15 +7,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/isboot/isboot/internal/testenv"
 )
 
 // iscsiLs logs in with libiscsi's iscsi-inq and returns its listing: an independent
 // initiator proves the launched target really serves the LUN.
 func iscsiLs(t *testing.T, tg Target, user, secret string) (string, error) {
 	t.Helper()
-	if _, err := exec.LookPath("iscsi-inq"); err != nil {
-		t.Skip("iscsi-inq not installed")
-	}
+	testenv.RequireTools(t, "iSCSI target test", "iscsi-inq")
 	auth := ""
 	if user != "" {
 		auth = user + "%" + secret + "@"

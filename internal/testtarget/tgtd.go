@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/isboot/isboot/internal/testenv"
 )
 
 // TgtdOptions configures one tgtd instance with one target and LUN 1.
@@ -49,7 +51,7 @@ type Tgtd struct {
 // StartTgtd starts tgtd in the foreground and configures it; it is killed in t.Cleanup.
 func StartTgtd(t testing.TB, opts TgtdOptions) *Tgtd {
 	t.Helper()
-	requireRoot(t, "tgtd", "tgtadm")
+	testenv.Require(t, "iSCSI target", "tgtd", "tgtadm")
 	if opts.Port == 0 || opts.ControlPort == 0 {
 		t.Fatalf("testtarget: TgtdOptions needs Port and ControlPort")
 	}

@@ -2,25 +2,18 @@ package vm
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/isboot/isboot/internal/testenv"
 )
 
 // Require skips the test under -short, when not root, or when QEMU is missing:
 // the VM tier runs in `make test` as root with `make deps` done.
 func Require(t testing.TB) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("VM test: skipped under -short")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("VM test: needs root (run make test as root)")
-	}
-	if _, err := exec.LookPath(QEMU); err != nil {
-		t.Skipf("VM test: %s not installed (make deps)", QEMU)
-	}
+	testenv.Require(t, "VM test", QEMU)
 }
 
 // Kernel is an unpacked kernel package.
