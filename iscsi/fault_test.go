@@ -23,7 +23,10 @@ type loadResult struct {
 }
 
 // runLoad runs writers writing fresh extents in their own regions until stop is
-// closed, with a read now and then. Any error the caller sees fails the test.
+// closed, with a read now and then; a writer that reaches the end of its region
+// starts over at its beginning, so load never runs out before the fault on a
+// fast machine. Any error the caller sees fails the test. The results returned
+// are the extents that no later write overwrote.
 func runLoad(t *testing.T, l *LUN, writers int, stop <-chan struct{}) func() []loadResult {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -45,7 +48,7 @@ func runLoad(t *testing.T, l *LUN, writers int, stop <-chan struct{}) func() []l
 				}
 				n := (1 + r.IntN(64)) * 4096
 				if off+int64(n) > end {
-					return
+					off = int64(w) * region
 				}
 				b := pattern(n, uint64(w)<<32|uint64(i))
 				if _, err := l.WriteAt(b, off); err != nil {
@@ -75,8 +78,30 @@ func runLoad(t *testing.T, l *LUN, writers int, stop <-chan struct{}) func() []l
 		if err, ok := failed.Load().(error); ok {
 			t.Fatalf("the caller saw an error: %v", err)
 		}
-		return results
+		return latestExtents(results)
 	}
+}
+
+// latestExtents drops every extent that a later write overlapped, so what is
+// left must read back exactly as written.
+func latestExtents(results []loadResult) []loadResult {
+	owner := map[int64]int{} // 4 KiB block -> index of the last write covering it
+	for i, r := range results {
+		for b := r.off / 4096; b < (r.off+int64(r.n))/4096; b++ {
+			owner[b] = i
+		}
+	}
+	var kept []loadResult
+	for i, r := range results {
+		intact := true
+		for b := r.off / 4096; b < (r.off+int64(r.n))/4096 && intact; b++ {
+			intact = owner[b] == i
+		}
+		if intact {
+			kept = append(kept, r)
+		}
+	}
+	return kept
 }
 
 // verifyLoad reads every extent back (on a fresh session) and compares checksums.
@@ -289,15 +314,24 @@ func TestCommandTimeoutEscalates(t *testing.T) {
 		log = append(log, fmt.Sprintf(f, a...))
 		mu.Unlock()
 	}
+	logged := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return strings.Join(log, "\n")
+	}
 	s := dial(t, cfg)
 	loadThrough(t, s, 8, func() {
+		// Stay paused until the whole ladder has run: a fixed pause raced
+		// the escalation on a loaded CI machine (the LUN reset then succeeded
+		// after the resume and no reconnect was needed).
 		d.Pause()
-		time.Sleep(2500 * time.Millisecond)
-		d.Resume()
+		defer d.Resume()
+		deadline := time.Now().Add(15 * time.Second)
+		for !strings.Contains(logged(), "LUN reset failed") && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
 	})
-	mu.Lock()
-	all := strings.Join(log, "\n")
-	mu.Unlock()
+	all := logged()
 	for _, want := range []string{"timed out", "resetting the LUN", "LUN reset failed"} {
 		if !strings.Contains(all, want) {
 			t.Errorf("log lacks %q:\n%s", want, all)
