@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -38,8 +39,9 @@ func benchTarget(b *testing.B) *testtarget.Tgtd {
 	return startTgtd(b, testtarget.TgtdOptions{Backing: backing})
 }
 
-// runOurs reads with QD workers for d and returns I/Os, bytes and allocations.
-func runOurs(b *testing.B, l *LUN, size int, random bool, d time.Duration) (ios, bytes, allocs uint64) {
+// runOurs reads with QD workers for d and returns I/Os, bytes, allocations and
+// the CPU time it took.
+func runOurs(b *testing.B, l *LUN, size int, random bool, d time.Duration) (ios, bytes, allocs uint64, cpu time.Duration) {
 	var wg sync.WaitGroup
 	var n atomic.Uint64
 	var next atomic.Int64
@@ -51,6 +53,7 @@ func runOurs(b *testing.B, l *LUN, size int, random bool, d time.Duration) (ios,
 	}
 	var ms0, ms1 runtime.MemStats
 	runtime.ReadMemStats(&ms0)
+	cpu0 := selfCPU()
 	for w := 0; w < benchQD; w++ {
 		wg.Add(1)
 		go func(w int) {
@@ -80,14 +83,23 @@ func runOurs(b *testing.B, l *LUN, size int, random bool, d time.Duration) (ios,
 	time.Sleep(d)
 	close(stop)
 	wg.Wait()
+	cpu = selfCPU() - cpu0
 	runtime.ReadMemStats(&ms1)
-	return n.Load(), n.Load() * uint64(size), ms1.Mallocs - ms0.Mallocs
+	return n.Load(), n.Load() * uint64(size), ms1.Mallocs - ms0.Mallocs, cpu
+}
+
+// selfCPU is the user+system time this process has used (tgtd is a child, not counted).
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 var perfAverage = regexp.MustCompile(`iops average (\d+) \((\d+) MB/s\)`)
 
-// runIscsiPerf runs libiscsi's iscsi-perf for secs and returns its average IOPS and MB/s.
-func runIscsiPerf(b *testing.B, d *testtarget.Tgtd, blocks int, random bool, secs int) (iops, mbs float64) {
+// runIscsiPerf runs libiscsi's iscsi-perf for secs and returns its average IOPS and
+// MB/s and the CPU time it used.
+func runIscsiPerf(b *testing.B, d *testtarget.Tgtd, blocks int, random bool, secs int) (iops, mbs float64, cpu time.Duration) {
 	testenv.RequireTools(b, "iscsi benchmark", "iscsi-perf")
 	args := []string{"-i", "iqn.2026-01.org.isboot.test:perf", "-m", strconv.Itoa(benchQD),
 		"-b", strconv.Itoa(blocks), "-t", strconv.Itoa(secs)}
@@ -97,7 +109,8 @@ func runIscsiPerf(b *testing.B, d *testtarget.Tgtd, blocks int, random bool, sec
 	args = append(args, fmt.Sprintf("iscsi://%s/%s/%d", d.Addr(), d.IQN, d.LUN))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs+20)*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "iscsi-perf", args...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, "iscsi-perf", args...)
+	out, err := cmd.CombinedOutput()
 	m := perfAverage.FindAllSubmatch(out, -1)
 	if err != nil || len(m) == 0 {
 		b.Fatalf("iscsi-perf: %v\n%s", err, out)
@@ -105,7 +118,7 @@ func runIscsiPerf(b *testing.B, d *testtarget.Tgtd, blocks int, random bool, sec
 	last := m[len(m)-1]
 	iops, _ = strconv.ParseFloat(string(last[1]), 64)
 	mbs, _ = strconv.ParseFloat(string(last[2]), 64)
-	return iops, mbs
+	return iops, mbs, cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 }
 
 // benchRead alternates 2-second rounds of ours and iscsi-perf (b.N pairs), so load
@@ -121,14 +134,17 @@ func benchRead(b *testing.B, size int, random bool) {
 	var ratios []float64
 	var ourIOPS, ourMBs, libIOPS, libMBs float64
 	var ios, allocs uint64
+	var ourCPU, libCPU time.Duration
+	var libIOs float64
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		start := time.Now()
-		n, bytes, a := runOurs(b, l, size, random, round)
+		n, bytes, a, oc := runOurs(b, l, size, random, round)
 		el := time.Since(start).Seconds()
-		ios, allocs = ios+n, allocs+a
+		ios, allocs, ourCPU = ios+n, allocs+a, ourCPU+oc
 		oi, om := float64(n)/el, float64(bytes)/el/1e6
-		li, lm := runIscsiPerf(b, d, size/512, random, int(round/time.Second))
+		li, lm, lc := runIscsiPerf(b, d, size/512, random, int(round/time.Second))
+		libCPU, libIOs = libCPU+lc, libIOs+li*round.Seconds()
 		ratios = append(ratios, oi/li)
 		ourIOPS, ourMBs, libIOPS, libMBs = ourIOPS+oi, ourMBs+om, libIOPS+li, libMBs+lm
 	}
@@ -138,14 +154,19 @@ func benchRead(b *testing.B, size int, random bool) {
 	slices.Sort(ratios)
 	ratio := ratios[len(ratios)/2]
 	perIO := float64(allocs) / float64(max(ios, 1))
+	// CPU per I/O says how much of the shared two cores each initiator takes from tgtd.
+	ourCPUPerIO := ourCPU.Seconds() * 1e6 / float64(max(ios, 1))
+	libCPUPerIO := libCPU.Seconds() * 1e6 / max(libIOs, 1)
 	b.ReportMetric(ourMBs, "MB/s")
 	b.ReportMetric(ourIOPS, "IOPS")
 	b.ReportMetric(libMBs, "libiscsi-MB/s")
 	b.ReportMetric(libIOPS, "libiscsi-IOPS")
 	b.ReportMetric(ratio, "ratio")
 	b.ReportMetric(perIO, "allocs/IO")
-	fmt.Printf("iscsi bench %s: ours %.0f IOPS %.0f MB/s, libiscsi %.0f IOPS %.0f MB/s, ratio ours/libiscsi %.2f (median of %v), %.3f allocs per I/O\n",
-		b.Name(), ourIOPS, ourMBs, libIOPS, libMBs, ratio, roundTo(ratios), perIO)
+	b.ReportMetric(ourCPUPerIO, "cpu-us/IO")
+	b.ReportMetric(libCPUPerIO, "libiscsi-cpu-us/IO")
+	fmt.Printf("iscsi bench %s: ours %.0f IOPS %.0f MB/s, libiscsi %.0f IOPS %.0f MB/s, ratio ours/libiscsi %.2f (median of %v), %.3f allocs per I/O, CPU per I/O ours %.1f µs vs libiscsi %.1f µs\n",
+		b.Name(), ourIOPS, ourMBs, libIOPS, libMBs, ratio, roundTo(ratios), perIO, ourCPUPerIO, libCPUPerIO)
 }
 
 func roundTo(r []float64) []string {
