@@ -155,6 +155,9 @@ func (b *boot) readCmdline() error {
 	return err
 }
 
+// nbdMaxPart is the nbd driver's max_part: nbd0p1 to nbd0p15 get device nodes.
+const nbdMaxPart = 16
+
 // loadStorageModules loads nbd (with partitions) and crc32c in the background: the
 // daemon needs them only when it attaches, after the network is up. crc32c is loaded
 // by name, as ext4 and jbd2 want it but only name it as a soft dependency, which the
@@ -168,7 +171,7 @@ func (b *boot) loadStorageModules() error {
 				b.log.Debugf(1, "%v", err)
 			}
 		}
-		done <- b.mods.Load("nbd", "max_part=16")
+		done <- b.mods.Load("nbd", fmt.Sprintf("max_part=%d", nbdMaxPart))
 	}()
 	return nil
 }
@@ -358,6 +361,9 @@ func (b *boot) findRoot() error {
 		return err
 	}
 	b.rootDev, b.rootFS = dev, choice.FS
+	if choice.Partition >= nbdMaxPart {
+		return fmt.Errorf("root is partition %d of %s, but nbd is loaded with max_part=%d: give root= a partition below %d", choice.Partition, dev, nbdMaxPart, nbdMaxPart)
+	}
 	if choice.Partition > 0 {
 		b.rootDev = fmt.Sprintf("%sp%d", dev, choice.Partition)
 		if err := waitDevice(f, b.rootDev); err != nil {

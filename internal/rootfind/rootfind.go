@@ -44,7 +44,8 @@ type Disk struct {
 	FS         FS // a filesystem on the whole device, if any
 }
 
-// Probe reads the partition table (GPT, else MBR primaries) and every superblock.
+// Probe reads the partition table (GPT, else MBR with its logical partitions) and
+// every superblock.
 func Probe(r io.ReaderAt, size int64) (*Disk, error) {
 	d := &Disk{FS: ProbeFS(r)}
 	var mbr [512]byte
@@ -79,19 +80,20 @@ func Probe(r io.ReaderAt, size int64) (*Disk, error) {
 	} else if d.FS.Type != "vfat" { // a FAT boot sector also ends in 55 AA
 		d.Table = "mbr"
 		sig := binary.LittleEndian.Uint32(mbr[440:])
-		for i := range 4 {
-			e := mbr[446+16*i : 446+16*(i+1)]
-			typ := e[4]
-			start := int64(binary.LittleEndian.Uint32(e[8:])) * 512
-			n := int64(binary.LittleEndian.Uint32(e[12:])) * 512
-			if typ == 0 || n == 0 || typ == 0x05 || typ == 0x0f || typ == 0x85 { // empty or extended
-				continue
+		var extended []mbrEntry
+		for i, e := range mbrEntries(mbr[:]) {
+			switch {
+			case e.empty():
+			case e.extended():
+				extended = append(extended, e)
+			default:
+				d.Partitions = append(d.Partitions, e.partition(i+1, 0, sig))
 			}
-			d.Partitions = append(d.Partitions, Partition{
-				Number: i + 1, Start: start, Size: n,
-				PartUUID: fmt.Sprintf("%08x-%02x", sig, i+1),
-				Type:     fmt.Sprintf("%02x", typ),
-			})
+		}
+		// Logical partitions are numbered from 5 on, in chain order, as the kernel does.
+		next := 5
+		for _, ext := range extended {
+			d.Partitions = append(d.Partitions, logicals(r, ext, sig, &next)...)
 		}
 	}
 	for i := range d.Partitions {
@@ -105,6 +107,76 @@ func Probe(r io.ReaderAt, size int64) (*Disk, error) {
 		d.FS = FS{} // the bytes at 0 belong to the table, not a filesystem
 	}
 	return d, nil
+}
+
+// mbrEntry is one 16-byte MBR or EBR partition entry; start and size in sectors.
+type mbrEntry struct {
+	typ         byte
+	start, size int64
+}
+
+func mbrEntries(sector []byte) [4]mbrEntry {
+	var es [4]mbrEntry
+	for i := range es {
+		e := sector[446+16*i : 446+16*(i+1)]
+		es[i] = mbrEntry{e[4], int64(binary.LittleEndian.Uint32(e[8:])), int64(binary.LittleEndian.Uint32(e[12:]))}
+	}
+	return es
+}
+
+func (e mbrEntry) empty() bool    { return e.typ == 0 || e.size == 0 }
+func (e mbrEntry) extended() bool { return e.typ == 0x05 || e.typ == 0x0f || e.typ == 0x85 }
+
+// partition is e as partition number n, its start relative to sector base. The
+// PARTUUID is the kernel's for MBR disks: disk signature and partition number.
+func (e mbrEntry) partition(n int, base int64, sig uint32) Partition {
+	return Partition{
+		Number: n, Start: (base + e.start) * 512, Size: e.size * 512,
+		PartUUID: fmt.Sprintf("%08x-%02x", sig, n),
+		Type:     fmt.Sprintf("%02x", e.typ),
+	}
+}
+
+// maxLogical bounds the EBR chain walk (the kernel's own limit is about as high); it
+// also ends a chain that loops.
+const maxLogical = 128
+
+// logicals walks the chain of extended boot records in ext. Each EBR holds one
+// logical partition, placed relative to the EBR, and a link to the next EBR,
+// placed relative to the extended partition. A chain that breaks (bad signature,
+// unreadable sector, a loop) ends the walk with what was found, as in the kernel.
+func logicals(r io.ReaderAt, ext mbrEntry, sig uint32, next *int) []Partition {
+	var parts []Partition
+	seen := map[int64]bool{}
+	ebr := ext.start
+	for range maxLogical {
+		if seen[ebr] {
+			break
+		}
+		seen[ebr] = true
+		var sector [512]byte
+		if _, err := r.ReadAt(sector[:], ebr*512); err != nil || sector[510] != 0x55 || sector[511] != 0xAA {
+			break
+		}
+		link := int64(-1)
+		for _, e := range mbrEntries(sector[:]) {
+			switch {
+			case e.empty():
+			case e.extended():
+				if link < 0 {
+					link = ext.start + e.start
+				}
+			default:
+				parts = append(parts, e.partition(*next, ebr, sig))
+				*next++
+			}
+		}
+		if link < 0 {
+			break
+		}
+		ebr = link
+	}
+	return parts
 }
 
 func utf16Name(b []byte) string {

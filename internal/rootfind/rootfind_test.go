@@ -2,6 +2,8 @@ package rootfind
 
 import (
 	"bytes"
+	"encoding/binary"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -205,5 +207,94 @@ func TestPartitionPastEnd(t *testing.T) {
 	_, err := Probe(f, 16<<20)
 	if err == nil || !strings.Contains(err.Error(), "past the device") {
 		t.Errorf("got %v", err)
+	}
+}
+
+// mbrLogicalImage makes a 64 MiB MBR disk with primary 1, extended 2 holding logical
+// 5 (swap type) and 6 (ext4 root), the layout Debian's installer makes on BIOS disks.
+func mbrLogicalImage(t *testing.T) string {
+	need(t, "sfdisk", "mke2fs")
+	img := filepath.Join(t.TempDir(), "logical.img")
+	os.WriteFile(img, nil, 0o644)
+	os.Truncate(img, 64<<20)
+	cmd := exec.Command("sfdisk", "-q", img)
+	cmd.Stdin = strings.NewReader("label: dos\nlabel-id: 0xcafe0001\n" +
+		"start=2048, size=8192, type=83\nstart=10240, type=5\n" +
+		"start=12288, size=8192, type=82\nstart=22528, size=40960, type=83\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("sfdisk: %v\n%s", err, out)
+	}
+	run(t, "mke2fs", "-q", "-F", "-t", "ext4", "-U", rootUUID, "-L", "logroot", "-E", "offset="+strconv.Itoa(22528*512), img, "20M")
+	return img
+}
+
+// Logical partitions are found, numbered and named (PARTUUID) as the kernel does;
+// util-linux's partx, which follows the kernel's rules, is the reference.
+func TestProbeMBRLogical(t *testing.T) {
+	img := mbrLogicalImage(t)
+	need(t, "partx")
+	out, err := exec.Command("partx", "-g", "-o", "NR,START,SECTORS,UUID", img).Output()
+	if err != nil {
+		t.Fatalf("partx: %v", err)
+	}
+	var want []string
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(l)
+		if f[0] == "2" { // the extended partition itself holds no filesystem
+			continue
+		}
+		want = append(want, strings.Join(f, " "))
+	}
+	d := probeFile(t, img)
+	var got []string
+	for _, p := range d.Partitions {
+		got = append(got, fmt.Sprintf("%d %d %d %s", p.Number, p.Start/512, p.Size/512, p.PartUUID))
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("partitions:\n%s\npartx says:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	for _, root := range []cmdline.Root{
+		{Kind: cmdline.RootUUID, Value: rootUUID},
+		{Kind: cmdline.RootLabel, Value: "logroot"},
+		{Kind: cmdline.RootPartUUID, Value: "cafe0001-06"},
+		{}, // the first partition with a Linux filesystem: 1 has none, 5 is swap
+	} {
+		c, err := d.Find(root)
+		if err != nil || c.Partition != 6 || c.FS.Type != "ext4" {
+			t.Errorf("Find(%v) = %+v, %v; want partition 6 (ext4)", root, c, err)
+		}
+	}
+}
+
+// A hostile EBR chain (a link back to itself, a link past the device) ends the walk
+// with what was found: no hang, no panic, the primaries still usable.
+func TestMBRLogicalChainDefects(t *testing.T) {
+	img := mbrLogicalImage(t)
+	b, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first EBR sits at the extended partition's start (sector 10240); its
+	// second entry links to the next EBR, relative to that start.
+	ebr := b[10240*512 : 10241*512]
+	link := ebr[446+16 : 446+32]
+	for _, tc := range []struct {
+		name string
+		rel  uint32
+	}{{"loop", 0}, {"past the end", 1 << 30}} {
+		t.Run(tc.name, func(t *testing.T) {
+			binary.LittleEndian.PutUint32(link[8:], tc.rel)
+			d, err := Probe(bytes.NewReader(b), int64(len(b)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var nums []int
+			for _, p := range d.Partitions {
+				nums = append(nums, p.Number)
+			}
+			if fmt.Sprint(nums) != "[1 5]" {
+				t.Errorf("partitions %v, want [1 5]", nums)
+			}
+		})
 	}
 }
