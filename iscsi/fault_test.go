@@ -190,9 +190,13 @@ func TestFaultResetUnderLoad(t *testing.T) {
 	s := dial(t, cfg)
 	stop := make(chan struct{})
 	wait := runLoad(t, s.LUN(), 32, stop)
-	for i := 0; i < 8; i++ {
+	for i := uint64(1); i <= 8; i++ {
 		time.Sleep(150 * time.Millisecond)
 		p.CutAll()
+		// Cut the next connection only once this one is back: on a loaded
+		// machine a fixed cadence cut the same reconnect several times and
+		// fewer than four reconnects were counted.
+		waitReconnects(t, s, i)
 	}
 	time.Sleep(200 * time.Millisecond)
 	close(stop)
@@ -416,7 +420,16 @@ func TestCloseWhileReconnecting(t *testing.T) {
 	d.Stop()
 	done := make(chan error, 1)
 	go func() { _, err := s.LUN().ReadAt(make([]byte, 4096), 0); done <- err }()
-	time.Sleep(500 * time.Millisecond)
+	// Close only once the session is retrying: a fixed pause could end before
+	// the loss was noticed on a loaded machine, and then no reconnect was cut short.
+	deadline := time.Now().Add(10 * time.Second)
+	for s.State() != "reconnecting" {
+		if time.Now().After(deadline) {
+			t.Fatalf("state %s 10s after the target died, want reconnecting", s.State())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // a few dial attempts into the retry loop
 	start := time.Now()
 	s.Close()
 	if el := time.Since(start); el > 2*time.Second {

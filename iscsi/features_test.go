@@ -222,7 +222,13 @@ func TestTargetNOPIn(t *testing.T) {
 	cfg := testConfig(d)
 	cfg.NopInterval = time.Hour
 	s := dial(t, cfg)
-	time.Sleep(3500 * time.Millisecond)
+	// Wait for three pings rather than a fixed 3.5 s: tgtd drops a connection at
+	// its third ping if two went unanswered, and on a loaded machine its timer
+	// may fire late.
+	deadline := time.Now().Add(30 * time.Second)
+	for s.targetPings.Load() < 3 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
 	if _, err := s.LUN().ReadAt(make([]byte, 4096), 0); err != nil {
 		t.Fatal(err)
 	}
