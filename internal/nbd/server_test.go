@@ -270,6 +270,12 @@ func TestQueueDepthBoundsRequestsInFlight(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Wait until the queue is full (a fixed 200 ms was too short on a loaded
+	// machine), then give a request beyond the depth time to slip through.
+	deadline := time.Now().Add(10 * time.Second)
+	for dev.inside.Load() < 4 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
 	time.Sleep(200 * time.Millisecond)
 	if n := dev.inside.Load(); n != 4 {
 		t.Errorf("%d requests reached the device, want exactly the queue depth 4", n)
