@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -92,7 +93,7 @@ func TestRunRetryServeStop(t *testing.T) {
 	sigs := make(chan os.Signal, 1)
 	var inUse atomic.Bool
 	inUse.Store(true)
-	var logs strings.Builder
+	var logs syncLog
 	done := make(chan error, 1)
 	go func() {
 		done <- Run(context.Background(), cfg, Options{
@@ -101,7 +102,7 @@ func TestRunRetryServeStop(t *testing.T) {
 				gotCfg = c
 				return att, nil
 			},
-			Logf:           func(f string, a ...any) { fmt.Fprintf(&logs, f+"\n", a...) },
+			Logf:           logs.printf,
 			Report:         func(e Event) { events <- e },
 			StatusInterval: 20 * time.Millisecond,
 			MaxBackoff:     10 * time.Millisecond,
@@ -145,16 +146,19 @@ func TestRunRetryServeStop(t *testing.T) {
 			t.Errorf("%s = %q, want %q", k, m[k], want)
 		}
 	}
-	// A dead socket shows as reconnecting.
+	// A dead socket shows as reconnecting (at the next refresh: poll, a fixed
+	// 100 ms could end before it on a loaded machine).
 	att.live.Store(0)
-	time.Sleep(100 * time.Millisecond)
-	if s := readStatus(t, dir)["net.isboot.state"]; s != "reconnecting" {
+	if s := waitState(t, dir, "reconnecting"); s != "reconnecting" {
 		t.Errorf("state with no live socket = %q, want reconnecting", s)
 	}
 	att.live.Store(1)
 
 	sigs <- syscall.SIGTERM
-	time.Sleep(100 * time.Millisecond)
+	// Check only once the daemon has decided about this signal.
+	if !logs.waitFor("is still in use: serving on", 10*time.Second) {
+		t.Fatalf("no decision on SIGTERM while the device was in use; log:\n%s", logs.String())
+	}
 	if att.closed.Load() || !sess.loggedIn.Load() {
 		t.Fatal("stopped on SIGTERM while the device was in use")
 	}
@@ -204,4 +208,45 @@ func TestConfigStringHasNoSecrets(t *testing.T) {
 	if strings.Contains(s, secret) || !strings.Contains(s, "mutual CHAP") {
 		t.Errorf("Config.String() = %q", s)
 	}
+}
+
+// syncLog collects the daemon's log lines; the test reads them while it runs.
+type syncLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *syncLog) printf(f string, a ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	fmt.Fprintf(&l.b, f+"\n", a...)
+}
+
+func (l *syncLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// waitFor polls until the log holds s or d has passed.
+func (l *syncLog) waitFor(s string, d time.Duration) bool {
+	for deadline := time.Now().Add(d); !strings.Contains(l.String(), s); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
+}
+
+// waitState polls the status file until its state is want or 10 s have passed,
+// and returns the last state read.
+func waitState(t *testing.T, dir, want string) string {
+	t.Helper()
+	var s string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if s = readStatus(t, dir)["net.isboot.state"]; s == want {
+			break
+		}
+	}
+	return s
 }

@@ -13,10 +13,13 @@ import (
 // Against tgtd with CHAP: a login gives the session identity and negotiated keys for
 // the status file; an unknown target or a wrong secret is a permanent failure (the
 // boot stops at once), a closed port a transient one (the daemon retries).
+//
+// Ports are this package's slice of the shared ranges (see internal/testtarget):
+// TCP 13530-13539 and control port 60; 13390-13399 and 31 were internal/initproc's.
 func TestDialISCSI(t *testing.T) {
 	chap := testtarget.CHAP{User: "isboot-daemon", Secret: "daemon-secret-12"}
 	g := testtarget.StartTgtd(t, testtarget.TgtdOptions{
-		Port: testtarget.FreePort(t, 13390, 13394), ControlPort: 31, Size: 16 << 20, CHAP: chap})
+		Port: testtarget.FreePort(t, 13530, 13534), ControlPort: 60, Size: 16 << 20, CHAP: chap})
 	cfg := &Config{Portals: []string{g.Addr()}, Target: g.IQN, LUN: g.LUN, Initiator: "iqn.2026-01.org.isboot.test:daemon",
 		CHAPUser: chap.User, CHAPSecret: chap.Secret}
 	sess, err := DialISCSI(context.Background(), cfg, t.Logf)
@@ -56,7 +59,7 @@ func TestDialISCSI(t *testing.T) {
 	}
 
 	closed := *cfg
-	closed.Portals = []string{fmt.Sprintf("127.0.0.1:%d", testtarget.FreePort(t, 13395, 13399))}
+	closed.Portals = []string{fmt.Sprintf("127.0.0.1:%d", testtarget.FreePort(t, 13535, 13539))}
 	ctx, cancel := context.WithTimeout(context.Background(), 1500e6)
 	defer cancel()
 	_, err = DialISCSI(ctx, &closed, t.Logf)

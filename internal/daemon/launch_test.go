@@ -58,17 +58,21 @@ func testChild() int {
 		return 1
 	}
 	// Make the runtime start more threads, then look at all of them.
-	var wg sync.WaitGroup
+	// Wait until each holds its own thread: a fixed 50 ms could end before they
+	// all ran on a loaded machine, and then too few threads were counted.
+	var wg, locked sync.WaitGroup
 	stop := make(chan struct{})
 	for range 4 {
 		wg.Add(1)
+		locked.Add(1)
 		go func() {
 			defer wg.Done()
 			runtime.LockOSThread()
+			locked.Done()
 			<-stop
 		}()
 	}
-	time.Sleep(50 * time.Millisecond)
+	locked.Wait()
 	flags, err := threadFlags()
 	close(stop)
 	wg.Wait()
