@@ -33,7 +33,7 @@ func BenchmarkGatewayVsQemuNBD(b *testing.B) {
 		b.Fatal(err)
 	}
 	f.Close()
-	d := testtarget.StartTgtd(b, testtarget.TgtdOptions{Port: testtarget.FreePort(b, 13400, 13449),
+	d := testtarget.StartTgtd(b, testtarget.TgtdOptions{Port: testtarget.FreePort(b, portLo, portHi),
 		ControlPort: ctlBench, Backing: f.Name()})
 	lunURL := fmt.Sprintf("iscsi://%s/%s/1", d.Addr(), d.IQN)
 

@@ -126,7 +126,12 @@ func TestServeFileRoundTrip(t *testing.T) {
 	}
 }
 
-// tgtd control ports of this package's tests (the nbd helper's range is 40-49).
+// This package's slice of the shared ranges (see internal/testtarget): tgtd TCP
+// ports 13500-13529 (13400-13449 are internal/nbd's VM test's, which runs at the
+// same time: tgtd keeps running when its port is taken, so a shared range let a
+// test log in to the other package's target), and these control ports.
+const portLo, portHi = 13500, 13529
+
 const (
 	ctlGateway     = 40
 	ctlGatewayCHAP = 41
@@ -158,7 +163,7 @@ func mustRun(t testing.TB, name string, args ...string) string {
 func TestServeGatewayTgtd(t *testing.T) {
 	testenv.Require(t, "integration test", "nbdcopy", "nbdinfo", "qemu-img", "tgtd")
 	const size = 32 << 20
-	d := testtarget.StartTgtd(t, testtarget.TgtdOptions{Port: testtarget.FreePort(t, 13400, 13449),
+	d := testtarget.StartTgtd(t, testtarget.TgtdOptions{Port: testtarget.FreePort(t, portLo, portHi),
 		ControlPort: ctlGateway, Size: size,
 		Params: [][2]string{{"HeaderDigest", "CRC32C"}, {"DataDigest", "CRC32C"}}})
 	sock := startServe(t, "--portal", d.Addr(), "--target", d.IQN, "--lun", "1",
@@ -193,7 +198,7 @@ func TestServeGatewayTgtd(t *testing.T) {
 func TestServeGatewayCHAP(t *testing.T) {
 	testenv.Require(t, "integration test", "nbdcopy", "tgtd")
 	const size = 8 << 20
-	d := testtarget.StartTgtd(t, testtarget.TgtdOptions{Port: testtarget.FreePort(t, 13400, 13449),
+	d := testtarget.StartTgtd(t, testtarget.TgtdOptions{Port: testtarget.FreePort(t, portLo, portHi),
 		ControlPort: ctlGatewayCHAP, Size: size,
 		CHAP:       testtarget.CHAP{User: "isboot-user", Secret: "initiator-secret-1"},
 		MutualCHAP: testtarget.CHAP{User: "tgt-user", Secret: "target-secret-22"}})
@@ -216,7 +221,7 @@ func TestServeGatewayCHAP(t *testing.T) {
 func TestServeFromIBFT(t *testing.T) {
 	testenv.Require(t, "integration test", "nbdinfo", "tgtd")
 	const size = 16 << 20
-	d := testtarget.StartTgtd(t, testtarget.TgtdOptions{Port: testtarget.FreePort(t, 13400, 13449),
+	d := testtarget.StartTgtd(t, testtarget.TgtdOptions{Port: testtarget.FreePort(t, portLo, portHi),
 		ControlPort: ctlIBFT, Size: size,
 		CHAP: testtarget.CHAP{User: "ibft-user", Secret: "ibft-secret-123"}})
 	_, portStr, _ := strings.Cut(d.Addr(), ":")

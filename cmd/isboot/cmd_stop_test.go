@@ -1,7 +1,9 @@
 package main
 
 import (
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -9,21 +11,30 @@ import (
 	"github.com/isboot/isboot/internal/status"
 )
 
-// startFakeDaemon runs script under sh with argv[0] "@isboot", as the daemon runs.
+// startFakeDaemon runs script under sh with argv[0] "@isboot", as the daemon runs,
+// and returns once the script has touched $READY (after its traps are set: a
+// fixed pause could end before them on a loaded machine).
 func startFakeDaemon(t *testing.T, script string) *exec.Cmd {
 	t.Helper()
 	sh, err := exec.LookPath("sh")
 	if err != nil {
 		t.Skip("no sh")
 	}
-	cmd := &exec.Cmd{Path: sh, Args: []string{"@isboot", "-c", script}}
+	ready := filepath.Join(t.TempDir(), "ready")
+	cmd := &exec.Cmd{Path: sh, Args: []string{"@isboot", "-c", script}, Env: append(os.Environ(), "READY="+ready)}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	go cmd.Wait() // reap it as soon as it exits
-	time.Sleep(100 * time.Millisecond)
-	return cmd
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(ready); err == nil {
+			return cmd
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the fake daemon did not start")
+		}
+	}
 }
 
 func writeStatus(t *testing.T, pid int) string {
@@ -41,13 +52,13 @@ func writeStatus(t *testing.T, pid int) string {
 }
 
 func TestStop(t *testing.T) {
-	d := startFakeDaemon(t, "sleep 30; true") // "; true": no exec of sleep in place of sh
+	d := startFakeDaemon(t, ": >$READY; sleep 30; true") // "; true": no exec of sleep in place of sh
 	out, code := runSelf(t, "stop", "--file", writeStatus(t, d.Process.Pid), "--timeout", "5s")
 	if code != 0 || !strings.Contains(out, "stopped: /dev/nbd3") {
 		t.Errorf("exit %d: %s", code, out)
 	}
 	// A daemon that keeps serving (device in use) is reported, not killed.
-	d = startFakeDaemon(t, "trap '' TERM; sleep 30 & wait; sleep 30")
+	d = startFakeDaemon(t, "trap '' TERM; : >$READY; sleep 30 & wait; sleep 30")
 	out, code = runSelf(t, "stop", "--file", writeStatus(t, d.Process.Pid), "--timeout", "500ms")
 	if code != 1 || !strings.Contains(out, "still serving /dev/nbd3") {
 		t.Errorf("exit %d: %s", code, out)
