@@ -145,14 +145,14 @@ func TestVMInjectedACPI(t *testing.T) {
 func TestVMiPXEBIOS(t *testing.T) {
 	vm.Require(t)
 	t.Parallel()
-	checkIPXE(t, vm.BIOS, "ipxe-bios.bin", 13450, 50, "mem:0x", 180*time.Second)
+	checkIPXE(t, vm.BIOS, "ipxe-bios.bin", 13540, 61, "mem:0x", 180*time.Second)
 }
 
 // TestVMiPXEUEFI: under OVMF, iPXE installs the table in ACPI, where isboot finds it.
 func TestVMiPXEUEFI(t *testing.T) {
 	vm.Require(t)
 	t.Parallel()
-	checkIPXE(t, vm.UEFI, "ipxe-uefi.bin", 13455, 51, "acpi:/sys/firmware/acpi/tables/iBFT", 240*time.Second)
+	checkIPXE(t, vm.UEFI, "ipxe-uefi.bin", 13545, 62, "acpi:/sys/firmware/acpi/tables/iBFT", 240*time.Second)
 }
 
 // checkIPXE boots a guest set up as the one that captured testdata/ibft/<fixture>

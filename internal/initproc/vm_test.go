@@ -115,7 +115,9 @@ func TestBootRescueWhenTargetMissing(t *testing.T) {
 	t.Parallel()
 	_, initrd := image(t)
 	k := vm.DebianKernel(t)
-	closed := testtarget.FreePort(t, portLo, portHi) // nothing listens there
+	// Nothing listens there: 13390-13399 is the slice no test here starts a target
+	// in (a port from portLo up could be taken by a parallel boot's tgtd).
+	closed := testtarget.FreePort(t, 13390, portHi)
 	const secret = "never-in-the-console-1"
 	tab := directTable("iqn.2026-01.org.isboot.test:missing", closed, "isboot-user", secret)
 	v := vm.Start(t, vm.Config{

@@ -1,5 +1,20 @@
 // Package testtarget starts real iSCSI targets (tgtd, istgt, gotgt) on loopback for tests.
 // Every process it starts is killed in t.Cleanup, also when the test fails.
+//
+// go test runs packages in parallel and FreePort only probes, so each package
+// picks ports from its own slice. A tgtd whose port is taken keeps running
+// without it, and the test would then talk to another package's target.
+//
+//	TCP ports    control ports  package
+//	13260-13284  10-18          iscsi
+//	13285-13299  19             internal/testtarget
+//	13300-13349  20-29          internal/vm
+//	13350-13399  30-39          internal/initproc
+//	13400-13449  43             internal/nbd
+//	13450-13499  50-59          internal/resilience
+//	13500-13529  40-42, 44      cmd/isboot
+//	13530-13539  60             internal/daemon
+//	13540-13549  61-62          ibft
 package testtarget
 
 import (
