@@ -363,8 +363,10 @@ func TestAbortEscalation(t *testing.T) {
 		{"nothing answers", nil, []byte{tmfAbortTask, tmfLogicalReset}, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			// NopTimeout bounds the wait for each TMF answer; 50 ms was less than
+			// a loaded machine may take to schedule the answering goroutine.
 			cfg, _ := (&Config{Portals: []string{"x:1"}, TargetName: "t", QueueDepth: 2,
-				NopTimeout: 50 * time.Millisecond}).withDefaults()
+				NopTimeout: time.Second}).withDefaults()
 			s := newSession(cfg)
 			nc, peer := net.Pipe()
 			defer peer.Close()
@@ -373,29 +375,42 @@ func TestAbortEscalation(t *testing.T) {
 			tk.prepare(cdbRW(true, false, 0, 1), false, make([]byte, 512))
 			s.register(tk)
 			tk.gen = 1
-			done := make(chan struct{})
+			// The stand-in target answers until abort has returned, then takes
+			// what abort left queued (it only sends on the buffered ctrl).
+			stop, done := make(chan struct{}), make(chan struct{})
 			var fns []byte
 			requeued := false
+			handle := func(q ctrlReq) {
+				switch q.kind {
+				case ctrlTMF:
+					fns = append(fns, q.fn)
+					if r, ok := c.answers[q.fn]; ok {
+						fc.tmfResp <- r
+					}
+				case ctrlRequeue:
+					requeued = q.t == tk
+				}
+			}
 			go func() {
 				defer close(done)
 				for {
 					select {
 					case q := <-fc.ctrl:
-						switch q.kind {
-						case ctrlTMF:
-							fns = append(fns, q.fn)
-							if r, ok := c.answers[q.fn]; ok {
-								fc.tmfResp <- r
+						handle(q)
+					case <-stop:
+						for {
+							select {
+							case q := <-fc.ctrl:
+								handle(q)
+							default:
+								return
 							}
-						case ctrlRequeue:
-							requeued = q.t == tk
 						}
-					case <-time.After(300 * time.Millisecond):
-						return
 					}
 				}
 			}()
 			s.abort(fc, taskRef{tk, tk.seq})
+			close(stop)
 			<-done
 			if !bytes.Equal(fns, c.wantFns) || requeued == c.dropped || fc.isDead() != c.dropped {
 				t.Fatalf("TMFs %v, requeued %v, dropped %v", fns, requeued, fc.isDead())
