@@ -512,6 +512,13 @@ func (s *Session) run() {
 		s.setState("reconnecting")
 		s.reconnects.Add(1)
 		if err := s.connect(ctx, false, &rs); err != nil {
+			select {
+			case <-s.closing:
+				// Close cancelled the reconnect: it fails what waits with
+				// ErrClosed, not with the cancelled dial's error.
+				return
+			default:
+			}
 			s.failAll(err)
 			return
 		}
