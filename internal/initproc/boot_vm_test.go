@@ -20,6 +20,7 @@ import (
 // and thread flags, proves the root is writable through the LUN, and powers off.
 const realInit = `#!/bin/sh
 echo "ISBOOT-ROOT-UP pid=$$"
+echo "ISBOOT-INIT-ARGS [$*]"
 echo ISBOOT-STATUS-BEGIN
 cat /run/isboot/status
 echo ISBOOT-STATUS-END
@@ -52,6 +53,7 @@ type scenario struct {
 	disk      rootimg.Options
 	wantRoot  string // the device root must be mounted from, e.g. /dev/nbd0p2
 	wantMount string // the mount line, when the test is about it
+	initArgs  string // the real init's arguments, space-separated ("": not checked)
 	wantFail  string // regexp of the one failure line; "" expects the real root
 }
 
@@ -74,8 +76,11 @@ func TestBootScenarios(t *testing.T) {
 		{name: "direct-root-partuuid", firmware: vm.Direct, nic: "e1000", cmdline: "root=PARTUUID=" + rootPartUUID,
 			disk: rootimg.Options{PartUUID: rootPartUUID, ESP: true}, wantRoot: "/dev/nbd0p2"},
 		{name: "direct-root-path-flags", firmware: vm.Direct, nic: "e1000",
-			cmdline: "root=/dev/nbd0p2 rootfstype=ext4 rootflags=noatime rw", disk: rootimg.Options{ESP: true},
-			wantRoot: "/dev/nbd0p2", wantMount: "mount -t ext4 /dev/nbd0p2 /newroot -o noatime"},
+			cmdline: "root=/dev/nbd0p2 rootfstype=ext4 rootflags=noatime rw single -- one two", disk: rootimg.Options{ESP: true},
+			wantRoot: "/dev/nbd0p2", wantMount: "mount -t ext4 /dev/nbd0p2 /newroot -o noatime",
+			// The kernel hands /init bare words and what follows "--" (the VM harness
+			// appends no_timer_check); the real init must get them all, in order.
+			initArgs: "single one two no_timer_check"},
 		{name: "bios-sanhook-gotgt", firmware: vm.BIOS, nic: "virtio-net-pci", gotgt: true,
 			disk: rootimg.Options{}, wantRoot: "/dev/nbd0p1"},
 		{name: "uefi-ipxe-tgtd-chap", firmware: vm.UEFI, nic: "e1000", chap: chap,
@@ -198,6 +203,9 @@ func runScenario(t testing.TB, slot int, sc scenario) string {
 	}
 	if sc.wantMount != "" && !regexp.MustCompile(`isboot: `+regexp.QuoteMeta(sc.wantMount)+`\r?\n`).MatchString(con) {
 		t.Errorf("no %q on the console", sc.wantMount)
+	}
+	if want := "ISBOOT-INIT-ARGS [" + sc.initArgs + "]"; sc.initArgs != "" && !strings.Contains(con, want) {
+		t.Errorf("the real init's arguments: no %q on the console", want)
 	}
 	if !strings.Contains(con, "ISBOOT-MARKER none") || strings.Contains(con, "ISBOOT-ERROR") {
 		t.Errorf("the real root could not write through the LUN")

@@ -16,7 +16,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/u-root/u-root/pkg/mount"
 	"golang.org/x/sys/unix"
 
 	"github.com/isboot/isboot/ibft"
@@ -381,7 +380,8 @@ func waitDevice(whole *os.File, p string) error {
 		return nil
 	}
 	_ = unix.IoctlSetInt(int(whole.Fd()), unix.BLKRRPART, 0)
-	return waitPath(p, 10*time.Second)
+	// Generous: the rescan reads through the target, which may be slow or busy.
+	return waitPath(p, 30*time.Second)
 }
 
 func waitPath(p string, d time.Duration) error {
@@ -420,12 +420,10 @@ func (b *boot) switchRoot() error {
 	if err := checkInit(newRoot, init); err != nil {
 		return err
 	}
-	if len(b.cmd.InitArgs) > 0 {
-		b.log.Warnf("arguments after -- are not passed to %s", init)
-	}
 	b.log.Infof("switching to the real root, exec %s (%.2f s after /init)", init, time.Since(b.start).Seconds())
-	// Nothing left to wait for: the daemon carries on alone.
-	return mount.SwitchRoot(newRoot, init)
+	// Nothing left to wait for: the daemon carries on alone. init gets what the
+	// kernel passed to us: bare words ("single") and everything after "--".
+	return switchRoot(newRoot, init, os.Args[1:])
 }
 
 // checkInit makes sure init exists in the new root before the initramfs (and with it
