@@ -17,6 +17,7 @@ import (
 	"github.com/isboot/isboot/ibft"
 	"github.com/isboot/isboot/internal/testtarget"
 	"github.com/isboot/isboot/internal/vm"
+	"github.com/isboot/isboot/internal/vm/guest"
 )
 
 // VM tier: a guest whose /init runs `isboot ibft --json` (testdata/vmguest) must
@@ -55,6 +56,9 @@ func bootAndRead(t *testing.T, cfg vm.Config, sources []string, timeout time.Dur
 		t.Fatal(err)
 	}
 	v.Wait(ctx, 30*time.Second)
+	if m := regexp.MustCompile(guest.ErrorPrefix + `.*`).FindString(v.Console()); m != "" {
+		t.Errorf("the guest failed a step: %s", m)
+	}
 	report, err := v.Report()
 	if err != nil {
 		t.Fatal(err)

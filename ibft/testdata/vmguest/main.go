@@ -12,29 +12,15 @@ import (
 	"os/exec"
 	"strings"
 
-	"golang.org/x/sys/unix"
+	"github.com/isboot/isboot/internal/vm/guest"
 )
 
 func main() {
-	for _, m := range []struct{ src, dst, fs string }{
-		{"proc", "/proc", "proc"}, {"sysfs", "/sys", "sysfs"}, {"devtmpfs", "/dev", "devtmpfs"},
-	} {
-		os.MkdirAll(m.dst, 0o755)
-		if err := unix.Mount(m.src, m.dst, m.fs, 0, ""); err != nil {
-			fmt.Printf("IBFT-GUEST-ERROR mount %s: %v\n", m.dst, err)
-		}
-	}
-	report, err := os.OpenFile("/dev/ttyS1", os.O_WRONLY|unix.O_NOCTTY, 0)
-	if err != nil {
-		fmt.Printf("IBFT-GUEST-ERROR report channel: %v\n", err)
-		report = os.Stdout
-	}
+	guest.MountKernelFS()
+	report := guest.Report()
 	sources := []string{"auto"}
-	cmdline, _ := os.ReadFile("/proc/cmdline")
-	for _, f := range strings.Fields(string(cmdline)) {
-		if v, ok := strings.CutPrefix(f, "vmguest.sources="); ok {
-			sources = strings.Split(v, ",")
-		}
+	if v := guest.Arg("vmguest.sources"); v != "" {
+		sources = strings.Split(v, ",")
 	}
 	for _, src := range sources {
 		var out bytes.Buffer
@@ -51,7 +37,5 @@ func main() {
 	}
 	report.Sync()
 	fmt.Printf("IBFT-GUEST-DONE\n")
-	unix.Sync()
-	unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
-	select {}
+	guest.PowerOff()
 }
