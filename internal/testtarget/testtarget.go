@@ -1,13 +1,14 @@
 // Package testtarget starts real iSCSI targets (tgtd, istgt, gotgt) on loopback for tests.
 // Every process it starts is killed in t.Cleanup, also when the test fails.
 //
-// go test runs packages in parallel and FreePort only probes, so each package
-// picks ports from its own slice. A tgtd whose port is taken keeps running
-// without it, and the test would then talk to another package's target.
+// go test runs packages in parallel and FreePort only probes (and remembers what it
+// handed out in this process), so each package picks ports from its own slice. A
+// tgtd whose port is taken keeps running without it; StartTgtd then fails rather
+// than let the test talk to another package's target.
 //
 //	TCP ports    control ports  package
 //	13260-13284  10-18          iscsi
-//	13285-13299  19             internal/testtarget
+//	13285-13299  19             internal/testtarget (and 13590-13591)
 //	13300-13349  20-29          internal/vm
 //	13350-13399  30-39          internal/initproc
 //	13400-13449  43             internal/nbd
@@ -24,6 +25,7 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -79,15 +81,34 @@ func waitClosed(addr string, d time.Duration) {
 	}
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that nothing listens on, from [lo, hi].
+// handedOut holds the ports FreePort has given to tests still running: parallel
+// tests in one package would otherwise both see a port free before either binds it.
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
+
+// FreePort returns a TCP port on 127.0.0.1 that nothing listens on, from [lo, hi],
+// and that no other test of this process holds until t ends.
 func FreePort(t testing.TB, lo, hi int) int {
 	t.Helper()
+	handedOut.Lock()
+	defer handedOut.Unlock()
 	for p := lo; p <= hi; p++ {
+		if handedOut.ports[p] {
+			continue
+		}
 		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
 		if err != nil {
 			continue
 		}
 		l.Close()
+		handedOut.ports[p] = true
+		t.Cleanup(func() {
+			handedOut.Lock()
+			delete(handedOut.ports, p)
+			handedOut.Unlock()
+		})
 		return p
 	}
 	t.Fatalf("testtarget: no free port in %d-%d", lo, hi)

@@ -58,3 +58,18 @@ func TestGotgtServesLUN(t *testing.T) {
 		t.Fatalf("iscsi-inq: %v\n%s", err, out)
 	}
 }
+
+// Parallel tests asking for a port before either binds it get different ones, and a
+// port comes back once its test ends.
+func TestFreePortHandsOutOnce(t *testing.T) {
+	var first int
+	t.Run("holder", func(t *testing.T) {
+		first = FreePort(t, 13590, 13591)
+		if second := FreePort(t, 13590, 13591); second == first {
+			t.Fatalf("port %d handed out twice", first)
+		}
+	})
+	if again := FreePort(t, 13590, 13591); again != first {
+		t.Errorf("got %d after the holder ended, want %d back", again, first)
+	}
+}

@@ -1,6 +1,7 @@
 package testtarget
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -102,6 +103,12 @@ func (d *Tgtd) start() error {
 	case <-exited:
 		return fmt.Errorf("tgtd exited at start (control port %d in use?)\n%s", d.opts.ControlPort, logTail(d.log))
 	case <-time.After(100 * time.Millisecond):
+	}
+	// tgtd goes on running when its portal is taken, and a connection check would
+	// then reach whoever holds the port (maybe another test's tgtd, same target name).
+	if b, _ := os.ReadFile(d.log); bytes.Contains(b, []byte("failed to create/bind to portal")) {
+		d.kill()
+		return fmt.Errorf("port %d is taken by someone else\n%s", d.opts.Port, logTail(d.log))
 	}
 	if err := d.configure(); err != nil {
 		d.kill()
