@@ -21,7 +21,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/gostor/gotgt/pkg/config"
@@ -30,6 +29,7 @@ import (
 	_ "github.com/gostor/gotgt/pkg/scsi/backingstore" // registers the "file" store
 	"github.com/sirupsen/logrus"
 
+	"github.com/isboot/isboot/internal/childproc"
 	"github.com/isboot/isboot/internal/rootimg"
 )
 
@@ -212,8 +212,12 @@ func qemu(tftp string) (string, error) {
 	cmd.Stdin = os.Stdin
 	cmd.Stdout = io.MultiWriter(os.Stdout, &out)
 	cmd.Stderr = os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	err := cmd.Run()
+	// Dies with the demo, and only then (see internal/childproc).
+	child, err := childproc.Start(cmd)
+	if err == nil {
+		<-child.Done()
+		err = child.Err()
+	}
 	if ctx.Err() != nil {
 		return out.String(), errors.New("QEMU did not power off within 4 minutes")
 	}

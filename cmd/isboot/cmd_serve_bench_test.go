@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/isboot/isboot/internal/childproc"
 	"github.com/isboot/isboot/internal/testenv"
 	"github.com/isboot/isboot/internal/testtarget"
 )
@@ -75,12 +76,13 @@ func startQemuNBD(b *testing.B, lunURL string) string {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
+	child, err := childproc.Start(cmd)
+	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() {
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		cmd.Wait()
+		<-child.Done()
 	})
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		if _, err := os.Stat(sock); err == nil {

@@ -23,11 +23,12 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/isboot/isboot/internal/childproc"
 )
 
 // Target is what every launcher returns: where to connect and what to log in to.
@@ -137,25 +138,12 @@ func sparseFile(path string, size int64) error {
 	return f.Truncate(size)
 }
 
-// startReaped starts cmd (which has Pdeathsig set) from a goroutine locked to its OS
-// thread until the child exits: Pdeathsig fires when the starting thread ends, not
-// the process, and the Go runtime ends threads whose locked goroutine exits. The
-// returned channel closes once the child is reaped.
+// startReaped starts cmd so that it dies with the test binary and never earlier
+// (internal/childproc says why that needs care); the channel closes once it is reaped.
 func startReaped(cmd *exec.Cmd) (<-chan struct{}, error) {
-	exited := make(chan struct{})
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			runtime.UnlockOSThread()
-			return
-		}
-		started <- nil
-		cmd.Wait()
-		close(exited)
-		// Exiting without unlocking retires the thread, which is right: the child
-		// it guarded is gone.
-	}()
-	return exited, <-started
+	c, err := childproc.Start(cmd)
+	if err != nil {
+		return nil, err
+	}
+	return c.Done(), nil
 }

@@ -71,6 +71,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/isboot/isboot/internal/childproc"
 )
 
 // Firmware selects how the guest boots.
@@ -221,15 +223,18 @@ func start(t testing.TB, cfg Config) (*VM, error) {
 	v.cmd.Stdout = v.con
 	v.cmd.Stderr = &v.stderr
 	// Own process group, so the kill reaches anything QEMU spawns; and die
-	// with the test binary even if it is killed before t.Cleanup runs.
+	// with the test binary even if it is killed before t.Cleanup runs (childproc
+	// starts it so that this happens then and only then).
 	v.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	t.Logf("vm %s: %s %s", cfg.Firmware, QEMU, strings.Join(args, " "))
 	v.started = time.Now()
-	if err := v.cmd.Start(); err != nil {
+	child, err := childproc.Start(v.cmd)
+	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", QEMU, err)
 	}
 	go func() {
-		err := v.cmd.Wait()
+		<-child.Done()
+		err := child.Err()
 		if s := strings.TrimSpace(v.stderr.String()); s != "" {
 			err = fmt.Errorf("%v: %s", err, lastLine(s))
 		}
