@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/isboot/isboot/internal/childproc"
 	"github.com/isboot/isboot/internal/testenv"
 )
 
@@ -73,14 +74,14 @@ func StartIstgt(t testing.TB, opts IstgtOptions) *Istgt {
 	cmd := exec.Command("istgt", "-D", "-q", "-c", conf, "-p", filepath.Join(dir, "istgt.pid"))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	exited, err := startReaped(cmd)
+	child, err := childproc.Start(cmd)
 	if err != nil {
 		t.Fatalf("testtarget: start istgt: %v", err)
 	}
 	t.Cleanup(func() {
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGCONT)
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-exited
+		<-child.Done()
 	})
 	if err := waitListening(s.Addr(), 10*time.Second); err != nil {
 		t.Fatalf("testtarget: istgt: %v\n%s", err, s.Log())

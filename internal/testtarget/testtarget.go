@@ -22,13 +22,10 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/isboot/isboot/internal/childproc"
 )
 
 // Target is what every launcher returns: where to connect and what to log in to.
@@ -136,14 +133,4 @@ func sparseFile(path string, size int64) error {
 	}
 	defer f.Close()
 	return f.Truncate(size)
-}
-
-// startReaped starts cmd so that it dies with the test binary and never earlier
-// (internal/childproc says why that needs care); the channel closes once it is reaped.
-func startReaped(cmd *exec.Cmd) (<-chan struct{}, error) {
-	c, err := childproc.Start(cmd)
-	if err != nil {
-		return nil, err
-	}
-	return c.Done(), nil
 }

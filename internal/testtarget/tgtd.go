@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/isboot/isboot/internal/childproc"
 	"github.com/isboot/isboot/internal/testenv"
 )
 
@@ -90,17 +91,17 @@ func (d *Tgtd) start() error {
 		"--iscsi", fmt.Sprintf("portal=127.0.0.1:%d", d.opts.Port))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	exited, err := startReaped(cmd)
+	child, err := childproc.Start(cmd)
 	if err != nil {
 		return err
 	}
 	d.mu.Lock()
-	d.cmd, d.exited = cmd, exited
+	d.cmd, d.exited = cmd, child.Done()
 	d.mu.Unlock()
 	// Another tgtd on the same control port makes this one exit at once, and tgtadm
 	// would then configure the wrong daemon: check ours is still alive first.
 	select {
-	case <-exited:
+	case <-child.Done():
 		return fmt.Errorf("tgtd exited at start (control port %d in use?)\n%s", d.opts.ControlPort, logTail(d.log))
 	case <-time.After(100 * time.Millisecond):
 	}
