@@ -15,9 +15,9 @@ import (
 	"time"
 
 	"github.com/isboot/isboot/ibft"
-	"github.com/isboot/isboot/internal/testtarget"
-	"github.com/isboot/isboot/internal/vm"
-	"github.com/isboot/isboot/internal/vm/guest"
+	"github.com/isboot/isboot/internal/testkit/testtarget"
+	"github.com/isboot/isboot/internal/testkit/vm"
+	"github.com/isboot/isboot/internal/testkit/vm/guest"
 )
 
 // VM tier: a guest whose /init runs `isboot ibft --json` (testdata/vmguest) must

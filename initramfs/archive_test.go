@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/isboot/isboot/internal/testenv"
+	"github.com/isboot/isboot/internal/testkit/testenv"
 	"github.com/u-root/u-root/pkg/cpio"
 )
 

@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/isboot/isboot/internal/testenv"
-	"github.com/isboot/isboot/internal/testtarget"
+	"github.com/isboot/isboot/internal/testkit/testenv"
+	"github.com/isboot/isboot/internal/testkit/testtarget"
 )
 
 // Benchmarks against tgtd with a 1 GiB LUN on tmpfs, next to libiscsi's iscsi-perf

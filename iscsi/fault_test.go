@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/isboot/isboot/internal/testtarget"
+	"github.com/isboot/isboot/internal/testkit/testtarget"
 )
 
 // loadResult is what a writer wrote, to check after the faults.

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/isboot/isboot/internal/testtarget"
+	"github.com/isboot/isboot/internal/testkit/testtarget"
 )
 
 func paramMap(s *Session) map[string]string {

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
-
-	"github.com/isboot/isboot/internal/blockdev"
+	"syscall"
 )
 
-// LUN is the block device behind a session. It implements blockdev.Device.
+// LUN is the block device behind a session. It satisfies the NBD exporter's
+// block-device contract structurally: ReadAt, WriteAt, WriteAtFUA, Flush, Unmap,
+// WriteZeroes, Size, BlockSize, ReadOnly, with ErrReadOnly and ErrOutOfRange wrapping
+// syscall.EROFS and syscall.ERANGE as that contract asks.
 // Offsets and lengths must be multiples of BlockSize.
 type LUN struct {
 	s         *Session
@@ -23,7 +25,11 @@ type LUN struct {
 	zero      []byte
 }
 
-var _ blockdev.Device = (*LUN)(nil)
+// The LUN's refusals, recognisable by errors.Is against these or the errno they wrap.
+var (
+	ErrReadOnly   = fmt.Errorf("iscsi: LUN is read-only: %w", syscall.EROFS)
+	ErrOutOfRange = fmt.Errorf("iscsi: offset past the end of the LUN: %w", syscall.ERANGE)
+)
 
 // openLUN reads capacity, limits and write protection through the normal path.
 func (s *Session) openLUN() (*LUN, error) {
@@ -83,7 +89,7 @@ func (l *LUN) check(n int, off int64) (uint64, error) {
 		return 0, fmt.Errorf("iscsi: I/O at %d length %d not aligned to %d-byte blocks", off, n, bs)
 	}
 	if off < 0 || off+int64(n) > l.Size() {
-		return 0, blockdev.ErrOutOfRange
+		return 0, ErrOutOfRange
 	}
 	return uint64(off / bs), nil
 }
@@ -97,7 +103,7 @@ func (l *LUN) WriteAtFUA(p []byte, off int64) (int, error) { return l.transfer(p
 // transfer runs READ or WRITE commands over p, one per maximum transfer length.
 func (l *LUN) transfer(p []byte, off int64, write, fua bool) (int, error) {
 	if write && l.readOnly {
-		return 0, blockdev.ErrReadOnly
+		return 0, ErrReadOnly
 	}
 	lba, err := l.check(len(p), off)
 	if err != nil {
@@ -133,7 +139,7 @@ func (l *LUN) Flush() error {
 // Unmap discards the range when the LUN supports UNMAP; it is only a hint otherwise.
 func (l *LUN) Unmap(off, length int64) error {
 	if l.readOnly {
-		return blockdev.ErrReadOnly
+		return ErrReadOnly
 	}
 	lba, err := l.check(int(length), off)
 	if err != nil || !l.unmap {
@@ -159,7 +165,7 @@ func (l *LUN) Unmap(off, length int64) error {
 // WriteZeroes uses WRITE SAME(16) with a zero block, falling back to plain writes.
 func (l *LUN) WriteZeroes(off, length int64) error {
 	if l.readOnly {
-		return blockdev.ErrReadOnly
+		return ErrReadOnly
 	}
 	lba, err := l.check(int(length), off)
 	if err != nil {

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/isboot/isboot/internal/testtarget"
+	"github.com/isboot/isboot/internal/testkit/testtarget"
 )
 
 // Ports for this package's tests (iscsi helper range): TCP 13260-13284, tgtd

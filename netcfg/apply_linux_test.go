@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/isboot/isboot/ibft"
-	"github.com/isboot/isboot/internal/testenv"
+	"github.com/isboot/isboot/internal/testkit/testenv"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"

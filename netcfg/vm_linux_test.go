@@ -19,8 +19,8 @@ import (
 
 	"github.com/isboot/isboot/ibft"
 	"github.com/isboot/isboot/initramfs"
-	"github.com/isboot/isboot/internal/testenv"
-	"github.com/isboot/isboot/internal/vm"
+	"github.com/isboot/isboot/internal/testkit/testenv"
+	"github.com/isboot/isboot/internal/testkit/vm"
 	"github.com/vishvananda/netlink"
 )
 

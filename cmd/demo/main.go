@@ -29,8 +29,8 @@ import (
 	_ "github.com/gostor/gotgt/pkg/scsi/backingstore" // registers the "file" store
 	"github.com/sirupsen/logrus"
 
-	"github.com/isboot/isboot/internal/childproc"
-	"github.com/isboot/isboot/internal/rootimg"
+	"github.com/isboot/isboot/internal/testkit/childproc"
+	"github.com/isboot/isboot/internal/testkit/rootimg"
 )
 
 const (
@@ -212,7 +212,7 @@ func qemu(tftp string) (string, error) {
 	cmd.Stdin = os.Stdin
 	cmd.Stdout = io.MultiWriter(os.Stdout, &out)
 	cmd.Stderr = os.Stderr
-	// Dies with the demo, and only then (see internal/childproc).
+	// Dies with the demo, and only then (see internal/testkit/childproc).
 	child, err := childproc.Start(cmd)
 	if err == nil {
 		<-child.Done()

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/isboot/isboot/internal/testenv"
+	"github.com/isboot/isboot/internal/testkit/testenv"
 	"github.com/vishvananda/netns"
 )
 

@@ -13,9 +13,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/isboot/isboot/internal/childproc"
-	"github.com/isboot/isboot/internal/testenv"
-	"github.com/isboot/isboot/internal/testtarget"
+	"github.com/isboot/isboot/internal/testkit/childproc"
+	"github.com/isboot/isboot/internal/testkit/testenv"
+	"github.com/isboot/isboot/internal/testkit/testtarget"
 )
 
 // BenchmarkGatewayVsQemuNBD serves one tgtd LUN (1 GiB on tmpfs) through our gateway and

@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/isboot/isboot/ibft"
-	"github.com/isboot/isboot/internal/testenv"
-	"github.com/isboot/isboot/internal/testtarget"
+	"github.com/isboot/isboot/internal/testkit/testenv"
+	"github.com/isboot/isboot/internal/testkit/testtarget"
 )
 
 func TestServeFlags(t *testing.T) {
@@ -126,7 +126,7 @@ func TestServeFileRoundTrip(t *testing.T) {
 	}
 }
 
-// This package's slice of the shared ranges (see internal/testtarget): tgtd TCP
+// This package's slice of the shared ranges (see internal/testkit/testtarget): tgtd TCP
 // ports 13500-13529 (13400-13449 are internal/nbd's VM test's, which runs at the
 // same time: tgtd keeps running when its port is taken, so a shared range let a
 // test log in to the other package's target), and these control ports.

@@ -2,7 +2,11 @@
 // in-memory disk in tests) and what exports it (the NBD server).
 package blockdev
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+	"syscall"
+)
 
 // Device is a random-access block device. Offsets and lengths passed to it are already
 // bounds-checked by the caller but need not be block aligned for ReadAt/WriteAt on
@@ -24,8 +28,17 @@ type Device interface {
 	ReadOnly() bool
 }
 
-// ErrReadOnly is returned by writes to a read-only device.
-var ErrReadOnly = errors.New("blockdev: device is read-only")
+// Devices report the two refusals an exporter must tell apart from an I/O error with
+// errors that wrap an errno, so that a backend (the iscsi package) can satisfy this
+// contract structurally without importing it: errors.Is(err, syscall.EROFS) is a write
+// to a read-only device, errors.Is(err, syscall.ERANGE) an access past its end.
+var (
+	ErrReadOnly   = fmt.Errorf("blockdev: device is read-only: %w", syscall.EROFS)
+	ErrOutOfRange = fmt.Errorf("blockdev: offset out of range: %w", syscall.ERANGE)
+)
 
-// ErrOutOfRange is returned for I/O past the end of the device.
-var ErrOutOfRange = errors.New("blockdev: offset out of range")
+// IsReadOnly reports whether err is a device's read-only refusal.
+func IsReadOnly(err error) bool { return errors.Is(err, syscall.EROFS) }
+
+// IsOutOfRange reports whether err is a device's out-of-range refusal.
+func IsOutOfRange(err error) bool { return errors.Is(err, syscall.ERANGE) }

@@ -7,14 +7,14 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/isboot/isboot/internal/testtarget"
+	"github.com/isboot/isboot/internal/testkit/testtarget"
 )
 
 // Against tgtd with CHAP: a login gives the session identity and negotiated keys for
 // the status file; an unknown target or a wrong secret is a permanent failure (the
 // boot stops at once), a closed port a transient one (the daemon retries).
 //
-// Ports are this package's slice of the shared ranges (see internal/testtarget):
+// Ports are this package's slice of the shared ranges (see internal/testkit/testtarget):
 // TCP 13530-13539 and control port 60; 13390-13399 and 31 were internal/initproc's.
 func TestDialISCSI(t *testing.T) {
 	chap := testtarget.CHAP{User: "isboot-daemon", Secret: "daemon-secret-12"}

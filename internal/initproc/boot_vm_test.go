@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/isboot/isboot/internal/rootimg"
-	"github.com/isboot/isboot/internal/testtarget"
-	"github.com/isboot/isboot/internal/vm"
+	"github.com/isboot/isboot/internal/testkit/rootimg"
+	"github.com/isboot/isboot/internal/testkit/testtarget"
+	"github.com/isboot/isboot/internal/testkit/vm"
 )
 
 // realInit runs in the real root: it shows the status file and the daemon's memory

@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/isboot/isboot/internal/debroot"
-	"github.com/isboot/isboot/internal/testtarget"
-	"github.com/isboot/isboot/internal/vm"
+	"github.com/isboot/isboot/internal/testkit/debroot"
+	"github.com/isboot/isboot/internal/testkit/testtarget"
+	"github.com/isboot/isboot/internal/testkit/vm"
 )
 
 // A Debian root with systemd, over iSCSI through isboot: it reaches multi-user.target,

@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/isboot/isboot/ibft"
-	"github.com/isboot/isboot/internal/testtarget"
-	"github.com/isboot/isboot/internal/vm"
+	"github.com/isboot/isboot/internal/testkit/testtarget"
+	"github.com/isboot/isboot/internal/testkit/vm"
 )
 
 // The boot helper's slice of the shared ranges: tgtd control ports 30-39, TCP 13350-13399.

@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"github.com/isboot/isboot/initramfs"
-	"github.com/isboot/isboot/internal/testenv"
-	"github.com/isboot/isboot/internal/testtarget"
-	"github.com/isboot/isboot/internal/vm"
+	"github.com/isboot/isboot/internal/testkit/testenv"
+	"github.com/isboot/isboot/internal/testkit/testtarget"
+	"github.com/isboot/isboot/internal/testkit/vm"
 )
 
 // guestScript is /init of the guest: it attaches a disk with `isboot serve --attach`

@@ -350,9 +350,9 @@ func (s *Server) errno(req request, err error) uint32 {
 	switch {
 	case err == nil:
 		return 0
-	case errors.Is(err, blockdev.ErrOutOfRange):
+	case blockdev.IsOutOfRange(err):
 		return errInval
-	case errors.Is(err, blockdev.ErrReadOnly):
+	case blockdev.IsReadOnly(err):
 		return errPerm
 	}
 	s.opts.Logf("nbd: %s at %d+%d: %v", cmdNames[req.typ], req.off, req.length, err)

@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/isboot/isboot/internal/blockdev"
-	"github.com/isboot/isboot/internal/testenv"
+	"github.com/isboot/isboot/internal/testkit/testenv"
 )
 
 func nbdURI(sock string) string { return "nbd+unix:///?socket=" + sock }

@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	"github.com/isboot/isboot/internal/cmdline"
-	"github.com/isboot/isboot/internal/testenv"
+	"github.com/isboot/isboot/internal/testkit/testenv"
 )
 
 const (

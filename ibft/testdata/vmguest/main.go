@@ -12,7 +12,7 @@ import (
 	"os/exec"
 	"strings"
 
-	"github.com/isboot/isboot/internal/vm/guest"
+	"github.com/isboot/isboot/internal/testkit/vm/guest"
 )
 
 func main() {

@@ -17,16 +17,16 @@ import (
 	"time"
 
 	"github.com/isboot/isboot/ibft"
-	"github.com/isboot/isboot/internal/testtarget"
-	"github.com/isboot/isboot/internal/vm"
-	"github.com/isboot/isboot/internal/vm/guest"
+	"github.com/isboot/isboot/internal/testkit/testtarget"
+	"github.com/isboot/isboot/internal/testkit/vm"
+	"github.com/isboot/isboot/internal/testkit/vm/guest"
 )
 
 // Set ISBOOT_CAPTURE_FIXTURES=1 to rewrite testdata/ibft/ipxe-*.bin from the
 // tables the guests find.
 const captureEnv = "ISBOOT_CAPTURE_FIXTURES"
 
-var fixtureDir = filepath.Join("..", "..", "testdata", "ibft")
+var fixtureDir = filepath.Join("..", "..", "..", "testdata", "ibft")
 
 func TestMain(m *testing.M) { os.Exit(vm.RunTests(m)) }
 

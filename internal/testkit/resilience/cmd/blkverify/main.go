@@ -32,7 +32,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/isboot/isboot/internal/resilience/blockfmt"
+	"github.com/isboot/isboot/internal/testkit/resilience/blockfmt"
 )
 
 // out is where the acknowledgements go (the console); tests replace it.

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/isboot/isboot/initramfs"
-	"github.com/isboot/isboot/internal/testenv"
-	"github.com/isboot/isboot/internal/vm"
+	"github.com/isboot/isboot/internal/testkit/testenv"
+	"github.com/isboot/isboot/internal/testkit/vm"
 )
 
 // localInit mounts the image's root from a virtio disk and hands over to

@@ -72,7 +72,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/isboot/isboot/internal/childproc"
+	"github.com/isboot/isboot/internal/testkit/childproc"
 )
 
 // Firmware selects how the guest boots.

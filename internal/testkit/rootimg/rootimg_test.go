@@ -10,7 +10,7 @@ import (
 
 	"github.com/isboot/isboot/internal/cmdline"
 	"github.com/isboot/isboot/internal/rootfind"
-	"github.com/isboot/isboot/internal/testenv"
+	"github.com/isboot/isboot/internal/testkit/testenv"
 )
 
 // The image is what rootfind expects: GPT, root on the Linux partition with the

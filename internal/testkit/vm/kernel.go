@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/isboot/isboot/internal/testenv"
+	"github.com/isboot/isboot/internal/testkit/testenv"
 )
 
 // Require skips the test under -short, when not root, or when QEMU is missing:

@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/isboot/isboot/internal/childproc"
-	"github.com/isboot/isboot/internal/testenv"
+	"github.com/isboot/isboot/internal/testkit/childproc"
+	"github.com/isboot/isboot/internal/testkit/testenv"
 )
 
 // TgtdOptions configures one tgtd instance with one target and LUN 1.

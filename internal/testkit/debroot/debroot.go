@@ -29,7 +29,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/isboot/isboot/internal/testenv"
+	"github.com/isboot/isboot/internal/testkit/testenv"
 	"golang.org/x/sys/unix"
 )
 

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/isboot/isboot/internal/testenv"
+	"github.com/isboot/isboot/internal/testkit/testenv"
 )
 
 // iscsiLs logs in with libiscsi's iscsi-inq and returns its listing: an independent

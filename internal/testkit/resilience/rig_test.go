@@ -16,9 +16,9 @@ import (
 	"time"
 
 	"github.com/isboot/isboot/ibft"
-	"github.com/isboot/isboot/internal/debroot"
-	"github.com/isboot/isboot/internal/testtarget"
-	"github.com/isboot/isboot/internal/vm"
+	"github.com/isboot/isboot/internal/testkit/debroot"
+	"github.com/isboot/isboot/internal/testkit/testtarget"
+	"github.com/isboot/isboot/internal/testkit/vm"
 )
 
 // This package's port ranges: tgtd TCP ports and control ports (-C).
@@ -85,7 +85,7 @@ func isbootInitrd(t *testing.T) string {
 			return
 		}
 		initrdOnce.path = filepath.Join(dir, "initrd.cpio.gz")
-		cmd := exec.Command("go", "run", "../../initramfs/cmd/mkinitramfs", "-isboot", isboot,
+		cmd := exec.Command("go", "run", "../../../initramfs/cmd/mkinitramfs", "-isboot", isboot,
 			"-o", initrdOnce.path, "-rescue", "none")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -99,7 +99,7 @@ func isbootInitrd(t *testing.T) string {
 }
 
 func isbootBinary(t *testing.T) string {
-	return vm.BuildGo(t, "../../cmd/isboot", "-X main.Version=resilience")
+	return vm.BuildGo(t, "../../../cmd/isboot", "-X main.Version=resilience")
 }
 
 // freeControlPort returns want, or the next control port in our range whose

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/isboot/isboot/internal/childproc"
-	"github.com/isboot/isboot/internal/testenv"
+	"github.com/isboot/isboot/internal/testkit/childproc"
+	"github.com/isboot/isboot/internal/testkit/testenv"
 )
 
 // IstgtOptions configures one istgt instance with one disk at LUN 0.

@@ -14,7 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/isboot/isboot/internal/vm/guest"
+	"github.com/isboot/isboot/internal/testkit/vm/guest"
 )
 
 func main() {
