@@ -3,9 +3,13 @@ package main
 import (
 	"bytes"
 	"compress/gzip"
+	"go/parser"
+	"go/token"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -84,5 +88,30 @@ func TestBadInputs(t *testing.T) {
 		if _, err := build(o); err == nil {
 			t.Errorf("build(%+v): no error", o)
 		}
+	}
+}
+
+// tools.go blank-imports exactly the commands buildBB compiles, so that `go mod tidy`
+// keeps what they need; a command added to one list and not the other fails here.
+func TestToolsListsRescueCommands(t *testing.T) {
+	f, err := parser.ParseFile(token.NewFileSet(), "tools.go", nil, parser.ImportsOnly)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, imp := range f.Imports {
+		p, _ := strconv.Unquote(imp.Path.Value)
+		c, ok := strings.CutPrefix(p, "github.com/u-root/u-root/cmds/core/")
+		if !ok || imp.Name == nil || imp.Name.Name != "_" {
+			t.Errorf("tools.go imports %s: want only blank imports of u-root core commands", p)
+			continue
+		}
+		got = append(got, c)
+	}
+	want := slices.Clone(rescueCommands)
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("tools.go imports %v, rescueCommands are %v", got, want)
 	}
 }
