@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,6 +27,12 @@ type AttachConfig struct {
 	// TakeoverWait is how long Attach keeps offering sockets to a device that is
 	// still configured before concluding another server owns it (default 10 s).
 	TakeoverWait time.Duration
+	// MaxSectorsKB is the largest request the kernel sends, in KiB (default 4096,
+	// capped by the device's max_hw_sectors_kb and the server's MaxRequest). The nbd
+	// driver starts at 128 KiB, which splits a 1 MiB read into eight round trips.
+	MaxSectorsKB int
+	// ReadAheadKB is the device's read-ahead (default 1024; the driver's is 128).
+	ReadAheadKB int
 }
 
 // Attachment is a Server attached to /dev/nbdN through socketpairs. It keeps the device
@@ -61,6 +69,13 @@ func Attach(srv *Server, cfg AttachConfig) (*Attachment, error) {
 	}
 	if cfg.TakeoverWait <= 0 {
 		cfg.TakeoverWait = 10 * time.Second
+	}
+	if cfg.MaxSectorsKB <= 0 {
+		cfg.MaxSectorsKB = 4096
+	}
+	cfg.MaxSectorsKB = min(cfg.MaxSectorsKB, srv.opts.MaxRequest>>10)
+	if cfg.ReadAheadKB <= 0 {
+		cfg.ReadAheadKB = 1024
 	}
 	if cfg.Size == 0 {
 		cfg.Size = srv.dev.Size()
@@ -110,10 +125,35 @@ func Attach(srv *Server, cfg AttachConfig) (*Attachment, error) {
 		a.abort()
 		return nil, err
 	}
+	if err := tuneQueue(a.Index(), cfg.MaxSectorsKB, cfg.ReadAheadKB); err != nil {
+		srv.opts.Logf("nbd: %v (requests stay small)", err)
+	}
 	a.wg.Add(2)
 	go a.watchLoop()
 	go a.repairLoop()
 	return a, nil
+}
+
+// tuneQueue raises the request size and read-ahead of /dev/nbdN through sysfs. The
+// limits belong to the device, so a successor server that takes it over keeps them.
+func tuneQueue(index, maxSectorsKB, readAheadKB int) error {
+	q := fmt.Sprintf("/sys/block/nbd%d/queue/", index)
+	hw, err := os.ReadFile(q + "max_hw_sectors_kb")
+	if err != nil {
+		return fmt.Errorf("nbd%d: queue limits: %w", index, err)
+	}
+	if n, err := strconv.Atoi(strings.TrimSpace(string(hw))); err == nil {
+		maxSectorsKB = min(maxSectorsKB, n)
+	}
+	for _, kv := range []struct {
+		file string
+		kb   int
+	}{{"max_sectors_kb", maxSectorsKB}, {"read_ahead_kb", readAheadKB}} {
+		if err := os.WriteFile(q+kv.file, []byte(strconv.Itoa(kv.kb)), 0); err != nil {
+			return fmt.Errorf("nbd%d: set %s to %d: %w", index, kv.file, kv.kb, err)
+		}
+	}
+	return nil
 }
 
 // Index is N of /dev/nbdN.

@@ -47,6 +47,11 @@ S1=$!
 for i in $(seq 300); do grep -q "serving /dev/nbd0" /tmp/serve1.log && break; sleep 0.1; done
 grep -q "serving /dev/nbd0" /tmp/serve1.log || fail "nbd0 not attached: $(cat /tmp/serve1.log)"
 [ -e /sys/block/nbd0/pid ] || fail "nbd0 has no pid file"
+# Attach raises the driver's 128 KiB request limit (to 4 MiB, or the hardware limit).
+msk=$(cat /sys/block/nbd0/queue/max_sectors_kb); hwk=$(cat /sys/block/nbd0/queue/max_hw_sectors_kb)
+[ "$msk" -ge 1024 ] || [ "$msk" = "$hwk" ] || fail "max_sectors_kb $msk (hardware $hwk)"
+[ "$(cat /sys/block/nbd0/queue/read_ahead_kb)" = 1024 ] || fail "read_ahead_kb $(cat /sys/block/nbd0/queue/read_ahead_kb)"
+step "queue: max_sectors_kb $msk of $hwk, read_ahead_kb 1024"
 for i in $(seq 50); do
 	[ -e /dev/nbd0p1 ] && break
 	blockdev --rereadpt /dev/nbd0
