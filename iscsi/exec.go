@@ -1,0 +1,87 @@
+package iscsi
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// exec runs one command to completion, retrying what SCSI says to retry.
+// It is the I/O hot path: the slot, its buffers and channels are all reused.
+func (s *Session) exec(op string, cd cdb, read bool, buf []byte) (int, error) {
+	var slot int
+	select {
+	case slot = <-s.free:
+	case <-s.closing:
+		return 0, ErrClosed
+	}
+	t := &s.tasks[slot]
+	n, err := s.execSlot(t, op, cd, read, buf)
+	s.free <- slot
+	s.commands.Add(1)
+	if err != nil {
+		s.errs.Add(1)
+	} else if read {
+		s.readBytes.Add(uint64(n))
+	} else {
+		s.writeBytes.Add(uint64(len(buf)))
+	}
+	return n, err
+}
+
+func (s *Session) execSlot(t *task, op string, cd cdb, read bool, buf []byte) (int, error) {
+	backoff := time.Millisecond
+	for attempt := 0; ; attempt++ {
+		t.prepare(cd, read, buf)
+		if err := s.register(t); err != nil {
+			return 0, err
+		}
+		select {
+		case s.cmdCh <- taskRef{t, t.seq}:
+		case <-s.failedCh: // failAll completes t
+		}
+		<-t.done
+		err := t.result(op)
+		if err == nil {
+			n := len(buf)
+			if read && t.resid > 0 {
+				n -= int(min(t.resid, int64(n)))
+			}
+			return n, nil
+		}
+		var se *SCSIError
+		if !errors.As(err, &se) || attempt >= 200 {
+			return 0, err
+		}
+		switch {
+		case se.Status == statusCheckCondition && se.Key == senseUnitAttention:
+			// Power on, reset, parameters changed: retry at once.
+			continue
+		case se.Status == statusBusy || se.Status == statusTaskSetFull ||
+			se.Status == statusCheckCondition && (se.Key == senseAbortedCommand ||
+				se.Key == senseNotReady && se.ASC == 0x04 && se.ASCQ != 0x02):
+			time.Sleep(backoff)
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
+		return 0, err
+	}
+}
+
+// result turns the task's outcome into an error.
+func (t *task) result(op string) error {
+	if t.err != nil {
+		return t.err
+	}
+	if t.response != 0 {
+		return fmt.Errorf("iscsi: %s: target failure (response 0x%02x)", op, t.response)
+	}
+	if t.status == statusGood {
+		return nil
+	}
+	e := &SCSIError{Op: op, Status: t.status}
+	if t.status == statusCheckCondition {
+		e.Key, e.ASC, e.ASCQ, _ = parseSense(t.sense[:t.senseLen])
+	}
+	return e
+}

@@ -1,0 +1,117 @@
+package netcfg
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+func (ap *applier) address(l netlink.Link) error {
+	p, name := ap.p, l.Attrs().Name
+	ip := p.Addr.Addr()
+	existing, err := ap.h.AddrList(l, family(ip))
+	if err != nil {
+		return fmt.Errorf("netcfg: list addresses of %s: %w", name, err)
+	}
+	present := false
+	for _, e := range existing {
+		if a, ok := netip.AddrFromSlice(e.IP); ok && a.Unmap() == ip {
+			present = true
+			if ones, _ := e.Mask.Size(); ones != p.Addr.Bits() {
+				ap.logf("netcfg: warning: %s already has %s/%d, the iBFT says /%d; keeping it", name, ip, ones, p.Addr.Bits())
+			}
+		}
+	}
+	if !present {
+		addr := &netlink.Addr{IPNet: ipNet(p.Addr)}
+		if p.LinkOnly {
+			addr.Scope = unix.RT_SCOPE_LINK
+		}
+		if err := ap.h.AddrAdd(l, addr); err != nil {
+			return fmt.Errorf("netcfg: add %s to %s: %w", p.Addr, name, err)
+		}
+		ap.a.did(fmt.Sprintf("added %s to %s", p.Addr, name), func() error {
+			if err := ap.h.AddrDel(l, addr); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENODEV) {
+				return fmt.Errorf("remove %s from %s: %w", p.Addr, name, err)
+			}
+			return nil
+		})
+	}
+	if ip.Is6() {
+		return ap.waitDAD(l)
+	}
+	return nil
+}
+
+func (ap *applier) route(l netlink.Link, r Route) error {
+	name := l.Attrs().Name
+	fam := family(r.Dst.Addr())
+	nr := &netlink.Route{
+		LinkIndex: l.Attrs().Index,
+		Dst:       ipNet(r.Dst),
+		Src:       ap.p.Addr.Addr().AsSlice(),
+		Table:     unix.RT_TABLE_MAIN,
+		Scope:     netlink.SCOPE_UNIVERSE,
+	}
+	if r.Via.IsValid() {
+		nr.Gw = r.Via.AsSlice()
+		if r.OnLink {
+			nr.Flags = int(netlink.FLAG_ONLINK)
+		}
+	} else if fam == unix.AF_INET {
+		nr.Scope = netlink.SCOPE_LINK
+	}
+	desc := describeRoute(r, name)
+	existing, err := ap.h.RouteListFiltered(fam, &netlink.Route{Dst: nr.Dst, Table: unix.RT_TABLE_MAIN},
+		netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return fmt.Errorf("netcfg: list routes to %s: %w", r.Dst, err)
+	}
+	for _, e := range existing {
+		if e.LinkIndex == nr.LinkIndex && e.Gw.Equal(nr.Gw) {
+			return nil // already in place
+		}
+	}
+	if len(existing) > 0 {
+		// Someone else's route: keep it. The boot targets have their own host routes.
+		ap.logf("netcfg: warning: keeping the existing route %s; not adding %s", existing[0], desc)
+		return nil
+	}
+	if err := ap.h.RouteAdd(nr); err != nil {
+		return fmt.Errorf("netcfg: add route %s: %w", desc, err)
+	}
+	ap.a.did("added route "+desc, func() error {
+		if err := ap.h.RouteDel(nr); err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENODEV) {
+			return fmt.Errorf("remove route %s: %w", desc, err)
+		}
+		return nil
+	})
+	return nil
+}
+
+func describeRoute(r Route, link string) string {
+	dst := r.Dst.String()
+	if r.Dst.Bits() == 0 {
+		dst = "default"
+	}
+	if r.Via.IsValid() {
+		return fmt.Sprintf("%s via %s dev %s", dst, r.Via, link)
+	}
+	return fmt.Sprintf("%s dev %s", dst, link)
+}
+
+func family(a netip.Addr) int {
+	if a.Is4() {
+		return unix.AF_INET
+	}
+	return unix.AF_INET6
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	a := p.Addr()
+	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(p.Bits(), a.BitLen())}
+}

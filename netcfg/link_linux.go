@@ -1,0 +1,182 @@
+package netcfg
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// findLink finds the link with the iBFT MAC, loading its driver first if it is missing.
+func (ap *applier) findLink() (netlink.Link, error) {
+	if l, err := ap.linkByMAC(); l != nil || err != nil {
+		return l, err
+	}
+	dev := filepath.Join(ap.o.Sysfs, "bus/pci/devices", ap.p.PCI.SysfsName())
+	var found netlink.Link
+	var why string
+	// Listen before loading, so a link that appears during the load is not missed.
+	err := waitFor(ap.ctx, ap.timeout(ap.o.LinkTimeout, DefaultLinkTimeout), ap.subscribeLinks,
+		func() (bool, error) {
+			l, err := ap.linkByMAC()
+			found = l
+			return l != nil, err
+		},
+		func() error {
+			mods, err := ap.loadDriver(dev)
+			ap.a.Modules = mods
+			if err != nil {
+				return err
+			}
+			ap.logf("netcfg: waiting up to %v for a link with MAC %s to appear (loaded %s)",
+				ap.timeout(ap.o.LinkTimeout, DefaultLinkTimeout), ap.p.MAC, orNone(strings.Join(mods, ", ")))
+			return nil
+		})
+	if found != nil {
+		for _, m := range ap.a.Modules {
+			ap.a.did("loaded module "+m, nil)
+		}
+		return found, nil
+	}
+	if err != nil {
+		why = err.Error()
+	}
+	if len(ap.a.Modules) > 0 {
+		why = fmt.Sprintf("loaded %s, but no such link appeared: %s", strings.Join(ap.a.Modules, ", "), why)
+	}
+	return nil, fmt.Errorf("netcfg: nic%d: no link has MAC %s (PCI %s: %s); links present: %s",
+		ap.p.NIC, ap.p.MAC, ap.p.PCI, why, ap.presentMACs())
+}
+
+func (ap *applier) loadDriver(dev string) ([]string, error) {
+	// /sys/bus/pci/devices holds symlinks; walk the device's real directory.
+	dev, err := filepath.EvalSymlinks(dev)
+	if err != nil {
+		return nil, fmt.Errorf("no such PCI device in %s", filepath.Join(ap.o.Sysfs, "bus/pci/devices"))
+	}
+	root, kver := ap.o.ModulesRoot, ap.o.KernelVersion
+	if root == "" {
+		root = "/"
+	}
+	if kver == "" {
+		kver = kernelRelease()
+	}
+	aliases, err := LoadAliases(root, kver)
+	if err != nil {
+		return nil, fmt.Errorf("cannot resolve its driver: %w", err)
+	}
+	load := ap.o.LoadModule
+	if load == nil {
+		if load, err = kmoduleLoader(root, kver); err != nil {
+			return nil, fmt.Errorf("cannot load its driver: %w", err)
+		}
+	}
+	mods, err := coldplug(dev, aliases, load, ap.logf)
+	if err != nil {
+		return mods, fmt.Errorf("loading its driver: %w", err)
+	}
+	if len(mods) == 0 {
+		return nil, errors.New("no driver module to load for it")
+	}
+	return mods, nil
+}
+
+func (ap *applier) linkByMAC() (netlink.Link, error) {
+	links, err := ap.h.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("netcfg: list links: %w", err)
+	}
+	// VLANs (and a bond over the NIC) share its MAC: prefer a real device, and never
+	// take a link stacked on another.
+	var other netlink.Link
+	for _, l := range links {
+		if !bytes.Equal(l.Attrs().HardwareAddr, ap.p.MAC) {
+			continue
+		}
+		switch l.Type() {
+		case "device":
+			return l, nil
+		case "vlan", "macvlan", "macvtap", "ipvlan":
+		default:
+			if other == nil {
+				other = l
+			}
+		}
+	}
+	return other, nil
+}
+
+func (ap *applier) presentMACs() string {
+	links, err := ap.h.LinkList()
+	if err != nil {
+		return "(cannot list: " + err.Error() + ")"
+	}
+	var s []string
+	for _, l := range links {
+		if len(l.Attrs().HardwareAddr) == 6 && !isZero(l.Attrs().HardwareAddr) {
+			s = append(s, l.Attrs().Name+" "+l.Attrs().HardwareAddr.String())
+		}
+	}
+	return orNone(strings.Join(s, ", "))
+}
+
+func (ap *applier) crossCheckPCI(name string) {
+	got, ok := pciDeviceOf(ap.o.Sysfs, name, ap.p.MAC)
+	switch {
+	case !ok:
+		ap.logf("netcfg: %s has no PCI device in sysfs; PCI %s not cross-checked", name, ap.p.PCI)
+	case got != ap.p.PCI.SysfsName():
+		ap.logf("netcfg: warning: %s (MAC %s) is PCI %s, the iBFT says %s; using the MAC", name, ap.p.MAC, got, ap.p.PCI.SysfsName())
+	}
+}
+
+func (ap *applier) setUp(l netlink.Link) error {
+	if l.Attrs().Flags&net.FlagUp != 0 {
+		return nil
+	}
+	name := l.Attrs().Name
+	if err := ap.h.LinkSetUp(l); err != nil {
+		return fmt.Errorf("netcfg: set %s up: %w", name, err)
+	}
+	ap.a.did("set "+name+" up", func() error {
+		if err := ap.h.LinkSetDown(l); err != nil && !errors.Is(err, unix.ENODEV) {
+			return fmt.Errorf("set %s down: %w", name, err)
+		}
+		return nil
+	})
+	return nil
+}
+
+// vlan finds or creates the VLAN link for p.VLAN on parent.
+func (ap *applier) vlan(parent netlink.Link) (netlink.Link, error) {
+	links, err := ap.h.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("netcfg: list links: %w", err)
+	}
+	for _, l := range links {
+		if v, ok := l.(*netlink.Vlan); ok && v.ParentIndex == parent.Attrs().Index && v.VlanId == int(ap.p.VLAN) {
+			return l, nil
+		}
+	}
+	name := LinkName(parent.Attrs().Name, ap.p.VLAN)
+	v := &netlink.Vlan{LinkAttrs: netlink.LinkAttrs{Name: name, ParentIndex: parent.Attrs().Index}, VlanId: int(ap.p.VLAN)}
+	if err := ap.h.LinkAdd(v); err != nil {
+		return nil, fmt.Errorf("netcfg: create VLAN %s (id %d on %s): %w", name, ap.p.VLAN, parent.Attrs().Name, err)
+	}
+	l, err := ap.h.LinkByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("netcfg: VLAN %s: %w", name, err)
+	}
+	ap.a.did(fmt.Sprintf("created VLAN %s (id %d on %s)", name, ap.p.VLAN, parent.Attrs().Name), func() error {
+		if err := ap.h.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+			return fmt.Errorf("delete %s: %w", name, err)
+		}
+		return nil
+	})
+	return l, nil
+}
