@@ -4,7 +4,6 @@ import (
 	"crypto/md5"
 	"crypto/rand"
 	"crypto/sha1"
-	"crypto/sha256"
 	"crypto/sha3"
 	"crypto/subtle"
 	"encoding/base64"
@@ -18,25 +17,19 @@ import (
 	"sync"
 )
 
-// CHAP algorithms by their CHAP_A number (RFC 7143 §12.1.3, RFC 1994; 6-8 from the
-// IANA iSCSI registry as Linux LIO implements them).
+// CHAP algorithms by their CHAP_A number (RFC 7143 §12.1.3, RFC 1994; 6 and 8 from
+// the IANA iSCSI registry as Linux LIO implements them).
 var chapAlgorithms = map[int]func() hash.Hash{
 	5: md5.New,
 	6: sha1.New,
-	7: sha256.New,
 	8: func() hash.Hash { return sha3.New256() },
 }
 
 // chapOffer is our CHAP_A list, strongest first: the target picks the first it knows.
-// chapOfferNo7 leaves out 7 for targets that take 7 to mean SHA-1 (Linux tgtd): with
-// them a SHA-256 answer fails, and the session logs in again without offering it.
-const (
-	chapOffer    = "8,7,6,5"
-	chapOfferNo7 = "8,6,5"
-)
-
-// errCHAPA7 is a login that failed right after a CHAP_A=7 response.
-var errCHAPA7 = errors.New("iscsi: target rejected our CHAP_A=7 (SHA-256) response")
+// 7 (SHA-256 in the registry) is not offered: Linux tgtd takes 7 to mean SHA-1, picks
+// it, and then rejects a correct SHA-256 answer, which cost every boot a second login.
+// A target that knows SHA-256 (LIO) also knows SHA3-256 and SHA-1, so nothing is lost.
+const chapOffer = "8,6,5"
 
 // chapResponse is H(id || secret || challenge) as RFC 1994 defines it.
 func chapResponse(alg int, id byte, secret string, challenge []byte) []byte {

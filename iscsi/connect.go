@@ -127,24 +127,7 @@ func (s *Session) tryPortal(ctx context.Context, addr string) error {
 	}
 	// Session reinstatement (RFC 7143 §6.3.5): same ISID, TSIH 0. The target then
 	// closes whatever is left of the old session and its tasks before ours run.
-	s.mu.Lock()
-	offer := s.chapOffer
-	s.mu.Unlock()
-	res, err := login(nc, &s.cfg, s.cfg.ISID, 0, 1, offer)
-	if errors.Is(err, errCHAPA7) {
-		nc.Close()
-		s.mu.Lock()
-		s.chapOffer = chapOfferNo7
-		s.mu.Unlock()
-		s.logf("iscsi: %v; logging in again without offering it", err)
-		if nc, err = d.DialContext(ctx, "tcp", addr); err != nil {
-			return err
-		}
-		if dl, ok := ctx.Deadline(); ok {
-			nc.SetDeadline(dl)
-		}
-		res, err = login(nc, &s.cfg, s.cfg.ISID, 0, 1, chapOfferNo7)
-	}
+	res, err := login(nc, &s.cfg, s.cfg.ISID, 0, 1)
 	if err != nil {
 		nc.Close()
 		return err

@@ -2,7 +2,6 @@ package iscsi
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -105,15 +104,14 @@ type loginConn struct {
 	cmdSN     uint32
 	expStatSN uint32
 	csg, nsg  byte
-	chapOffer string
 	buf       []byte
 	params    map[string]string
 }
 
 // login runs the security and operational stages and returns the negotiated session
 // parameters. Secrets never appear in its errors.
-func login(nc net.Conn, cfg *Config, isid [6]byte, tsih uint16, cmdSN uint32, chapOffer string) (*loginResult, error) {
-	l := &loginConn{cfg: cfg, nc: nc, isid: isid, tsih: tsih, cmdSN: cmdSN, chapOffer: chapOffer,
+func login(nc net.Conn, cfg *Config, isid [6]byte, tsih uint16, cmdSN uint32) (*loginResult, error) {
+	l := &loginConn{cfg: cfg, nc: nc, isid: isid, tsih: tsih, cmdSN: cmdSN,
 		buf: make([]byte, 64<<10), params: map[string]string{}}
 	l.r = pduReader{r: nc, maxData: len(l.buf)}
 	l.w = pduWriter{w: nc}
@@ -284,21 +282,17 @@ func (l *loginConn) security() (bhs, error) {
 		return resp, fmt.Errorf("iscsi: target chose AuthMethod=%q, not among CHAP,None", m["AuthMethod"])
 	}
 	l.params["AuthMethod"] = "CHAP"
-	_, m, err = l.exchange(false, []KV{{"CHAP_A", l.chapOffer}})
+	_, m, err = l.exchange(false, []KV{{"CHAP_A", chapOffer}})
 	if err != nil {
 		return resp, err
 	}
 	var chap chapState
-	answer, err := chap.respond(cfg, m, l.chapOffer)
+	answer, err := chap.respond(cfg, m, chapOffer)
 	if err != nil {
 		return resp, err
 	}
 	l.params["CHAP_A"] = strconv.Itoa(chap.alg)
 	resp, m, err = l.exchange(true, answer)
-	var le *LoginError
-	if chap.alg == 7 && errors.As(err, &le) && le.Class == 2 && le.Detail == 0 {
-		return resp, errCHAPA7
-	}
 	if err != nil {
 		return resp, err
 	}

@@ -32,22 +32,21 @@ type Session struct {
 	free     chan int
 	cmdCh    chan taskRef
 
-	mu        sync.Mutex
-	active    []bool
-	seq       uint64
-	ittGen    uint32
-	conn      *conn
-	gen       uint64
-	state     string
-	tsih      uint16
-	prevTSIH  uint16
-	portal    string
-	portalIx  int
-	ident     identity
-	haveID    bool
-	chapOffer string
-	failed    error
-	closed    bool
+	mu       sync.Mutex
+	active   []bool
+	seq      uint64
+	ittGen   uint32
+	conn     *conn
+	gen      uint64
+	state    string
+	tsih     uint16
+	prevTSIH uint16
+	portal   string
+	portalIx int
+	ident    identity
+	haveID   bool
+	failed   error
+	closed   bool
 
 	internalMu sync.Mutex
 	tmfMu      sync.Mutex
@@ -87,17 +86,16 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 // newSession allocates every task slot up front: I/O later reuses them.
 func newSession(c Config) *Session {
 	s := &Session{
-		cfg:       c,
-		lunBytes:  encodeLUN(c.LUN),
-		tasks:     make([]task, c.QueueDepth+1),
-		free:      make(chan int, c.QueueDepth),
-		cmdCh:     make(chan taskRef, 2*c.QueueDepth),
-		active:    make([]bool, c.QueueDepth+1),
-		state:     "logging-in",
-		chapOffer: chapOffer,
-		closing:   make(chan struct{}),
-		failedCh:  make(chan struct{}),
-		runDone:   make(chan struct{}),
+		cfg:      c,
+		lunBytes: encodeLUN(c.LUN),
+		tasks:    make([]task, c.QueueDepth+1),
+		free:     make(chan int, c.QueueDepth),
+		cmdCh:    make(chan taskRef, 2*c.QueueDepth),
+		active:   make([]bool, c.QueueDepth+1),
+		state:    "logging-in",
+		closing:  make(chan struct{}),
+		failedCh: make(chan struct{}),
+		runDone:  make(chan struct{}),
 	}
 	for i := range s.tasks {
 		s.tasks[i].slot = i

@@ -186,14 +186,18 @@ func TestCHAPExchange(t *testing.T) {
 	if err := st2.verifyTarget(cfg, map[string]string{"CHAP_N": "tgt", "CHAP_R": good}); err == nil {
 		t.Fatalf("reflected challenge accepted")
 	}
-	// Algorithms 6, 7, 8 produce digests of their size.
-	for alg, size := range map[int]int{5: 16, 6: 20, 7: 32, 8: 32} {
+	// Algorithms 6 and 8 produce digests of their size.
+	for alg, size := range map[int]int{5: 16, 6: 20, 8: 32} {
 		if n := len(chapResponse(alg, 1, "s", []byte("c"))); n != size {
 			t.Errorf("CHAP_A=%d: %d bytes", alg, n)
 		}
 	}
 	if _, err := st.respond(cfg, map[string]string{"CHAP_A": "9", "CHAP_I": "1", "CHAP_C": "0x01"}, chapOffer); err == nil {
 		t.Errorf("unknown CHAP_A accepted")
+	}
+	// 7 is never offered (tgtd reads it as SHA-1), so a target may not choose it.
+	if _, err := st.respond(cfg, map[string]string{"CHAP_A": "7", "CHAP_I": "1", "CHAP_C": "0x01"}, chapOffer); err == nil {
+		t.Errorf("CHAP_A=7 accepted though not offered")
 	}
 }
 

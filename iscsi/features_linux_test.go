@@ -42,7 +42,12 @@ func TestTgtdCHAP(t *testing.T) {
 		cfg := base
 		cfg.CHAPUser, cfg.CHAPSecret = "alice", "alice-secret-1"
 		cfg.RevCHAPUser, cfg.RevCHAPSecret = "tgt", "target-secret-2"
+		// One attempt (base.Retry): tgtd must accept the algorithm it picks the first
+		// time, with no second login.
 		s := dial(t, cfg)
+		if p := paramMap(s); p["CHAP_A"] != "5" {
+			t.Errorf("tgtd chose CHAP_A=%s from our offer %s", p["CHAP_A"], chapOffer)
+		}
 		if _, err := s.LUN().WriteAt(pattern(4096, 7), 0); err != nil {
 			t.Fatal(err)
 		}
