@@ -18,6 +18,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -35,7 +36,8 @@ type Config struct {
 	DataDigest    bool
 	QueueDepth    int         // commands in flight; default 64
 	Retry         RetryPolicy // zero value: retry forever (root device)
-	Logf          func(format string, args ...any)
+	// Logf is not sent along when the daemon gets its Config as JSON.
+	Logf func(format string, args ...any) `json:"-"`
 
 	// ISID pins the initiator session ID; default random format (T=10b).
 	ISID [6]byte
@@ -49,6 +51,19 @@ type Config struct {
 	LoginTimeout time.Duration // default 15s
 	// MaxRecvDataSegmentLength we offer; default 256 KiB.
 	MaxRecvDataSegmentLength int
+}
+
+// String describes the session for logs. It never shows a secret, so printing a Config
+// (or anything embedding one) with %v is safe.
+func (c Config) String() string {
+	auth := "no CHAP"
+	switch {
+	case c.RevCHAPUser != "":
+		auth = fmt.Sprintf("mutual CHAP as %q, target %q", c.CHAPUser, c.RevCHAPUser)
+	case c.CHAPUser != "":
+		auth = fmt.Sprintf("CHAP as %q", c.CHAPUser)
+	}
+	return fmt.Sprintf("%s LUN %d at %s (initiator %s, %s)", c.TargetName, c.LUN, strings.Join(c.Portals, ","), c.InitiatorName, auth)
 }
 
 // RetryPolicy says how long reconnecting goes on after a connection is lost.

@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net/netip"
 	"os"
 	"os/signal"
 
 	"github.com/isboot/isboot/ibft"
+	"github.com/isboot/isboot/internal/bootplan"
 	"github.com/isboot/isboot/internal/cmdline"
 	"github.com/isboot/isboot/netcfg"
 	"golang.org/x/sys/unix"
@@ -51,16 +51,14 @@ func netcfgMain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	var ov netcfg.Overrides
+	cl := &cmdline.CmdLine{}
 	if *cmdlinePath != "" {
-		cl, err := readCmdline(*cmdlinePath, logf)
-		if err != nil {
+		if cl, err = readCmdline(*cmdlinePath, logf); err != nil {
 			fmt.Fprintln(stderr, "netcfg:", err)
 			return 1
 		}
-		ov = netcfgOverrides(cl, logf)
 	}
-	p, err := netcfgPlan(t, *nic, ov)
+	p, err := bootplan.Network(cl, t, *nic)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
@@ -85,35 +83,6 @@ func netcfgMain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "netcfg: %s\n", c)
 	}
 	return 0
-}
-
-// netcfgPlan plans the configuration of iBFT NIC nic, or of the boot target's NIC
-// when nic is negative, the way the boot does.
-func netcfgPlan(t *ibft.Table, nic int, ov netcfg.Overrides) (*netcfg.Plan, error) {
-	if nic < 0 {
-		c, err := t.BootChoice()
-		if err != nil {
-			return nil, err
-		}
-		nic = c.NIC.Index
-	}
-	return netcfg.NewPlan(t, nic, ov)
-}
-
-// netcfgOverrides turns the kernel command line into plan overrides: a netroot= server
-// given as an address replaces the iBFT targets (old iPXE writes garbage IPv4 for IPv6
-// targets); isboot.dhcp asks for DHCP renewal.
-func netcfgOverrides(cl *cmdline.CmdLine, logf func(string, ...any)) netcfg.Overrides {
-	var ov netcfg.Overrides
-	ov.Renew = cl.DHCP
-	if cl.Netroot != nil && cl.Netroot.Server != "" {
-		if a, err := netip.ParseAddr(cl.Netroot.Server); err == nil {
-			ov.Targets = []netip.Addr{a}
-		} else {
-			logf("netcfg: netroot= server %q is not an address; no host route for it", cl.Netroot.Server)
-		}
-	}
-	return ov
 }
 
 // readCmdline parses a kernel command line file; a missing file means no overrides.

@@ -15,10 +15,10 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/isboot/isboot/ibft"
 	"github.com/isboot/isboot/internal/blockdev"
+	"github.com/isboot/isboot/internal/bootplan"
+	"github.com/isboot/isboot/internal/cmdline"
 	"github.com/isboot/isboot/internal/nbd"
 	"github.com/isboot/isboot/iscsi"
 )
@@ -27,20 +27,12 @@ func init() {
 	register("serve", "expose an iSCSI LUN over NBD (socket) or as /dev/nbdN", runServe)
 }
 
-// serveConfig is everything `isboot serve` needs; the daemon role builds one too.
+// serveConfig is everything `isboot serve` needs.
 type serveConfig struct {
-	// iSCSI source: an iBFT file, or portals + target + LUN.
-	ibftFile      string
-	portals       []string
-	target        string
-	lun           uint64
-	initiator     string
-	chapUser      string
-	chapSecret    string // read from a file, never from argv
-	revCHAPUser   string
-	revCHAPSecret string
-	headerDigest  string
-	dataDigest    string
+	// iSCSI source: an iBFT file, or the flags (portals, target, LUN). The flags'
+	// CHAP secrets are read from files, never from argv.
+	ibftFile string
+	iscsi    iscsi.Config
 	// NBD side: exactly one of listen and attach.
 	listen      string // "unix:PATH" or "tcp:HOST:PORT"
 	attach      string // "any" or "/dev/nbdN"
@@ -72,19 +64,19 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, int) {
 	fl := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fl.SetOutput(stderr)
 	cfg := &serveConfig{}
-	var portals, chapFile, revFile, lun, mem string
+	var portals, chapFile, revFile, lun, mem, headerDigest, dataDigest string
 	var timeout, deadTimeout time.Duration
 	fl.StringVar(&cfg.ibftFile, "ibft", "", "take portal, target, LUN, initiator and CHAP from this iBFT file")
 	fl.StringVar(&portals, "portal", "", "iSCSI portal(s) HOST:PORT[,HOST:PORT]")
-	fl.StringVar(&cfg.target, "target", "", "target IQN")
+	fl.StringVar(&cfg.iscsi.TargetName, "target", "", "target IQN")
 	fl.StringVar(&lun, "lun", "", "LUN number")
-	fl.StringVar(&cfg.initiator, "initiator", "", "initiator IQN (default: from the iBFT, else a generated one)")
-	fl.StringVar(&cfg.chapUser, "chap-user", "", "CHAP user name")
+	fl.StringVar(&cfg.iscsi.InitiatorName, "initiator", "", "initiator IQN (default: the iBFT's with --ibft, else a generated one)")
+	fl.StringVar(&cfg.iscsi.CHAPUser, "chap-user", "", "CHAP user name")
 	fl.StringVar(&chapFile, "chap-secret-file", "", "file holding the CHAP secret")
-	fl.StringVar(&cfg.revCHAPUser, "rev-chap-user", "", "mutual (reverse) CHAP user name")
+	fl.StringVar(&cfg.iscsi.RevCHAPUser, "rev-chap-user", "", "mutual (reverse) CHAP user name")
 	fl.StringVar(&revFile, "rev-chap-secret-file", "", "file holding the mutual CHAP secret")
-	fl.StringVar(&cfg.headerDigest, "header-digest", "none", "none or crc32c")
-	fl.StringVar(&cfg.dataDigest, "data-digest", "none", "none or crc32c")
+	fl.StringVar(&headerDigest, "header-digest", "none", "none or crc32c")
+	fl.StringVar(&dataDigest, "data-digest", "none", "none or crc32c")
 	fl.StringVar(&cfg.listen, "listen", "", "serve NBD on unix:PATH or tcp:HOST:PORT")
 	fl.StringVar(&cfg.attach, "attach", "", "attach to the kernel: /dev/nbdN, or no value for the first free device")
 	fl.IntVar(&cfg.connections, "connections", 1, "sockets to the kernel (--attach)")
@@ -113,14 +105,14 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, int) {
 		return usage("unexpected argument %q", fl.Arg(0))
 	}
 	if portals != "" {
-		cfg.portals = strings.Split(portals, ",")
+		cfg.iscsi.Portals = strings.Split(portals, ",")
 	}
 	if lun != "" {
 		n, err := strconv.ParseUint(lun, 0, 64)
 		if err != nil {
 			return usage("--lun %q: not a number", lun)
 		}
-		cfg.lun = n
+		cfg.iscsi.LUN = n
 	}
 	if mem != "" {
 		n, err := parseSize(mem)
@@ -130,7 +122,8 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, int) {
 		cfg.memSize = n
 	}
 	sources := 0
-	for _, set := range []bool{cfg.ibftFile != "", cfg.target != "" || len(cfg.portals) > 0, cfg.file != "", cfg.memSize > 0} {
+	src := &cfg.iscsi
+	for _, set := range []bool{cfg.ibftFile != "", src.TargetName != "" || len(src.Portals) > 0, cfg.file != "", cfg.memSize > 0} {
 		if set {
 			sources++
 		}
@@ -138,29 +131,30 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, int) {
 	switch {
 	case sources != 1:
 		return usage("give exactly one of --ibft, --portal/--target/--lun (or --file, --mem for tests)")
-	case cfg.target != "" && len(cfg.portals) == 0, len(cfg.portals) > 0 && cfg.target == "":
+	case src.TargetName != "" && len(src.Portals) == 0, len(src.Portals) > 0 && src.TargetName == "":
 		return usage("--portal and --target go together")
 	case (cfg.listen == "") == (cfg.attach == ""):
 		return usage("give exactly one of --listen and --attach")
 	case cfg.connections < 1 || cfg.connections > 16:
 		return usage("--connections %d: want 1..16", cfg.connections)
-	case (cfg.chapUser == "") != (chapFile == ""):
+	case (src.CHAPUser == "") != (chapFile == ""):
 		return usage("--chap-user and --chap-secret-file go together")
-	case (cfg.revCHAPUser == "") != (revFile == ""):
+	case (src.RevCHAPUser == "") != (revFile == ""):
 		return usage("--rev-chap-user and --rev-chap-secret-file go together")
-	case cfg.revCHAPUser != "" && cfg.chapUser == "":
+	case src.RevCHAPUser != "" && src.CHAPUser == "":
 		return usage("mutual CHAP needs --chap-user as well")
 	}
-	for _, d := range []string{cfg.headerDigest, cfg.dataDigest} {
+	for _, d := range []string{headerDigest, dataDigest} {
 		if d != "none" && d != "crc32c" {
 			return usage("digest %q: want none or crc32c", d)
 		}
 	}
+	src.HeaderDigest, src.DataDigest = headerDigest == "crc32c", dataDigest == "crc32c"
 	var err error
-	if cfg.chapSecret, err = readSecret(chapFile); err != nil {
+	if src.CHAPSecret, err = readSecret(chapFile); err != nil {
 		return usage("%v", err)
 	}
-	if cfg.revCHAPSecret, err = readSecret(revFile); err != nil {
+	if src.RevCHAPSecret, err = readSecret(revFile); err != nil {
 		return usage("%v", err)
 	}
 	cfg.kernel.Index = -1
@@ -236,7 +230,7 @@ func serve(ctx context.Context, cfg *serveConfig, logf func(string, ...any)) err
 			logf("close backend: %v", err)
 		}
 	}()
-	srv := nbd.NewServer(dev, nbd.Options{ExportName: cfg.target, Logf: logf})
+	srv := nbd.NewServer(dev, nbd.Options{ExportName: cfg.iscsi.TargetName, Logf: logf})
 	if cfg.listen != "" {
 		l, err := listen(cfg.listen)
 		if err != nil {
@@ -282,161 +276,62 @@ func openBackend(ctx context.Context, cfg *serveConfig, logf func(string, ...any
 	case cfg.memSize > 0:
 		return blockdev.NewMem(cfg.memSize, 512, cfg.readOnly), func() error { return nil }, nil
 	case cfg.file != "":
-		d, err := openFileDev(cfg.file, cfg.readOnly)
+		d, err := blockdev.OpenFile(cfg.file, cfg.readOnly)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, fmt.Errorf("--file: %w", err)
 		}
 		return d, d.Close, nil
 	}
 	if cfg.ibftFile != "" {
-		if err := cfg.fromIBFT(); err != nil {
+		if err := cfg.fromIBFT(logf); err != nil {
 			return nil, nil, err
 		}
 	}
 	dev, closeDev, err := dialISCSI(ctx, cfg, logf)
 	if err == nil && cfg.readOnly {
-		dev = readOnlyDev{dev}
+		dev = blockdev.ReadOnly{Device: dev}
 	}
 	return dev, closeDev, err
 }
 
-// readOnlyDev exports a writable device read-only (--read-only).
-type readOnlyDev struct{ blockdev.Device }
-
-func (readOnlyDev) ReadOnly() bool                        { return true }
-func (readOnlyDev) WriteAt([]byte, int64) (int, error)    { return 0, blockdev.ErrReadOnly }
-func (readOnlyDev) WriteAtFUA([]byte, int64) (int, error) { return 0, blockdev.ErrReadOnly }
-func (readOnlyDev) Unmap(int64, int64) error              { return blockdev.ErrReadOnly }
-func (readOnlyDev) WriteZeroes(int64, int64) error        { return blockdev.ErrReadOnly }
-
-// fromIBFT fills the iSCSI source from the boot target of an iBFT file; flags given
-// explicitly (initiator, digests) still win.
-func (cfg *serveConfig) fromIBFT() error {
+// fromIBFT takes the LUN from an iBFT file exactly as the boot does (bootplan.Make).
+// Flags given explicitly still win, as the kernel command line does at boot:
+// --initiator (rd.iscsi.initiator=), the CHAP flags, the digests.
+func (cfg *serveConfig) fromIBFT(logf func(string, ...any)) error {
 	t, _, err := ibft.Find(ibft.FindOptions{Source: ibft.SourceFile, File: cfg.ibftFile})
 	if err != nil {
 		return err
 	}
-	_, tg, err := t.Boot()
+	flags := cfg.iscsi
+	p, err := bootplan.Make(&cmdline.CmdLine{Initiator: flags.InitiatorName}, t)
+	if errors.Is(err, bootplan.ErrNoInitiator) {
+		return fmt.Errorf("%s: the iBFT names no initiator: give --initiator", cfg.ibftFile)
+	}
 	if err != nil {
 		return err
 	}
-	port := tg.Port
-	if port == 0 {
-		port = 3260
+	for _, n := range p.Notes {
+		logf("note: %s", n)
 	}
-	cfg.portals = []string{net.JoinHostPort(tg.IP.String(), strconv.Itoa(int(port)))}
-	cfg.target, cfg.lun = tg.Name, tg.LUN
-	if cfg.initiator == "" {
-		cfg.initiator = t.Initiator.Name
+	cfg.iscsi = p.ISCSI
+	if flags.CHAPUser != "" {
+		cfg.iscsi.CHAPUser, cfg.iscsi.CHAPSecret = flags.CHAPUser, flags.CHAPSecret
+		cfg.iscsi.RevCHAPUser, cfg.iscsi.RevCHAPSecret = flags.RevCHAPUser, flags.RevCHAPSecret
 	}
-	if tg.CHAPType != ibft.CHAPNone && cfg.chapUser == "" {
-		cfg.chapUser, cfg.chapSecret = tg.CHAPName, tg.CHAPSecret
-		if tg.CHAPType == ibft.CHAPMutual {
-			cfg.revCHAPUser, cfg.revCHAPSecret = tg.RevCHAPName, tg.RevCHAPSecret
-		}
-	}
+	cfg.iscsi.HeaderDigest, cfg.iscsi.DataDigest = flags.HeaderDigest, flags.DataDigest
 	return nil
 }
-
-// fileDev is a testing aid: a regular file or block device as a blockdev.Device.
-type fileDev struct {
-	f        *os.File
-	size     int64
-	readOnly bool
-}
-
-func openFileDev(path string, readOnly bool) (*fileDev, error) {
-	mode := os.O_RDWR
-	if readOnly {
-		mode = os.O_RDONLY
-	}
-	f, err := os.OpenFile(path, mode, 0)
-	if err != nil {
-		return nil, fmt.Errorf("--file: %w", err)
-	}
-	size, err := f.Seek(0, io.SeekEnd)
-	if err != nil || size < 512 {
-		f.Close()
-		return nil, fmt.Errorf("--file %s: size %d: %v", path, size, err)
-	}
-	return &fileDev{f: f, size: size - size%512, readOnly: readOnly}, nil
-}
-
-func (d *fileDev) ReadAt(p []byte, off int64) (int, error) { return d.f.ReadAt(p, off) }
-func (d *fileDev) WriteAt(p []byte, off int64) (int, error) {
-	if d.readOnly {
-		return 0, blockdev.ErrReadOnly
-	}
-	return d.f.WriteAt(p, off)
-}
-func (d *fileDev) WriteAtFUA(p []byte, off int64) (int, error) {
-	n, err := d.WriteAt(p, off)
-	if err == nil {
-		err = unix.Fdatasync(int(d.f.Fd()))
-	}
-	return n, err
-}
-func (d *fileDev) Flush() error {
-	if d.readOnly {
-		return nil
-	}
-	return unix.Fdatasync(int(d.f.Fd()))
-}
-
-// Unmap punches a hole where the file system can; it is only a hint.
-func (d *fileDev) Unmap(off, length int64) error {
-	if d.readOnly {
-		return blockdev.ErrReadOnly
-	}
-	unix.Fallocate(int(d.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
-	return nil
-}
-
-func (d *fileDev) WriteZeroes(off, length int64) error {
-	if d.readOnly {
-		return blockdev.ErrReadOnly
-	}
-	fd := int(d.f.Fd())
-	if unix.Fallocate(fd, unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, off, length) == nil ||
-		unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length) == nil {
-		return nil
-	}
-	zero := make([]byte, min(length, 1<<20))
-	for length > 0 {
-		n := min(length, int64(len(zero)))
-		if _, err := d.f.WriteAt(zero[:n], off); err != nil {
-			return err
-		}
-		off, length = off+n, length-n
-	}
-	return nil
-}
-
-func (d *fileDev) Size() int64    { return d.size }
-func (d *fileDev) BlockSize() int { return 512 }
-func (d *fileDev) ReadOnly() bool { return d.readOnly }
-func (d *fileDev) Close() error   { return errors.Join(d.Flush(), d.f.Close()) }
 
 // dialISCSI logs into the target and returns its LUN; closing flushes and logs out.
 func dialISCSI(ctx context.Context, cfg *serveConfig, logf func(string, ...any)) (blockdev.Device, func() error, error) {
-	s, err := iscsi.Dial(ctx, iscsi.Config{
-		Portals:       cfg.portals,
-		TargetName:    cfg.target,
-		InitiatorName: cfg.initiator,
-		LUN:           cfg.lun,
-		CHAPUser:      cfg.chapUser,
-		CHAPSecret:    cfg.chapSecret,
-		RevCHAPUser:   cfg.revCHAPUser,
-		RevCHAPSecret: cfg.revCHAPSecret,
-		HeaderDigest:  cfg.headerDigest == "crc32c",
-		DataDigest:    cfg.dataDigest == "crc32c",
-		Logf:          logf,
-	})
+	c := cfg.iscsi
+	c.Logf = logf
+	s, err := iscsi.Dial(ctx, c)
 	if err != nil {
 		return nil, nil, err
 	}
 	lun := s.LUN()
-	logf("logged in to %s LUN %d at %s: %d bytes, %d-byte blocks", cfg.target, cfg.lun,
-		strings.Join(cfg.portals, ","), lun.Size(), lun.BlockSize())
+	logf("logged in to %s LUN %d at %s: %d bytes, %d-byte blocks", c.TargetName, c.LUN,
+		strings.Join(c.Portals, ","), lun.Size(), lun.BlockSize())
 	return lun, func() error { return errors.Join(lun.Flush(), s.Close()) }, nil
 }

@@ -61,8 +61,8 @@ func TestServeFlags(t *testing.T) {
 		}
 	}
 	cfg, _ := parseServeFlags([]string{"--mem", "1M", "--listen", "unix:/x", "--chap-user", "u", "--chap-secret-file", secret}, new(bytes.Buffer))
-	if cfg.chapSecret != "s3cr3t-value" {
-		t.Errorf("secret read as %q", cfg.chapSecret)
+	if cfg.iscsi.CHAPSecret != "s3cr3t-value" {
+		t.Errorf("secret read as %q", cfg.iscsi.CHAPSecret)
 	}
 	if cfg, _ := parseServeFlags([]string{"--mem", "1M", "--attach", "/dev/nbd7"}, new(bytes.Buffer)); cfg.kernel.Index != 7 {
 		t.Errorf("--attach /dev/nbd7: index %d", cfg.kernel.Index)

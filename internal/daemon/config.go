@@ -13,26 +13,20 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 
 	"github.com/isboot/isboot/internal/status"
+	"github.com/isboot/isboot/iscsi"
 )
 
 // Argv0 is the name the daemon runs under.
 const Argv0 = "@isboot"
 
-// Config is everything the daemon needs; it is sent to the child as JSON.
+// Config is everything the daemon needs; it is sent to the child as JSON. Its String
+// (iscsi.Config's) shows no secret.
 type Config struct {
-	Portals       []string // "host:port"; the first is tried first
-	Target        string
-	Initiator     string
-	LUN           uint64
-	CHAPUser      string `json:",omitempty"`
-	CHAPSecret    string `json:",omitempty"`
-	RevCHAPUser   string `json:",omitempty"`
-	RevCHAPSecret string `json:",omitempty"`
-	HeaderDigest  bool   // CRC32C header digests (offered, the target decides)
-	DataDigest    bool
+	// iscsi.Config is the LUN: portals (the first is tried first), target, initiator,
+	// LUN, CHAP, digests (offered, the target decides). The daemon sets Logf and ISID.
+	iscsi.Config
 
 	Device      int // N of /dev/nbdN; -1 lets the kernel pick
 	Connections int // NBD sockets (the iSCSI session is shared)
@@ -42,18 +36,6 @@ type Config struct {
 	IBFT      []status.KV // hw.ibft.* lines, secrets masked
 	Debug     int
 	Version   string
-}
-
-// String describes the configuration for logs, without secrets.
-func (c *Config) String() string {
-	auth := "no CHAP"
-	switch {
-	case c.RevCHAPUser != "":
-		auth = fmt.Sprintf("mutual CHAP as %q, target %q", c.CHAPUser, c.RevCHAPUser)
-	case c.CHAPUser != "":
-		auth = fmt.Sprintf("CHAP as %q", c.CHAPUser)
-	}
-	return fmt.Sprintf("%s LUN %d at %s (initiator %s, %s)", c.Target, c.LUN, strings.Join(c.Portals, ","), c.Initiator, auth)
 }
 
 func (c *Config) encode(w io.Writer) error {
@@ -70,7 +52,7 @@ func decodeConfig(r io.Reader) (*Config, error) {
 	} else if err != nil {
 		return nil, fmt.Errorf("daemon: config: %w", err)
 	}
-	if len(c.Portals) == 0 || c.Target == "" {
+	if len(c.Portals) == 0 || c.TargetName == "" {
 		return nil, fmt.Errorf("daemon: config: no portal or target")
 	}
 	return &c, nil

@@ -16,6 +16,7 @@ import (
 	"github.com/isboot/isboot/internal/blockdev"
 	"github.com/isboot/isboot/internal/nbd"
 	"github.com/isboot/isboot/internal/status"
+	"github.com/isboot/isboot/iscsi"
 )
 
 type fakeSession struct {
@@ -45,9 +46,10 @@ const secret = "Secr3t-Never-Shown"
 
 func testConfig(dir string) *Config {
 	return &Config{
-		Portals: []string{"192.0.2.1:3260"}, Target: "iqn.2024-01.org.example:disk", LUN: 1,
-		Initiator: "iqn.2024-01.org.example:host", CHAPUser: "u", CHAPSecret: secret,
-		RevCHAPUser: "t", RevCHAPSecret: secret + "2", Device: -1, StatusDir: dir,
+		Config: iscsi.Config{Portals: []string{"192.0.2.1:3260"}, TargetName: "iqn.2024-01.org.example:disk", LUN: 1,
+			InitiatorName: "iqn.2024-01.org.example:host", CHAPUser: "u", CHAPSecret: secret,
+			RevCHAPUser: "t", RevCHAPSecret: secret + "2"},
+		Device: -1, StatusDir: dir,
 		IBFT: []status.KV{{Key: "hw.ibft.chap_secret", Value: "***"}, {Key: "hw.ibft.target_port", Value: "3260"}}, Version: "test",
 	}
 }
@@ -137,7 +139,7 @@ func TestRunRetryServeStop(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	for k, want := range map[string]string{
-		"net.isboot.state": "serving", "net.isboot.device": "nbd7", "net.isboot.target": cfg.Target,
+		"net.isboot.state": "serving", "net.isboot.device": "nbd7", "net.isboot.target": cfg.TargetName,
 		"net.isboot.session.isid": "400001370000", "net.isboot.session.MaxBurstLength": "262144",
 		"net.isboot.errors": "2", "net.isboot.reconnects": "2", "net.isboot.version": "test",
 		"net.isboot.size": fmt.Sprint(8 << 20), "hw.ibft.target_port": "3260",

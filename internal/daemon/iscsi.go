@@ -21,13 +21,10 @@ const attemptTimeout = 20 * time.Second
 func DialISCSI(ctx context.Context, cfg *Config, logf func(string, ...any)) (Session, error) {
 	actx, cancel := context.WithTimeout(ctx, attemptTimeout)
 	defer cancel()
-	s, err := iscsi.Dial(actx, iscsi.Config{
-		Portals: append([]string(nil), cfg.Portals...), TargetName: cfg.Target, InitiatorName: cfg.Initiator,
-		LUN: cfg.LUN, CHAPUser: cfg.CHAPUser, CHAPSecret: cfg.CHAPSecret,
-		RevCHAPUser: cfg.RevCHAPUser, RevCHAPSecret: cfg.RevCHAPSecret,
-		HeaderDigest: cfg.HeaderDigest, DataDigest: cfg.DataDigest, Logf: logf,
-		ISID: stableISID(cfg.Initiator, cfg.Target),
-	})
+	c := cfg.Config
+	c.Logf = logf
+	c.ISID = stableISID(c.InitiatorName, c.TargetName)
+	s, err := iscsi.Dial(actx, c)
 	if err != nil {
 		var le *iscsi.LoginError
 		if errors.As(err, &le) && le.Permanent() {

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/isboot/isboot/internal/testkit/testtarget"
+	"github.com/isboot/isboot/iscsi"
 )
 
 // Against tgtd with CHAP: a login gives the session identity and negotiated keys for
@@ -20,8 +21,8 @@ func TestDialISCSI(t *testing.T) {
 	chap := testtarget.CHAP{User: "isboot-daemon", Secret: "daemon-secret-12"}
 	g := testtarget.StartTgtd(t, testtarget.TgtdOptions{
 		Port: testtarget.FreePort(t, 13530, 13534), ControlPort: 60, Size: 16 << 20, CHAP: chap})
-	cfg := &Config{Portals: []string{g.Addr()}, Target: g.IQN, LUN: g.LUN, Initiator: "iqn.2026-01.org.isboot.test:daemon",
-		CHAPUser: chap.User, CHAPSecret: chap.Secret}
+	cfg := &Config{Config: iscsi.Config{Portals: []string{g.Addr()}, TargetName: g.IQN, LUN: g.LUN,
+		InitiatorName: "iqn.2026-01.org.isboot.test:daemon", CHAPUser: chap.User, CHAPSecret: chap.Secret}}
 	sess, err := DialISCSI(context.Background(), cfg, t.Logf)
 	if err != nil {
 		t.Fatal(err)
@@ -45,7 +46,7 @@ func TestDialISCSI(t *testing.T) {
 	}
 
 	bad := *cfg
-	bad.Target = "iqn.2026-01.org.isboot.test:no-such-target"
+	bad.TargetName = "iqn.2026-01.org.isboot.test:no-such-target"
 	_, err = DialISCSI(context.Background(), &bad, t.Logf)
 	if !errors.Is(err, ErrPermanent) || !strings.Contains(err.Error(), "not found") {
 		t.Errorf("unknown target: %v, want a permanent 'not found'", err)

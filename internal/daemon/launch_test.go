@@ -91,7 +91,7 @@ func testChild() int {
 	leak := strings.Contains(string(cmdline)+string(environ), cfg.CHAPSecret)
 	rep.send(EventRetry, fmt.Sprintf("flusher-error=%v", flErr))
 	rep.send(EventReady, fmt.Sprintf("threads=%d flusher=%d leak=%v target=%s secret-ok=%v argv0=%s",
-		len(flags), withFlag, leak, cfg.Target, cfg.CHAPSecret == secret, strings.Split(string(cmdline), "\x00")[0]))
+		len(flags), withFlag, leak, cfg.TargetName, cfg.CHAPSecret == secret, strings.Split(string(cmdline), "\x00")[0]))
 	return 0
 }
 

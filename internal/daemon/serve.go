@@ -110,7 +110,7 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 	}
 	d := &daemon{cfg: cfg, o: o}
 	d.st = status.Status{
-		Version: cfg.Version, PID: o.Pid, NIC: cfg.NIC, Debug: cfg.Debug, Target: cfg.Target,
+		Version: cfg.Version, PID: o.Pid, NIC: cfg.NIC, Debug: cfg.Debug, Target: cfg.TargetName,
 		LUN: cfg.LUN, IBFT: cfg.IBFT, State: status.LoggingIn,
 	}
 	if len(cfg.Portals) > 0 {
@@ -132,7 +132,7 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 		return err
 	}
 	lun := sess.LUN()
-	srv := nbd.NewServer(lun, nbd.Options{ExportName: cfg.Target, Logf: o.Logf})
+	srv := nbd.NewServer(lun, nbd.Options{ExportName: cfg.TargetName, Logf: o.Logf})
 	att, err := o.Attach(srv, nbd.AttachConfig{
 		KernelConfig: nbd.KernelConfig{
 			Index: cfg.Device,
@@ -153,7 +153,7 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 		st.State, st.Device, st.Size, st.LastError = status.Serving, att.Device(), lun.Size(), ""
 	})
 	d.refresh(sess, srv, att, true)
-	o.Logf("serving %s (%d MiB) on /dev/%s", cfg.Target, lun.Size()>>20, att.Device())
+	o.Logf("serving %s (%d MiB) on /dev/%s", cfg.TargetName, lun.Size()>>20, att.Device())
 	o.Report(Event{EventReady, att.Device()})
 
 	tick := time.NewTicker(min(time.Second, o.StatusInterval))

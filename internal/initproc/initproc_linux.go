@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/isboot/isboot/ibft"
+	"github.com/isboot/isboot/internal/bootplan"
 	"github.com/isboot/isboot/internal/cmdline"
 	"github.com/isboot/isboot/internal/daemon"
 	"github.com/isboot/isboot/internal/klog"
@@ -77,7 +78,7 @@ func (b *boot) setState(st status.State, lastErr string) {
 	}
 	if b.plan != nil {
 		d := &b.plan.Daemon
-		s.Target, s.LUN, s.IBFT = d.Target, d.LUN, d.IBFT
+		s.Target, s.LUN, s.IBFT = d.TargetName, d.LUN, d.IBFT
 		if len(d.Portals) > 0 {
 			s.Portal = d.Portals[0]
 		}
@@ -202,16 +203,17 @@ func (b *boot) makePlan() error {
 	p.Daemon.Version = b.version
 	p.Daemon.StatusDir = status.DefaultDir
 	b.plan = p
-	for _, n := range p.Notes {
+	for _, n := range p.Boot.Notes {
 		b.log.Infof("note: %s", n)
 	}
 	b.log.Infof("target: %s", &p.Daemon)
+	b.log.Debugf(1, "boot plan:\n%s", p.Boot)
 	return nil
 }
 
 func (b *boot) configureNetwork() error {
 	b.setState(status.Configuring, "")
-	np, err := netcfg.NewPlan(b.table, b.plan.NIC, netcfg.Overrides{Targets: b.plan.Targets, Renew: b.cmd.DHCP})
+	np, err := bootplan.Network(b.cmd, b.table, b.plan.Boot.NIC)
 	if err != nil {
 		return err
 	}
@@ -286,7 +288,7 @@ func (b *boot) waitDevice() error {
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	last := ""
-	what := fmt.Sprintf("%s at %s", b.plan.Daemon.Target, strings.Join(b.plan.Daemon.Portals, ","))
+	what := fmt.Sprintf("%s at %s", b.plan.Daemon.TargetName, strings.Join(b.plan.Daemon.Portals, ","))
 	for {
 		select {
 		case e, ok := <-b.child.Events:

@@ -37,84 +37,29 @@ func parse(t *testing.T, s string) *cmdline.CmdLine {
 	return c
 }
 
+// The mapping itself is bootplan's (tested there); PID 1 adds the daemon's side and
+// hands it the LUN unchanged, secrets included (they travel over a pipe).
 func TestMakePlanFromIBFT(t *testing.T) {
 	p, err := MakePlan(parse(t, "isboot.debug=2"), table())
 	if err != nil {
 		t.Fatal(err)
 	}
 	d := p.Daemon
-	if d.Portals[0] != "10.0.2.2:3260" || d.Target != "iqn.2024-01.org.example:disk" || d.LUN != 1 ||
-		d.Initiator != "iqn.2024-01.org.example:host" || d.CHAPSecret != "s1" || d.RevCHAPSecret != "s2" ||
-		d.Debug != 2 || p.NIC != 0 || p.Targets != nil {
-		t.Errorf("plan %+v", p)
+	if d.Portals[0] != "10.0.2.2:3260" || d.TargetName != "iqn.2024-01.org.example:disk" || d.LUN != 1 ||
+		d.InitiatorName != "iqn.2024-01.org.example:host" || d.CHAPSecret != "s1" || d.RevCHAPSecret != "s2" ||
+		d.Debug != 2 || d.Device != 0 || d.Connections != 2 || p.Boot.NIC != 0 || p.Boot.Targets != nil {
+		t.Errorf("plan %v, daemon %v", p.Boot, &d)
+	}
+	if len(d.IBFT) == 0 {
+		t.Error("no hw.ibft.* keys for the status file")
 	}
 	for _, kv := range d.IBFT {
 		if strings.Contains(kv.Value, "s1") || strings.Contains(kv.Value, "s2") {
 			t.Errorf("secret in status keys: %v", kv)
 		}
 	}
-}
-
-// A second valid target with the same name and LUN is a second path: the daemon gets
-// both portals, the boot-selected one first. A target for another LUN is not a path.
-func TestMakePlanFailoverPortals(t *testing.T) {
-	tb := table()
-	second := tb.Targets[0]
-	second.Index, second.Flags, second.IP, second.Port = 1, ibft.FlagValid, netip.MustParseAddr("10.0.3.2"), 3261
-	other := second
-	other.Index, other.LUN = 2, 7
-	tb.Targets = append(tb.Targets, second, other)
-	p, err := MakePlan(parse(t, ""), tb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := strings.Join(p.Daemon.Portals, " "); got != "10.0.2.2:3260 10.0.3.2:3261" {
-		t.Errorf("portals %q", got)
-	}
-}
-
-// The command line wins: netroot= replaces the target and its CHAP (here: none), and
-// rd.iscsi.initiator= the name. A garbage iBFT target address does not matter then.
-func TestMakePlanOverrides(t *testing.T) {
-	tb := table()
-	tb.Targets[0].IP = netip.MustParseAddr("0.0.0.0")
-	tb.Targets[0].Port = 0
-	p, err := MakePlan(parse(t, "netroot=iscsi:[fd00::2]:::3:iqn.x:y rd.iscsi.initiator=iqn.me"), tb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := p.Daemon
-	if d.Portals[0] != "[fd00::2]:3260" || d.Target != "iqn.x:y" || d.LUN != 3 || d.CHAPUser != "" ||
-		d.CHAPSecret != "" || d.Initiator != "iqn.me" || len(p.Targets) != 1 || p.Targets[0].String() != "fd00::2" {
-		t.Errorf("plan %+v", d)
-	}
-	if len(p.Notes) != 2 {
-		t.Errorf("notes %q", p.Notes)
-	}
-}
-
-func TestMakePlanErrors(t *testing.T) {
-	noName := table()
-	noName.Initiator.Name = ""
-	noAddr := table()
-	noAddr.Targets[0].IP = netip.Addr{}
-	for _, tt := range []struct {
-		name, cmd string
-		t         *ibft.Table
-		want      string
-	}{
-		{"nothing", "", nil, "no iBFT found and no netroot="},
-		{"netroot without iBFT", "netroot=iscsi:10.0.0.1::::iqn.t rd.iscsi.initiator=iqn.i", nil, "no usable NIC in the iBFT"},
-		{"no initiator", "netroot=iscsi:10.0.0.1::::iqn.t", nil, "set rd.iscsi.initiator="},
-		{"iBFT without initiator", "", noName, "set rd.iscsi.initiator="},
-		{"iBFT target without address", "", noAddr, "target0 has no address"},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			_, err := MakePlan(parse(t, tt.cmd), tt.t)
-			if err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Errorf("got %v, want %q", err, tt.want)
-			}
-		})
+	if _, err := MakePlan(parse(t, ""), nil); err == nil {
+		t.Error("no iBFT, no netroot=: planned anyway")
 	}
 }
 

@@ -1,0 +1,180 @@
+// Package bootplan turns the iBFT and the kernel command line into the boot plan: the
+// LUN to log in to and the NIC that reaches it. It is the one place that mapping lives:
+// PID 1 (initproc), `isboot serve --ibft` and `isboot netcfg` all plan through it, so
+// they cannot drift apart. It decides and touches nothing; callers apply the plan.
+package bootplan
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/isboot/isboot/ibft"
+	"github.com/isboot/isboot/internal/cmdline"
+	"github.com/isboot/isboot/internal/status"
+	"github.com/isboot/isboot/iscsi"
+	"github.com/isboot/isboot/netcfg"
+)
+
+const defaultPort = 3260
+
+// ErrNoInitiator means neither the iBFT nor the command line names the initiator.
+var ErrNoInitiator = errors.New("no initiator name: the iBFT has none; set rd.iscsi.initiator=")
+
+// Plan is what the boot will do, decided before anything is touched.
+type Plan struct {
+	// ISCSI is how to reach the LUN: the portals (the boot target's first, then the
+	// other paths to the same LUN), target, LUN, initiator and CHAP. Logf, ISID and
+	// the tuning fields are left to whoever dials.
+	ISCSI   iscsi.Config
+	NIC     int          // iBFT NIC index to configure
+	Targets []netip.Addr // command-line target addresses the network must route to; nil: the iBFT's
+	IBFT    []status.KV  // hw.ibft.* keys for the status file, secrets masked
+	Notes   []string     // fallbacks taken and overrides applied, for the log
+}
+
+// String prints the plan for people; it shows no secret.
+func (p *Plan) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "target: %s\n", p.ISCSI)
+	fmt.Fprintf(&b, "nic:    iBFT nic%d\n", p.NIC)
+	if p.Targets != nil {
+		s := make([]string, len(p.Targets))
+		for i, a := range p.Targets {
+			s[i] = a.String()
+		}
+		fmt.Fprintf(&b, "routes: to %s (netroot=), not to the iBFT targets\n", strings.Join(s, ", "))
+	}
+	for _, n := range p.Notes {
+		fmt.Fprintf(&b, "note:   %s\n", n)
+	}
+	return b.String()
+}
+
+// Make merges the iBFT (t, possibly nil) with the command line, which wins:
+// netroot= replaces the target (and its CHAP), rd.iscsi.initiator= the initiator name.
+func Make(c *cmdline.CmdLine, t *ibft.Table) (*Plan, error) {
+	p := &Plan{NIC: -1}
+	d := &p.ISCSI
+
+	var choice ibft.Choice
+	if t != nil {
+		var err error
+		choice, err = t.BootChoice()
+		if err != nil && c.Netroot == nil {
+			return nil, err
+		}
+		if err == nil {
+			p.NIC = choice.NIC.Index
+			p.Notes = append(p.Notes, choice.Notes...)
+		}
+		for _, kv := range t.Keys(false) {
+			p.IBFT = append(p.IBFT, status.KV{Key: kv.Key, Value: kv.Value})
+		}
+	}
+
+	switch n := c.Netroot; {
+	case n != nil:
+		port := int(n.Port)
+		if port == 0 {
+			port = defaultPort
+		}
+		d.Portals = []string{net.JoinHostPort(n.Server, strconv.Itoa(port))}
+		d.TargetName, d.LUN = n.Target, n.LUN
+		d.CHAPUser, d.CHAPSecret, d.RevCHAPUser, d.RevCHAPSecret = n.User, n.Secret, n.RevUser, n.RevSecret
+		p.Targets, _ = netrootTargets(c)
+		p.Notes = append(p.Notes, "netroot= on the command line replaces the iBFT target: "+n.String())
+	case t != nil:
+		tg := choice.Target
+		if !tg.IP.IsValid() || tg.IP.IsUnspecified() {
+			return nil, fmt.Errorf("ibft: target%d has no address (use netroot= to give one)", tg.Index)
+		}
+		if tg.Name == "" {
+			return nil, fmt.Errorf("ibft: target%d has no name (use netroot= to give one)", tg.Index)
+		}
+		d.Portals = []string{portal(tg)}
+		// The other valid targets naming the same LUN are paths to it: the initiator
+		// fails over to them in turn (iBFT target0, then target1).
+		for _, o := range t.Targets {
+			if o.Index != tg.Index && o.Flags&ibft.FlagValid != 0 && o.Name == tg.Name && o.LUN == tg.LUN &&
+				o.IP.IsValid() && !o.IP.IsUnspecified() && !slices.Contains(d.Portals, portal(o)) {
+				d.Portals = append(d.Portals, portal(o))
+				p.Notes = append(p.Notes, fmt.Sprintf("target%d (%s) is another path to the LUN", o.Index, portal(o)))
+			}
+		}
+		d.TargetName, d.LUN = tg.Name, tg.LUN
+		if tg.CHAPType >= ibft.CHAPOneWay {
+			d.CHAPUser, d.CHAPSecret = tg.CHAPName, tg.CHAPSecret
+		}
+		if tg.CHAPType >= ibft.CHAPMutual {
+			d.RevCHAPUser, d.RevCHAPSecret = tg.RevCHAPName, tg.RevCHAPSecret
+		}
+	default:
+		return nil, errors.New("no iBFT found and no netroot= on the kernel command line: nothing to boot from")
+	}
+
+	switch {
+	case c.Initiator != "":
+		d.InitiatorName = c.Initiator
+		if t != nil && t.Initiator.Name != "" && t.Initiator.Name != c.Initiator {
+			p.Notes = append(p.Notes, "rd.iscsi.initiator= replaces the iBFT initiator name "+t.Initiator.Name)
+		}
+	case t != nil && t.Initiator.Name != "":
+		d.InitiatorName = t.Initiator.Name
+	default:
+		return nil, ErrNoInitiator
+	}
+	if p.NIC < 0 {
+		return nil, errors.New("no usable NIC in the iBFT: isboot configures the network from the iBFT, which netroot= alone does not replace")
+	}
+	return p, nil
+}
+
+// Network plans the configuration of iBFT NIC nic, or of the boot target's NIC when
+// nic is negative, with the command line's overrides: a netroot= server given as an
+// address replaces the iBFT targets as route destinations (old iPXE writes garbage
+// IPv4 for IPv6 targets), isboot.dhcp asks for DHCP renewal.
+func Network(c *cmdline.CmdLine, t *ibft.Table, nic int) (*netcfg.Plan, error) {
+	if t != nil && nic < 0 {
+		choice, err := t.BootChoice()
+		if err != nil {
+			return nil, err
+		}
+		nic = choice.NIC.Index
+	}
+	targets, warning := netrootTargets(c)
+	np, err := netcfg.NewPlan(t, nic, netcfg.Overrides{Targets: targets, Renew: c.DHCP})
+	if err != nil {
+		return nil, err
+	}
+	if warning != "" {
+		np.Warnings = append(np.Warnings, warning)
+	}
+	return np, nil
+}
+
+// netrootTargets is the netroot= server when it is an address; nil leaves the routes
+// to the iBFT's targets. A host name gets no host route, and a warning says so.
+func netrootTargets(c *cmdline.CmdLine) ([]netip.Addr, string) {
+	if c.Netroot == nil || c.Netroot.Server == "" {
+		return nil, ""
+	}
+	a, err := netip.ParseAddr(c.Netroot.Server)
+	if err != nil {
+		return nil, fmt.Sprintf("netroot= server %q is not an address: no host route for it", c.Netroot.Server)
+	}
+	return []netip.Addr{a}, ""
+}
+
+// portal is a target's "address:port", the port defaulting to 3260.
+func portal(tg ibft.Target) string {
+	port := int(tg.Port)
+	if port == 0 {
+		port = defaultPort
+	}
+	return net.JoinHostPort(tg.IP.Unmap().String(), strconv.Itoa(port))
+}

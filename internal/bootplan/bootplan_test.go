@@ -1,0 +1,167 @@
+package bootplan
+
+import (
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/isboot/isboot/ibft"
+	"github.com/isboot/isboot/internal/cmdline"
+)
+
+func table() *ibft.Table {
+	mac, _ := net.ParseMAC("52:54:00:12:34:56")
+	return &ibft.Table{
+		Source:    "test",
+		Signature: "iBFT",
+		Initiator: ibft.Initiator{Flags: 3, Name: "iqn.2024-01.org.example:host"},
+		NICs: []ibft.NIC{{Index: 0, Flags: 3, IP: netip.MustParseAddr("10.0.2.15"), Prefix: 24,
+			Gateway: netip.MustParseAddr("10.0.2.2"), MAC: mac, PCIBDF: 3 << 3}},
+		Targets: []ibft.Target{{Index: 0, Flags: 3, IP: netip.MustParseAddr("10.0.2.2"), Port: 3260, LUN: 1,
+			Name: "iqn.2024-01.org.example:disk", CHAPType: ibft.CHAPMutual, CHAPName: "u", CHAPSecret: "s1",
+			RevCHAPName: "t", RevCHAPSecret: "s2"}},
+	}
+}
+
+func parse(t *testing.T, s string) *cmdline.CmdLine {
+	t.Helper()
+	c, err := cmdline.ParseString(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestMakeFromIBFT(t *testing.T) {
+	p, err := Make(parse(t, "isboot.debug=2"), table())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := p.ISCSI
+	if d.Portals[0] != "10.0.2.2:3260" || d.TargetName != "iqn.2024-01.org.example:disk" || d.LUN != 1 ||
+		d.InitiatorName != "iqn.2024-01.org.example:host" || d.CHAPSecret != "s1" || d.RevCHAPSecret != "s2" ||
+		p.NIC != 0 || p.Targets != nil {
+		t.Errorf("plan %+v", p)
+	}
+	for _, kv := range p.IBFT {
+		if strings.Contains(kv.Value, "s1") || strings.Contains(kv.Value, "s2") {
+			t.Errorf("secret in status keys: %v", kv)
+		}
+	}
+}
+
+// A second valid target with the same name and LUN is a second path: the daemon gets
+// both portals, the boot-selected one first. A target for another LUN is not a path.
+func TestMakeFailoverPortals(t *testing.T) {
+	tb := table()
+	second := tb.Targets[0]
+	second.Index, second.Flags, second.IP, second.Port = 1, ibft.FlagValid, netip.MustParseAddr("10.0.3.2"), 3261
+	other := second
+	other.Index, other.LUN = 2, 7
+	tb.Targets = append(tb.Targets, second, other)
+	p, err := Make(parse(t, ""), tb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(p.ISCSI.Portals, " "); got != "10.0.2.2:3260 10.0.3.2:3261" {
+		t.Errorf("portals %q", got)
+	}
+}
+
+// The command line wins: netroot= replaces the target and its CHAP (here: none), and
+// rd.iscsi.initiator= the name. A garbage iBFT target address does not matter then.
+func TestMakeOverrides(t *testing.T) {
+	tb := table()
+	tb.Targets[0].IP = netip.MustParseAddr("0.0.0.0")
+	tb.Targets[0].Port = 0
+	p, err := Make(parse(t, "netroot=iscsi:[fd00::2]:::3:iqn.x:y rd.iscsi.initiator=iqn.me"), tb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := p.ISCSI
+	if d.Portals[0] != "[fd00::2]:3260" || d.TargetName != "iqn.x:y" || d.LUN != 3 || d.CHAPUser != "" ||
+		d.CHAPSecret != "" || d.InitiatorName != "iqn.me" || len(p.Targets) != 1 || p.Targets[0].String() != "fd00::2" {
+		t.Errorf("plan %+v", d)
+	}
+	if len(p.Notes) != 2 {
+		t.Errorf("notes %q", p.Notes)
+	}
+}
+
+func TestMakeErrors(t *testing.T) {
+	noName := table()
+	noName.Initiator.Name = ""
+	noAddr := table()
+	noAddr.Targets[0].IP = netip.Addr{}
+	for _, tt := range []struct {
+		name, cmd string
+		t         *ibft.Table
+		want      string
+	}{
+		{"nothing", "", nil, "no iBFT found and no netroot="},
+		{"netroot without iBFT", "netroot=iscsi:10.0.0.1::::iqn.t rd.iscsi.initiator=iqn.i", nil, "no usable NIC in the iBFT"},
+		{"no initiator", "netroot=iscsi:10.0.0.1::::iqn.t", nil, "set rd.iscsi.initiator="},
+		{"iBFT without initiator", "", noName, "set rd.iscsi.initiator="},
+		{"iBFT target without address", "", noAddr, "target0 has no address"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Make(parse(t, tt.cmd), tt.t)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("got %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// The plan prints for people and never shows a secret, from the iBFT or netroot=.
+func TestPlanStringHasNoSecrets(t *testing.T) {
+	for _, cmd := range []string{"", "netroot=iscsi:user:pw-secret:ruser:rpw-secret@10.0.9.9::::iqn.x:y"} {
+		p, err := Make(parse(t, cmd), table())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := p.String()
+		for _, secret := range []string{"s1", "s2", "pw-secret"} {
+			if strings.Contains(s, secret) {
+				t.Errorf("%q: plan shows a secret:\n%s", cmd, s)
+			}
+		}
+		if !strings.Contains(s, "mutual CHAP") || !strings.Contains(s, "nic0") {
+			t.Errorf("%q: plan:\n%s", cmd, s)
+		}
+	}
+}
+
+// The network half: the boot NIC unless one is named, routes to a netroot= address
+// instead of the iBFT targets, a warning for a netroot= host name, isboot.dhcp.
+func TestNetwork(t *testing.T) {
+	tb := table()
+	for _, tt := range []struct {
+		cmd   string
+		nic   int
+		route string // destination of the last route
+		warn  string
+		renew bool
+	}{
+		{"", -1, "10.0.2.2/32", "", false},
+		{"netroot=iscsi:192.0.2.99::::iqn.x:y isboot.dhcp", -1, "192.0.2.99/32", "", true},
+		{"netroot=iscsi:san.example.org::::iqn.x:y", 0, "10.0.2.2/32", `netroot= server "san.example.org" is not an address`, false},
+	} {
+		np, err := Network(parse(t, tt.cmd), tb, tt.nic)
+		if err != nil {
+			t.Fatalf("%q: %v", tt.cmd, err)
+		}
+		last := np.Routes[len(np.Routes)-1]
+		if np.NIC != 0 || last.Dst.String() != tt.route || np.Renew != tt.renew ||
+			(tt.warn == "") != (len(np.Warnings) == 0) || !strings.Contains(strings.Join(np.Warnings, "\n"), tt.warn) {
+			t.Errorf("%q: plan\n%s", tt.cmd, np)
+		}
+	}
+	if _, err := Network(parse(t, ""), tb, 7); err == nil || !strings.Contains(err.Error(), "no nic7") {
+		t.Errorf("nic7: %v", err)
+	}
+	if _, err := Network(parse(t, ""), nil, -1); err == nil {
+		t.Error("no iBFT: no error")
+	}
+}
