@@ -28,7 +28,12 @@ type conn struct {
 	initialR2T bool
 	params     map[string]string
 
-	cmdSN    uint32 // writer-owned
+	// wmu guards the write side (wr, hdr, cmdSN, direct). The writer goroutine holds
+	// it while it works; callers take it to send their own commands (sendDirect).
+	wmu      sync.Mutex
+	direct   bool         // callers may send directly: released, nothing queued in the writer
+	senders  atomic.Int32 // callers in sendDirect; the last one out flushes
+	cmdSN    uint32
 	expCmdSN atomic.Uint32
 	maxCmdSN atomic.Uint32
 	// windowKnown is false while the target has sent no valid MaxCmdSN: the window

@@ -44,6 +44,8 @@ func (c *conn) windowOK() bool {
 	return !c.windowKnown.Load() || !snLess(c.maxCmdSN.Load(), c.cmdSN)
 }
 
+// writeRun is the writer goroutine. It holds wmu except while it waits, so callers
+// that find the connection idle (direct) send their own commands in between.
 func (c *conn) writeRun() error {
 	s := c.s
 	// pending is a FIFO over one backing array (head moves, and both reset when it
@@ -53,6 +55,11 @@ func (c *conn) writeRun() error {
 	var internal *task // an internal command, sent before the release
 	released := false
 	yielded := false
+	c.wmu.Lock()
+	defer func() {
+		c.direct = false // a dead connection takes no more commands
+		c.wmu.Unlock()
+	}()
 	for {
 		var cmdCh chan taskRef
 		var release chan struct{}
@@ -86,15 +93,21 @@ func (c *conn) writeRun() error {
 		} else {
 			release = c.release
 		}
+		// Callers may send for themselves only when nothing older waits here, so a
+		// reissued or window-blocked command is never overtaken.
+		c.direct = released && next == nil
 		// About to wait: send what is queued unless more work is already here, so
-		// back-to-back PDUs share one write.
-		if len(c.dataOut) == 0 && len(c.ctrl) == 0 && (cmdCh == nil || len(cmdCh) == 0) {
+		// back-to-back PDUs share one write. A caller waiting for wmu flushes after
+		// its own command, so the writer leaves the flush to it.
+		if len(c.dataOut) == 0 && len(c.ctrl) == 0 && (cmdCh == nil || len(cmdCh) == 0) && c.senders.Load() == 0 {
 			if len(c.wr.out) > 0 && !yielded {
 				// Callers just woken by responses are about to queue their next
 				// command: let them run first and send it all in one write (this
 				// took writes per command at QD 32 from 1.0 to about 0.35).
 				yielded = true
+				c.wmu.Unlock()
 				runtime.Gosched()
+				c.wmu.Lock()
 				continue
 			}
 			if err := c.wr.flush(); err != nil {
@@ -102,19 +115,24 @@ func (c *conn) writeRun() error {
 			}
 		}
 		yielded = false
+		c.wmu.Unlock()
 		select {
 		case <-release:
+			c.wmu.Lock()
 			released = true
 			pending = append(pending[:0], s.activeInOrder(c.gen)...)
 		case ref := <-cmdCh:
+			c.wmu.Lock()
 			if s.claim(ref, c.gen) {
 				pending = append(pending, ref.t)
 			}
 		case r := <-c.dataOut:
+			c.wmu.Lock()
 			if err := c.sendDataOut(r); err != nil {
 				return err
 			}
 		case q := <-c.ctrl:
+			c.wmu.Lock()
 			if q.kind == ctrlInternal {
 				if s.claim(taskRef{q.t, q.seq}, c.gen) {
 					internal = q.t
@@ -125,10 +143,38 @@ func (c *conn) writeRun() error {
 				return err
 			}
 		case <-c.windowOpen:
+			c.wmu.Lock()
 		case <-c.dead:
+			c.wmu.Lock()
 			return nil
 		}
 	}
+}
+
+// sendDirect sends a caller's command from the caller's goroutine when the writer
+// has nothing older queued and the window is open: the hand-off to the writer
+// goroutine cost a wake-up per I/O. It reports false when the command must go
+// through the writer instead. The last of several callers waiting for wmu flushes
+// for all of them, so commands issued together still share one write.
+func (c *conn) sendDirect(ref taskRef) bool {
+	c.senders.Add(1)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	sent := false
+	var err error
+	if c.direct && c.windowOK() && c.s.claim(ref, c.gen) {
+		// Once claimed the command belongs to this connection: if sending fails,
+		// recovery reissues it on the next one.
+		sent = true
+		err = c.sendCmd(ref.t)
+	}
+	if c.senders.Add(-1) == 0 && err == nil {
+		err = c.wr.flush()
+	}
+	if err != nil {
+		c.fail(err)
+	}
+	return sent
 }
 
 func (c *conn) sendCmd(t *task) error {

@@ -202,7 +202,7 @@ func (s *Session) internalCmd(ctx context.Context, c *conn, cd cdb, buf []byte) 
 	t := &s.tasks[len(s.tasks)-1]
 	for attempt := 0; ; attempt++ {
 		t.prepare(cd, true, buf)
-		if err := s.register(t); err != nil {
+		if _, err := s.register(t); err != nil {
 			return 0, err
 		}
 		select {

@@ -33,15 +33,18 @@ func (s *Session) execSlot(t *task, op string, cd cdb, read bool, buf []byte) (i
 	backoff := time.Millisecond
 	for attempt := 0; ; attempt++ {
 		t.prepare(cd, read, buf)
-		if err := s.register(t); err != nil {
+		c, err := s.register(t)
+		if err != nil {
 			return 0, err
 		}
-		select {
-		case s.cmdCh <- taskRef{t, t.seq}:
-		case <-s.failedCh: // failAll completes t
+		if ref := (taskRef{t, t.seq}); c == nil || !c.sendDirect(ref) {
+			select {
+			case s.cmdCh <- ref:
+			case <-s.failedCh: // failAll completes t
+			}
 		}
 		<-t.done
-		err := t.result(op)
+		err = t.result(op)
 		if err == nil {
 			n := len(buf)
 			if read && t.resid > 0 {

@@ -9,15 +9,16 @@ type taskRef struct {
 	seq uint64
 }
 
-// register makes t active with a fresh ITT and submission order.
-func (s *Session) register(t *task) error {
+// register makes t active with a fresh ITT and submission order, and returns the
+// current connection (it may be dead: sendDirect then declines).
+func (s *Session) register(t *task) (*conn, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return ErrClosed
+		return nil, ErrClosed
 	}
 	if s.failed != nil {
-		return s.failed
+		return nil, s.failed
 	}
 	s.seq++
 	s.ittGen++
@@ -25,7 +26,7 @@ func (s *Session) register(t *task) error {
 	t.itt = uint32(t.slot) | (s.ittGen&0x7fff)<<16
 	t.gen = 0
 	s.active[t.slot] = true
-	return nil
+	return s.conn, nil
 }
 
 func (s *Session) deactivate(t *task) {
