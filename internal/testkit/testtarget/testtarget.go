@@ -16,6 +16,7 @@
 //	13500-13529  40-42, 44      cmd/isboot
 //	13530-13539  60             internal/daemon
 //	13540-13549  61-62          ibft
+//	13550-13559  63-64          internal/testkit/diskbench
 package testtarget
 
 import (
