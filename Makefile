@@ -35,8 +35,13 @@ test-unit:
 # CI=1 turns a missing tool or root (a skip elsewhere) into a failure.
 # ISBOOT_LONG=1 adds the slow fault tests (60 s target freeze, 5 min at 256 MiB,
 # iBFT target failover, daemon kill): about 15 more minutes. CI runs them all.
+# The pure stages must stay portable (Linux-only code lives in _linux.go files).
+PURE := ./ibft ./iscsi ./internal/blockdev ./internal/nbd ./internal/cmdline ./internal/status ./internal/bootplan
+
 test: deps
 	$(GO) vet ./...
+	GOOS=darwin $(GO) vet $(PURE)
+	$(GO) mod tidy -diff
 	CI=1 ISBOOT_LONG=1 $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 # Everything but the slow fault tests (about 8 minutes).
