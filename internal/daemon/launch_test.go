@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,31 +24,38 @@ func TestMain(m *testing.M) {
 // Task flags set by PR_SET_IO_FLUSHER (include/linux/sched.h).
 const pfIOFlusher = 0x00080000 | 0x00100000 // PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE
 
-// threadFlags returns the PF_* flags of every thread of this process.
-func threadFlags() (map[string]uint64, error) {
+// thread is what the test child checks of each of its threads.
+type thread struct {
+	comm  string // process name
+	flags uint64 // PF_*
+}
+
+// threads reads every thread of this process from /proc/self/task/*/stat.
+func threads() (map[string]thread, error) {
 	tasks, err := filepath.Glob("/proc/self/task/*/stat")
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]uint64{}
+	out := map[string]thread{}
 	for _, p := range tasks {
 		b, err := os.ReadFile(p)
 		if err != nil {
 			continue // the thread exited
 		}
 		s := string(b)
-		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+		f := strings.Fields(s[end+1:])
 		flags, err := strconv.ParseUint(f[6], 10, 64) // field 9, "flags"
 		if err != nil {
 			return nil, fmt.Errorf("%s: %v", p, err)
 		}
-		out[filepath.Base(filepath.Dir(p))] = flags
+		out[filepath.Base(filepath.Dir(p))] = thread{comm: s[open+1 : end], flags: flags}
 	}
 	return out, nil
 }
 
 func testChild() int {
-	flErr := becomeIOFlusher() // re-execs on success; returns here afterwards with the flag set
+	flErr := prepareProcess() // re-execs; returns here afterwards with the flag set and the name
 	rep := newReporter(reportFD)
 	cfg, err := decodeConfig(os.NewFile(configFD, "config"))
 	if err == errNoConfig {
@@ -73,7 +81,7 @@ func testChild() int {
 		}()
 	}
 	locked.Wait()
-	flags, err := threadFlags()
+	all, err := threads()
 	close(stop)
 	wg.Wait()
 	if err != nil {
@@ -81,17 +89,24 @@ func testChild() int {
 		return 1
 	}
 	withFlag := 0
-	for _, f := range flags {
-		if f&pfIOFlusher == pfIOFlusher {
+	var names []string
+	for _, th := range all {
+		if th.flags&pfIOFlusher == pfIOFlusher {
 			withFlag++
 		}
+		if !slices.Contains(names, th.comm) {
+			names = append(names, th.comm)
+		}
 	}
+	links, _ := filepath.Glob(fmt.Sprintf("/run/.isboot-exec.%d", os.Getpid()))
+	tmpLinks, _ := filepath.Glob(filepath.Join(os.TempDir(), fmt.Sprintf(".isboot-exec.%d", os.Getpid())))
 	cmdline, _ := os.ReadFile("/proc/self/cmdline")
 	environ, _ := os.ReadFile("/proc/self/environ")
 	leak := strings.Contains(string(cmdline)+string(environ), cfg.CHAPSecret)
 	rep.send(EventRetry, fmt.Sprintf("flusher-error=%v", flErr))
-	rep.send(EventReady, fmt.Sprintf("threads=%d flusher=%d leak=%v target=%s secret-ok=%v argv0=%s",
-		len(flags), withFlag, leak, cfg.TargetName, cfg.CHAPSecret == secret, strings.Split(string(cmdline), "\x00")[0]))
+	rep.send(EventReady, fmt.Sprintf("threads=%d flusher=%d leak=%v target=%s secret-ok=%v argv0=%s comms=%s exec-links=%d",
+		len(all), withFlag, leak, cfg.TargetName, cfg.CHAPSecret == secret, strings.Split(string(cmdline), "\x00")[0],
+		strings.Join(names, ","), len(links)+len(tmpLinks)))
 	return 0
 }
 
@@ -130,7 +145,16 @@ func TestStartPassesConfigOverPipe(t *testing.T) {
 		t.Fatalf("events %v", got)
 	}
 	r := got[1].Text
-	for _, want := range []string{"leak=false", "target=iqn.2024-01.org.example:disk", "secret-ok=true", "argv0=@isboot"} {
+	t.Logf("child reports %s", r)
+	var threads int
+	fmt.Sscanf(r[strings.Index(r, "threads="):], "threads=%d", &threads)
+	if threads < 5 {
+		t.Errorf("the child saw %d threads, want the 5 or more it runs (%s)", threads, r)
+	}
+	// Every thread is named isboot (ps, pgrep), while argv[0] keeps the '@' systemd
+	// looks for; the link that gave the name is gone.
+	for _, want := range []string{"leak=false", "target=iqn.2024-01.org.example:disk", "secret-ok=true", "argv0=@isboot",
+		"comms=isboot ", "exec-links=0"} {
 		if !strings.Contains(r, want) {
 			t.Errorf("child report %q lacks %q", r, want)
 		}
@@ -140,7 +164,7 @@ func TestStartPassesConfigOverPipe(t *testing.T) {
 		return
 	}
 	// Every thread, including those the runtime started after the re-exec, has the flag.
-	var threads, flusher int
+	var flusher int
 	fmt.Sscanf(r[strings.Index(r, "threads="):], "threads=%d flusher=%d", &threads, &flusher)
 	if got[0].Text != "flusher-error=<nil>" || threads < 5 || flusher != threads {
 		t.Errorf("IO_FLUSHER on %d of %d threads (%s)", flusher, threads, got[0].Text)

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -22,9 +23,10 @@ const (
 // Main is the "@isboot" role: it prepares the process to serve the root device, reads
 // its configuration from fd 3 and serves until shut down. It returns the exit code.
 func Main(dial Dialer, version string) int {
-	if err := becomeIOFlusher(); err != nil {
-		// Without it, memory reclaim may wait on writeback to our own device: a
-		// deadlock under pressure, but not a reason to leave the root unserved.
+	if err := prepareProcess(); err != nil {
+		// Without PR_SET_IO_FLUSHER, memory reclaim may wait on writeback to our own
+		// device: a deadlock under pressure, but not a reason to leave the root
+		// unserved. Without the name, ps shows "init" or "exe".
 		fmt.Fprintf(os.Stderr, "isboot: warning: %v\n", err)
 	}
 	// MCL_ONFAULT: lock pages as they are touched; without it the Go heap's reserved
@@ -75,23 +77,38 @@ func Main(dial Dialer, version string) int {
 	return 0
 }
 
-// becomeIOFlusher sets PR_SET_IO_FLUSHER for every thread. The flag is per thread and
-// inherited by threads created later, but the Go runtime has started threads before
-// main: so set it on a locked thread and re-exec from that thread. After exec the only
-// thread carries the flag and every runtime thread inherits it.
-func becomeIOFlusher() error {
-	if v, err := unix.PrctlRetInt(prGetIOFlusher, 0, 0, 0, 0); err == nil && v == 1 {
+// prepareProcess makes every thread an I/O flusher named Name, re-exec'ing once if
+// need be; it returns (with a warning) when that is impossible.
+//
+// PR_SET_IO_FLUSHER is per thread and inherited by threads created later, but the Go
+// runtime has started threads before main: so it is set on a locked thread, which
+// then re-execs. After exec that thread is the only one, and every runtime thread
+// inherits the flag and the name from it. The exec goes through a path ending in
+// "isboot" (execNamed), so the name is right even when the flag cannot be set
+// (no CAP_SYS_RESOURCE); a process already named so does not exec again for it.
+func prepareProcess() error {
+	// Exec'd through the link, the name is as good as it gets: never exec again for
+	// it (whatever the kernel made of the path), so this cannot loop.
+	viaLink := removeExecLink()
+	flusher, named := IOFlusher(), viaLink || ProcessName() == Name
+	if flusher && named {
 		return nil
 	}
 	runtime.LockOSThread()
-	if err := unix.Prctl(prSetIOFlusher, 1, 0, 0, 0); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("PR_SET_IO_FLUSHER: %w", err)
+	var flagErr error
+	if !flusher {
+		if err := unix.Prctl(prSetIOFlusher, 1, 0, 0, 0); err != nil {
+			flagErr = fmt.Errorf("PR_SET_IO_FLUSHER: %w", err)
+			if named {
+				runtime.UnlockOSThread()
+				return flagErr
+			}
+		}
 	}
 	// argv (with its '@'), environment and fds 3 and 4 pass through unchanged.
-	err := unix.Exec("/proc/self/exe", os.Args, os.Environ())
+	err := execNamed(os.Args, os.Environ())
 	runtime.UnlockOSThread()
-	return fmt.Errorf("re-exec for PR_SET_IO_FLUSHER: %w", err)
+	return errors.Join(flagErr, fmt.Errorf("re-exec: %w", err))
 }
 
 // IOFlusher reports whether the calling thread has PR_SET_IO_FLUSHER.
