@@ -159,7 +159,8 @@ func run(b *testing.B, k vm.Kernel, g guest, tab string) result {
 	})
 	ctx := context.Background()
 	// Boot ~10 s, then at worst a few MiB/s for 2 x 256 MiB under a loaded TCG host.
-	m, err := v.WaitFor(ctx, 8*time.Minute, `blkbench: .*|isboot: boot failed: .*|ANCHOR-ERROR .*|Kernel panic - .*`)
+	// Up to the line end: the console may hold half a line when WaitFor looks.
+	m, err := v.WaitFor(ctx, 8*time.Minute, `(blkbench: |isboot: boot failed: |ANCHOR-ERROR |Kernel panic - )[^\n]*\n`)
 	if err != nil {
 		b.Fatalf("%s guest: %v", g.name, err)
 	}
