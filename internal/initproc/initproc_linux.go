@@ -424,8 +424,13 @@ func (b *boot) switchRoot() error {
 	}
 	b.log.Infof("switching to the real root, exec %s (%.2f s after /init)", init, time.Since(b.start).Seconds())
 	// Nothing left to wait for: the daemon carries on alone. init gets what the
-	// kernel passed to us: bare words ("single") and everything after "--".
-	return switchRoot(newRoot, init, os.Args[1:])
+	// kernel passed to us: bare words ("single") and everything after "--" as
+	// arguments, HOME, TERM and plain a=b words as its environment, never a secret.
+	env, withheld := initEnv(os.Environ())
+	if len(withheld) > 0 {
+		b.log.Infof("init's environment leaves out %s (they may hold secrets)", strings.Join(withheld, ", "))
+	}
+	return switchRoot(newRoot, init, os.Args[1:], env)
 }
 
 // checkInit makes sure init exists in the new root before the initramfs (and with it

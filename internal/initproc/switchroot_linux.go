@@ -11,12 +11,14 @@ import (
 )
 
 // switchRoot is u-root's mount.SwitchRoot with one difference: init gets the
-// arguments the kernel gave us (bare words such as "single" and everything after
-// "--"), as initramfs-tools' run-init and dracut pass them on. u-root execs init
-// with argv [init] alone, and its steps are not exported, so they are spelled out
-// here with its exported pieces: move /dev /proc /sys /run into the new root, make
-// it / and delete the initramfs (its memory is otherwise lost for good), then exec.
-func switchRoot(root, init string, args []string) error {
+// arguments and the environment the kernel gave us (bare words such as "single" and
+// everything after "--"; HOME, TERM and the plain a=b words, see initEnv), as
+// initramfs-tools' run-init and dracut pass them on. u-root execs init with argv
+// [init] alone and no environment, and its steps are not exported, so they are
+// spelled out here with its exported pieces: move /dev /proc /sys /run into the new
+// root, make it / and delete the initramfs (its memory is otherwise lost for good),
+// then exec.
+func switchRoot(root, init string, args, env []string) error {
 	for _, m := range []string{"/dev", "/proc", "/sys", "/run"} {
 		if same, err := mount.SameFilesystem("/", m); err != nil || same {
 			continue // missing, or not a mount of its own
@@ -49,7 +51,7 @@ func switchRoot(root, init string, args []string) error {
 	// The boot benchmark times the boot up to this line.
 	log.Printf("switch_root: executing init %q", args)
 	argv := append([]string{init}, args...)
-	if err := unix.Exec(init, argv, []string{}); err != nil {
+	if err := unix.Exec(init, argv, env); err != nil {
 		return fmt.Errorf("switch_root: exec %s: %w", init, err)
 	}
 	return nil
