@@ -19,7 +19,9 @@ import (
 	"github.com/isboot/isboot/internal/blockdev"
 	"github.com/isboot/isboot/internal/bootplan"
 	"github.com/isboot/isboot/internal/cmdline"
+	"github.com/isboot/isboot/internal/daemon"
 	"github.com/isboot/isboot/internal/nbd"
+	"github.com/isboot/isboot/internal/status"
 	"github.com/isboot/isboot/iscsi"
 )
 
@@ -42,6 +44,11 @@ type serveConfig struct {
 	file     string
 	memSize  int64
 	readOnly bool
+	// status is the status file to publish ("": none); statusGiven says --status
+	// named it, so it is written even when another live server owns it.
+	status      string
+	statusGiven bool
+	ibftKeys    []status.KV // hw.ibft.* for the status file, with --ibft
 }
 
 func runServe(args []string) int {
@@ -87,16 +94,19 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, int) {
 	fl.StringVar(&cfg.file, "file", "", "testing aid: serve this file (or block device) instead of an iSCSI LUN")
 	fl.StringVar(&mem, "mem", "", "testing aid: serve a zero-filled in-memory disk of this size (e.g. 64M)")
 	fl.BoolVar(&cfg.readOnly, "read-only", false, "export read-only")
+	fl.StringVar(&cfg.status, "status", status.DefaultPath, `publish the status file here (read it with isboot status --file PATH; "" for none)`)
 	fl.Usage = func() {
 		fmt.Fprintln(stderr, `usage: isboot serve (--ibft FILE | --portal HOST:PORT[,HOST:PORT] --target IQN --lun N)
     [--initiator IQN] [--chap-user U --chap-secret-file F] [--rev-chap-user U --rev-chap-secret-file F]
     [--header-digest none|crc32c] [--data-digest none|crc32c]
-    (--listen unix:PATH | --listen tcp:HOST:PORT | --attach [/dev/nbdN]) [--connections N]`)
+    (--listen unix:PATH | --listen tcp:HOST:PORT | --attach [/dev/nbdN]) [--connections N]
+    [--status PATH]`)
 		fl.PrintDefaults()
 	}
 	if err := fl.Parse(optionalAttachValue(args)); err != nil {
 		return nil, 2
 	}
+	fl.Visit(func(f *flag.Flag) { cfg.statusGiven = cfg.statusGiven || f.Name == "status" })
 	usage := func(format string, a ...any) (*serveConfig, int) {
 		fmt.Fprintf(stderr, "isboot serve: "+format+"\n", a...)
 		return nil, 2
@@ -219,37 +229,95 @@ func parseSize(s string) (int64, error) {
 	return n * mult, nil
 }
 
-// serve opens the backend and exposes it until ctx is done.
-func serve(ctx context.Context, cfg *serveConfig, logf func(string, ...any)) error {
-	dev, closeDev, err := openBackend(ctx, cfg, logf)
+// serve opens the backend and exposes it until ctx is done, publishing its status
+// as the boot daemon does (daemon.Publisher).
+func serve(ctx context.Context, cfg *serveConfig, logf func(string, ...any)) (err error) {
+	st := status.Status{Version: Version, PID: os.Getpid(), State: status.Configuring, Target: cfg.iscsi.TargetName}
+	if cfg.file == "" && cfg.memSize == 0 {
+		st.State = status.LoggingIn
+	}
+	pub := daemon.NewPublisher(cfg.statusPath(logf), st, 0, logf)
+	defer pub.Close()
+	defer func() {
+		if err != nil {
+			pub.Failed(err)
+		} else {
+			pub.Stopped()
+		}
+	}()
+	b, err := openBackend(ctx, cfg, logf)
 	if err != nil {
 		return err
 	}
 	defer func() {
-		if err := closeDev(); err != nil {
+		if err := b.close(); err != nil {
 			logf("close backend: %v", err)
 		}
 	}()
+	dev := b.dev
+	pub.Update(func(st *status.Status) {
+		st.Target, st.LUN, st.IBFT, st.Size = cfg.iscsi.TargetName, cfg.iscsi.LUN, cfg.ibftKeys, dev.Size()
+		if len(cfg.iscsi.Portals) > 0 {
+			st.Portal = cfg.iscsi.Portals[0]
+		}
+	})
 	srv := nbd.NewServer(dev, nbd.Options{ExportName: cfg.iscsi.TargetName, Logf: logf})
+	var att *nbd.Attachment
+	sample := func() daemon.Sample {
+		s := daemon.Sample{Session: b.info(), NBD: srv.Stats()}
+		if att != nil {
+			s.Attached, s.Live, s.Reconfigures = true, att.Live(), att.Reconfigures()
+		}
+		return s
+	}
 	if cfg.listen != "" {
 		l, err := listen(cfg.listen)
 		if err != nil {
 			return err
 		}
 		logf("serving %d bytes on %s", dev.Size(), cfg.listen)
-		if err := srv.Serve(ctx, l); err != nil {
+		pub.Observe(sample(), true)
+		fctx, stopFollow := context.WithCancel(ctx)
+		followed := make(chan struct{})
+		go func() { pub.Follow(fctx, sample); close(followed) }()
+		err = srv.Serve(ctx, l)
+		stopFollow()
+		<-followed
+		if err != nil {
 			return err
 		}
 		return dev.Flush()
 	}
-	a, err := nbd.Attach(srv, nbd.AttachConfig{KernelConfig: cfg.kernel, Connections: cfg.connections})
+	att, err = nbd.Attach(srv, nbd.AttachConfig{KernelConfig: cfg.kernel, Connections: cfg.connections})
 	if err != nil {
 		return err
 	}
-	logf("serving /dev/%s (%d bytes, %d connections)", a.Device(), dev.Size(), cfg.connections)
-	<-ctx.Done()
-	logf("disconnecting /dev/%s", a.Device())
-	return a.Close()
+	logf("serving /dev/%s (%d bytes, %d connections)", att.Device(), dev.Size(), cfg.connections)
+	pub.Update(func(st *status.Status) { st.Device = att.Device() })
+	pub.Observe(sample(), true)
+	pub.Follow(ctx, sample)
+	logf("disconnecting /dev/%s", att.Device())
+	return att.Close()
+}
+
+// statusPath is where serve publishes its status: --status, except that the default
+// path is left alone while another live server (the boot daemon of this very system,
+// say) publishes there.
+func (cfg *serveConfig) statusPath(logf func(string, ...any)) string {
+	if cfg.status == "" || cfg.statusGiven {
+		return cfg.status
+	}
+	kv, err := status.ReadFile(cfg.status)
+	if err != nil {
+		return cfg.status
+	}
+	pid, _ := strconv.Atoi(status.Value(kv, "net.isboot.pid"))
+	alive := pid > 0 && pid != os.Getpid() && syscall.Kill(pid, 0) != syscall.ESRCH
+	if alive && status.Value(kv, "net.isboot.state") != string(status.Failed) {
+		logf("warning: %s is pid %d's, which is serving: no status file (give --status PATH)", cfg.status, pid)
+		return ""
+	}
+	return cfg.status
 }
 
 func listen(spec string) (net.Listener, error) {
@@ -270,28 +338,39 @@ func listen(spec string) (net.Listener, error) {
 	return l, nil
 }
 
-// openBackend returns the device to serve and how to release it (flush and log out).
-func openBackend(ctx context.Context, cfg *serveConfig, logf func(string, ...any)) (blockdev.Device, func() error, error) {
+// backend is the device serve exports.
+type backend struct {
+	dev   blockdev.Device
+	close func() error               // flush and log out
+	info  func() *daemon.SessionInfo // the session for the status file; nil when none
+}
+
+// openBackend returns the device to serve and how to release it.
+func openBackend(ctx context.Context, cfg *serveConfig, logf func(string, ...any)) (*backend, error) {
 	switch {
 	case cfg.memSize > 0:
-		return blockdev.NewMem(cfg.memSize, 512, cfg.readOnly), func() error { return nil }, nil
+		return plainBackend(blockdev.NewMem(cfg.memSize, 512, cfg.readOnly), func() error { return nil }), nil
 	case cfg.file != "":
 		d, err := blockdev.OpenFile(cfg.file, cfg.readOnly)
 		if err != nil {
-			return nil, nil, fmt.Errorf("--file: %w", err)
+			return nil, fmt.Errorf("--file: %w", err)
 		}
-		return d, d.Close, nil
+		return plainBackend(d, d.Close), nil
 	}
 	if cfg.ibftFile != "" {
 		if err := cfg.fromIBFT(logf); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 	}
-	dev, closeDev, err := dialISCSI(ctx, cfg, logf)
+	b, err := dialISCSI(ctx, cfg, logf)
 	if err == nil && cfg.readOnly {
-		dev = blockdev.ReadOnly{Device: dev}
+		b.dev = blockdev.ReadOnly{Device: b.dev}
 	}
-	return dev, closeDev, err
+	return b, err
+}
+
+func plainBackend(d blockdev.Device, close func() error) *backend {
+	return &backend{dev: d, close: close, info: func() *daemon.SessionInfo { return nil }}
 }
 
 // fromIBFT takes the LUN from an iBFT file exactly as the boot does (bootplan.Make).
@@ -314,6 +393,7 @@ func (cfg *serveConfig) fromIBFT(logf func(string, ...any)) error {
 		logf("note: %s", n)
 	}
 	cfg.iscsi = p.ISCSI
+	cfg.ibftKeys = p.IBFT
 	if flags.CHAPUser != "" {
 		cfg.iscsi.CHAPUser, cfg.iscsi.CHAPSecret = flags.CHAPUser, flags.CHAPSecret
 		cfg.iscsi.RevCHAPUser, cfg.iscsi.RevCHAPSecret = flags.RevCHAPUser, flags.RevCHAPSecret
@@ -323,15 +403,22 @@ func (cfg *serveConfig) fromIBFT(logf func(string, ...any)) error {
 }
 
 // dialISCSI logs into the target and returns its LUN; closing flushes and logs out.
-func dialISCSI(ctx context.Context, cfg *serveConfig, logf func(string, ...any)) (blockdev.Device, func() error, error) {
+func dialISCSI(ctx context.Context, cfg *serveConfig, logf func(string, ...any)) (*backend, error) {
 	c := cfg.iscsi
 	c.Logf = logf
 	s, err := iscsi.Dial(ctx, c)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	lun := s.LUN()
 	logf("logged in to %s LUN %d at %s: %d bytes, %d-byte blocks", c.TargetName, c.LUN,
 		strings.Join(c.Portals, ","), lun.Size(), lun.BlockSize())
-	return lun, func() error { return errors.Join(lun.Flush(), s.Close()) }, nil
+	return &backend{
+		dev:   lun,
+		close: func() error { return errors.Join(lun.Flush(), s.Close()) },
+		info: func() *daemon.SessionInfo {
+			info := daemon.ISCSIInfo(s)
+			return &info
+		},
+	}, nil
 }

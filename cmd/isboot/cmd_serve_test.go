@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/isboot/isboot/ibft"
+	"github.com/isboot/isboot/internal/status"
 	"github.com/isboot/isboot/internal/testkit/testenv"
 	"github.com/isboot/isboot/internal/testkit/testtarget"
 )
@@ -73,11 +74,12 @@ func TestServeFlags(t *testing.T) {
 }
 
 // startServe runs the serve command in-process until the test ends and waits for its
-// unix socket.
+// unix socket. Its status file is "status" next to the socket (never the system's).
 func startServe(t testing.TB, args ...string) string {
 	t.Helper()
-	sock := filepath.Join(t.TempDir(), "nbd.sock")
-	cfg, code := parseServeFlags(append(args, "--listen", "unix:"+sock), os.Stderr)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "nbd.sock")
+	cfg, code := parseServeFlags(append(args, "--listen", "unix:"+sock, "--status", filepath.Join(dir, "status")), os.Stderr)
 	if code >= 0 {
 		t.Fatalf("flags %q rejected", args)
 	}
@@ -119,6 +121,20 @@ func TestServeFileRoundTrip(t *testing.T) {
 	}
 	if got, _ := os.ReadFile(disk); !bytes.Equal(got, data) {
 		t.Error("file contents differ from what nbdcopy wrote through serve")
+	}
+	// The status file counts what went through (within a second: Observe's tick).
+	st := filepath.Join(filepath.Dir(sock), "status")
+	var kv []status.KV
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if kv, _ = status.ReadFile(st); status.Value(kv, "net.isboot.write_bytes") == "8388608" {
+			break
+		}
+	}
+	for k, want := range map[string]string{"net.isboot.state": "serving", "net.isboot.size": "8388608",
+		"net.isboot.write_bytes": "8388608", "net.isboot.pid": strconv.Itoa(os.Getpid())} {
+		if got := status.Value(kv, k); got != want {
+			t.Errorf("status %s = %q, want %q", k, got, want)
+		}
 	}
 	out, err := exec.Command("nbdinfo", "--size", uri).Output()
 	if err != nil || strings.TrimSpace(string(out)) != "8388608" {

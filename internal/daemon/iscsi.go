@@ -66,12 +66,15 @@ func (i *iscsiSession) Logout(ctx context.Context) error {
 	}
 }
 
-// Info splits the session's parameters into the identity the status file shows as
-// its own keys and the negotiated keys it lists under net.isboot.session.
-func (i *iscsiSession) Info() SessionInfo {
-	st := i.s.Stats()
-	info := SessionInfo{Reconnects: st.Reconnects, Errors: st.Errors, Recovering: i.s.State() == "reconnecting"}
-	for _, kv := range i.s.Params() {
+func (i *iscsiSession) Info() SessionInfo { return ISCSIInfo(i.s) }
+
+// ISCSIInfo describes a native iSCSI session for the status file: it splits the
+// session's parameters into the identity the file shows as its own keys and the
+// negotiated keys it lists under net.isboot.session.
+func ISCSIInfo(s *iscsi.Session) SessionInfo {
+	st := s.Stats()
+	info := SessionInfo{Reconnects: st.Reconnects, Errors: st.Errors, Recovering: s.State() == "reconnecting"}
+	for _, kv := range s.Params() {
 		switch kv.Key {
 		case "isid":
 			info.ISID = kv.Value

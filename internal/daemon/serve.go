@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sync"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -74,14 +74,11 @@ type Attachment interface {
 }
 
 type daemon struct {
-	cfg  *Config
-	o    Options
-	stat *status.Writer
+	cfg *Config
+	o   Options
+	pub *Publisher
 
-	mu          sync.Mutex
-	st          status.Status // guarded by mu
-	loginErrors uint64        // guarded by mu: failed logins, counted with the NBD errors
-	lastWrite   time.Time     // guarded by mu
+	loginErrors uint64 // failed logins, counted with the NBD errors
 }
 
 // Run serves cfg until ctx ends or a shutdown is accepted, then flushes and logs out.
@@ -108,24 +105,19 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 	if o.Dial == nil {
 		return errors.New("daemon: no dialer")
 	}
-	d := &daemon{cfg: cfg, o: o}
-	d.st = status.Status{
+	st := status.Status{
 		Version: cfg.Version, PID: o.Pid, NIC: cfg.NIC, Debug: cfg.Debug, Target: cfg.TargetName,
 		LUN: cfg.LUN, IBFT: cfg.IBFT, State: status.LoggingIn,
 	}
 	if len(cfg.Portals) > 0 {
-		d.st.Portal = cfg.Portals[0]
+		st.Portal = cfg.Portals[0]
 	}
+	statusPath := ""
 	if cfg.StatusDir != "" {
-		w, err := status.NewWriter(cfg.StatusDir)
-		if err != nil {
-			o.Logf("warning: %v; serving without a status file", err)
-		} else {
-			d.stat = w
-			defer w.Close()
-		}
+		statusPath = filepath.Join(cfg.StatusDir, "status")
 	}
-	d.flush()
+	d := &daemon{cfg: cfg, o: o, pub: NewPublisher(statusPath, st, o.StatusInterval, o.Logf)}
+	defer d.pub.Close()
 
 	sess, err := d.login(ctx)
 	if err != nil {
@@ -149,14 +141,14 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 		_ = sess.Logout(context.Background())
 		return err
 	}
-	d.update(func(st *status.Status) {
+	d.pub.Update(func(st *status.Status) {
 		st.State, st.Device, st.Size, st.LastError = status.Serving, att.Device(), lun.Size(), ""
 	})
 	d.refresh(sess, srv, att, true)
 	o.Logf("serving %s (%d MiB) on /dev/%s", cfg.TargetName, lun.Size()>>20, att.Device())
 	o.Report(Event{EventReady, att.Device()})
 
-	tick := time.NewTicker(min(time.Second, o.StatusInterval))
+	tick := time.NewTicker(d.pub.Tick())
 	defer tick.Stop()
 	for {
 		select {
@@ -190,8 +182,8 @@ func (d *daemon) login(ctx context.Context) (Session, error) {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		d.update(func(st *status.Status) {
-			d.loginErrors++
+		d.loginErrors++
+		d.pub.Update(func(st *status.Status) {
 			st.LastError = err.Error()
 			st.Counters.Errors = d.loginErrors
 		})
@@ -201,7 +193,6 @@ func (d *daemon) login(ctx context.Context) (Session, error) {
 		}
 		d.o.Logf("login failed: %v; retrying in %v", err, backoff)
 		d.o.Report(Event{EventRetry, err.Error()})
-		d.flush()
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -212,77 +203,18 @@ func (d *daemon) login(ctx context.Context) (Session, error) {
 }
 
 func (d *daemon) fail(err error) {
-	d.update(func(st *status.Status) { st.State, st.LastError = status.Failed, err.Error() })
+	d.pub.Failed(err)
 	d.o.Logf("%v", err)
 	d.o.Report(Event{EventFatal, err.Error()})
 }
 
-// refresh copies the counters into the status and rewrites the file when they or the
-// state changed, when StatusInterval passed, or when forced.
+// refresh publishes the session's and the device's counters (Publisher.Observe).
 func (d *daemon) refresh(sess Session, srv *nbd.Server, att Attachment, force bool) {
 	info := sess.Info()
-	ns := srv.Stats()
-	d.mu.Lock()
-	before := d.st
-	d.mu.Unlock()
-	d.apply(func(st *status.Status) {
-		st.Session = status.Session{ISID: info.ISID, TSIH: info.TSIH, Params: info.Params}
-		if info.Portal != "" {
-			st.Portal = info.Portal
-		}
-		st.Counters = status.Counters{
-			Reconnects: info.Reconnects + att.Reconfigures(),
-			Commands:   ns.Commands, ReadBytes: ns.ReadBytes, WriteBytes: ns.WriteBytes,
-			Errors: d.loginErrors + ns.Errors + info.Errors,
-		}
-		switch {
-		case info.Recovering || att.Live() == 0:
-			st.State = status.Reconnecting
-		default:
-			st.State = status.Serving
-		}
-		if info.LastError != "" {
-			st.LastError = info.LastError
-		}
-	})
-	d.mu.Lock()
-	changed := d.st.State != before.State || d.st.Counters != before.Counters || d.st.LastError != before.LastError
-	stale := time.Since(d.lastWrite) >= d.o.StatusInterval
-	d.mu.Unlock()
-	if force || changed || stale {
-		d.flush()
-	}
-}
-
-// update changes the status and rewrites the file.
-func (d *daemon) update(f func(*status.Status)) {
-	d.apply(f)
-	d.flush()
-}
-
-// apply changes the status in memory, logging a change of state.
-func (d *daemon) apply(f func(*status.Status)) {
-	d.mu.Lock()
-	old := d.st.State
-	f(&d.st)
-	now := d.st.State
-	d.mu.Unlock()
-	if now != old {
-		d.o.Logf("state: %s", now)
-	}
-}
-
-func (d *daemon) flush() {
-	if d.stat == nil {
-		return
-	}
-	d.mu.Lock()
-	st := d.st
-	d.lastWrite = time.Now()
-	d.mu.Unlock()
-	if err := d.stat.Write(&st); err != nil {
-		d.o.Logf("warning: %v", err)
-	}
+	d.pub.Observe(Sample{
+		Session: &info, NBD: srv.Stats(), Attached: true, Live: att.Live(),
+		Reconfigures: att.Reconfigures(), LoginErrors: d.loginErrors,
+	}, force)
 }
 
 // stop disconnects the device (the kernel flushes and sends DISC), then logs out.
@@ -291,9 +223,7 @@ func (d *daemon) stop(sess Session, att Attachment) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err = errors.Join(err, sess.Logout(ctx))
-	if d.stat != nil {
-		d.update(func(st *status.Status) { st.State = status.Failed; st.LastError = "stopped" })
-	}
+	d.pub.Stopped()
 	if err != nil {
 		d.o.Logf("stop: %v", err)
 		return fmt.Errorf("daemon: stop: %w", err)

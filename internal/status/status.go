@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -135,13 +136,27 @@ func (s *Status) Marshal() []byte {
 	return b.Bytes()
 }
 
-// Writer rewrites the status file in one directory.
+// Writer rewrites one status file.
 type Writer struct {
-	dir *os.File
+	dir  *os.File
+	name string
 }
 
-// NewWriter creates dir if needed and holds it open.
+// NewWriter creates dir if needed and holds it open, to write the file "status" in it.
 func NewWriter(dir string) (*Writer, error) {
+	return Create(filepath.Join(dir, fileName))
+}
+
+// Create writes the status file at path (creating its directory if needed), holding
+// the directory open.
+func Create(path string) (*Writer, error) {
+	dir, name := filepath.Split(path)
+	if name == "" || name == "." || name == ".." {
+		return nil, fmt.Errorf("status: %q names no file", path)
+	}
+	if dir == "" {
+		dir = "."
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("status: %w", err)
 	}
@@ -149,12 +164,15 @@ func NewWriter(dir string) (*Writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("status: %w", err)
 	}
-	return &Writer{dir: d}, nil
+	return &Writer{dir: d, name: name}, nil
 }
+
+// Path is the file written.
+func (w *Writer) Path() string { return filepath.Join(w.dir.Name(), w.name) }
 
 // Write replaces the file: a temporary file renamed over the old one.
 func (w *Writer) Write(s *Status) error {
-	const tmp = ".status.tmp"
+	tmp := "." + w.name + ".tmp"
 	dfd := int(w.dir.Fd())
 	fd, err := unix.Openat(dfd, tmp, unix.O_CREAT|unix.O_WRONLY|unix.O_TRUNC|unix.O_CLOEXEC, 0o644)
 	if err != nil {
@@ -166,8 +184,8 @@ func (w *Writer) Write(s *Status) error {
 	if err := errors.Join(werr, cerr); err != nil {
 		return fmt.Errorf("status: write %s/%s: %w", w.dir.Name(), tmp, err)
 	}
-	if err := unix.Renameat(dfd, tmp, dfd, fileName); err != nil {
-		return fmt.Errorf("status: rename to %s/%s: %w", w.dir.Name(), fileName, err)
+	if err := unix.Renameat(dfd, tmp, dfd, w.name); err != nil {
+		return fmt.Errorf("status: rename to %s: %w", w.Path(), err)
 	}
 	return nil
 }
@@ -195,6 +213,30 @@ func Parse(r io.Reader) ([]KV, error) {
 		return nil, fmt.Errorf("status: %w", err)
 	}
 	return kv, nil
+}
+
+// ReadFile parses the status file at path.
+func ReadFile(path string) ([]KV, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	kv, err := Parse(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return kv, nil
+}
+
+// Value returns the value of key, "" when kv has none.
+func Value(kv []KV, key string) string {
+	for _, e := range kv {
+		if e.Key == key {
+			return e.Value
+		}
+	}
+	return ""
 }
 
 // JSON renders lines as one flat object, keys in file order, values as strings.
