@@ -84,7 +84,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, int) {
 	fl.StringVar(&revFile, "rev-chap-secret-file", "", "file holding the mutual CHAP secret")
 	fl.StringVar(&headerDigest, "header-digest", "none", "none or crc32c")
 	fl.StringVar(&dataDigest, "data-digest", "none", "none or crc32c")
-	fl.StringVar(&cfg.listen, "listen", "", "serve NBD on unix:PATH or tcp:HOST:PORT")
+	fl.StringVar(&cfg.listen, "listen", "", "serve NBD on unix:PATH or tcp:HOST:PORT (tcp: NO AUTHENTICATION: whoever reaches the port reads and writes the LUN)")
 	fl.StringVar(&cfg.attach, "attach", "", "attach to the kernel: /dev/nbdN, or no value for the first free device")
 	fl.IntVar(&cfg.connections, "connections", 1, "sockets to the kernel (--attach)")
 	fl.DurationVar(&timeout, "timeout", 0, "kernel per-request timeout (--attach; 0: none)")
@@ -274,6 +274,11 @@ func serve(ctx context.Context, cfg *serveConfig, logf func(string, ...any)) (er
 		l, err := listen(cfg.listen)
 		if err != nil {
 			return err
+		}
+		if l.Addr().Network() == "tcp" {
+			// NBD has no authentication here (no TLS, no names checked): the
+			// socket's reach is the LUN's protection.
+			logf("warning: NBD on tcp:%s has no authentication: whoever reaches it reads and writes the LUN", l.Addr())
 		}
 		logf("serving %d bytes on %s", dev.Size(), cfg.listen)
 		pub.Observe(sample(), true)

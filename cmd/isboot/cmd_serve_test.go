@@ -18,6 +18,7 @@ import (
 	"github.com/isboot/isboot/ibft"
 	"github.com/isboot/isboot/internal/status"
 	"github.com/isboot/isboot/internal/testkit/testenv"
+	"github.com/isboot/isboot/internal/testkit/testlog"
 	"github.com/isboot/isboot/internal/testkit/testtarget"
 )
 
@@ -264,4 +265,46 @@ func TestServeFromIBFT(t *testing.T) {
 	if got := strings.TrimSpace(mustRun(t, "nbdinfo", "--size", "nbd+unix:///?socket="+sock)); got != fmt.Sprint(size) {
 		t.Errorf("nbdinfo --size through an iBFT-configured gateway: %s, want %d", got, size)
 	}
+}
+
+// `serve --listen tcp:` exports the LUN to whoever reaches the port: --help says so,
+// and serve logs a warning when it listens on TCP (not on a unix socket).
+func TestServeTCPWarnsNoAuth(t *testing.T) {
+	var help bytes.Buffer
+	parseServeFlags([]string{"--help"}, &help)
+	if !strings.Contains(help.String(), "NO AUTHENTICATION") {
+		t.Errorf("--help does not warn about tcp:\n%s", help.String())
+	}
+	port := fmt.Sprintf("tcp:127.0.0.1:%d", freeTCPPort(t))
+	for spec, warn := range map[string]bool{port: true, "unix:" + filepath.Join(t.TempDir(), "s"): false} {
+		cfg, code := parseServeFlags([]string{"--mem", "1M", "--listen", spec, "--status", ""}, os.Stderr)
+		if code >= 0 {
+			t.Fatalf("%s: flags rejected", spec)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		var logs testlog.Lines
+		done := make(chan error, 1)
+		go func() { done <- serve(ctx, cfg, logs.Printf) }()
+		if !logs.WaitFor("serving ", 10*time.Second) {
+			t.Fatalf("%s: serve did not start: %s", spec, logs.String())
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("%s: %v", spec, err)
+		}
+		got := strings.Contains(logs.String(), "has no authentication")
+		if got != warn || warn && !strings.Contains(logs.String(), "warning: NBD on "+port+" has no authentication") {
+			t.Errorf("%s: warning logged %v, want %v:\n%s", spec, got, warn, logs.String())
+		}
+	}
+}
+
+func freeTCPPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }

@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -16,6 +15,7 @@ import (
 	"github.com/isboot/isboot/internal/blockdev"
 	"github.com/isboot/isboot/internal/nbd"
 	"github.com/isboot/isboot/internal/status"
+	"github.com/isboot/isboot/internal/testkit/testlog"
 	"github.com/isboot/isboot/iscsi"
 )
 
@@ -95,7 +95,7 @@ func TestRunRetryServeStop(t *testing.T) {
 	sigs := make(chan os.Signal, 1)
 	var inUse atomic.Bool
 	inUse.Store(true)
-	var logs syncLog
+	var logs testlog.Lines
 	done := make(chan error, 1)
 	go func() {
 		done <- Run(context.Background(), cfg, Options{
@@ -104,7 +104,7 @@ func TestRunRetryServeStop(t *testing.T) {
 				gotCfg = c
 				return att, nil
 			},
-			Logf:           logs.printf,
+			Logf:           logs.Printf,
 			Report:         func(e Event) { events <- e },
 			StatusInterval: 20 * time.Millisecond,
 			MaxBackoff:     10 * time.Millisecond,
@@ -158,7 +158,7 @@ func TestRunRetryServeStop(t *testing.T) {
 
 	sigs <- syscall.SIGTERM
 	// Check only once the daemon has decided about this signal.
-	if !logs.waitFor("is still in use: serving on", 10*time.Second) {
+	if !logs.WaitFor("is still in use: serving on", 10*time.Second) {
 		t.Fatalf("no decision on SIGTERM while the device was in use; log:\n%s", logs.String())
 	}
 	if att.closed.Load() || !sess.loggedIn.Load() {
@@ -210,34 +210,6 @@ func TestConfigStringHasNoSecrets(t *testing.T) {
 	if strings.Contains(s, secret) || !strings.Contains(s, "mutual CHAP") {
 		t.Errorf("Config.String() = %q", s)
 	}
-}
-
-// syncLog collects the daemon's log lines; the test reads them while it runs.
-type syncLog struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *syncLog) printf(f string, a ...any) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	fmt.Fprintf(&l.b, f+"\n", a...)
-}
-
-func (l *syncLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// waitFor polls until the log holds s or d has passed.
-func (l *syncLog) waitFor(s string, d time.Duration) bool {
-	for deadline := time.Now().Add(d); !strings.Contains(l.String(), s); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			return false
-		}
-	}
-	return true
 }
 
 // waitState polls the status file until its state is want or 10 s have passed,
