@@ -18,15 +18,19 @@ func (s *Session) exec(op string, cd cdb, read bool, buf []byte) (int, error) {
 	t := &s.tasks[slot]
 	n, err := s.execSlot(t, op, cd, read, buf)
 	s.free <- slot
+	s.account(read, n, len(buf), err)
+	return n, err
+}
+
+func (s *Session) account(read bool, n, size int, err error) {
 	s.commands.Add(1)
 	if err != nil {
 		s.errs.Add(1)
 	} else if read {
 		s.readBytes.Add(uint64(n))
 	} else {
-		s.writeBytes.Add(uint64(len(buf)))
+		s.writeBytes.Add(uint64(size))
 	}
-	return n, err
 }
 
 func (s *Session) execSlot(t *task, op string, cd cdb, read bool, buf []byte) (int, error) {
@@ -46,29 +50,44 @@ func (s *Session) execSlot(t *task, op string, cd cdb, read bool, buf []byte) (i
 		<-t.done
 		err = t.result(op)
 		if err == nil {
-			n := len(buf)
-			if read && t.resid > 0 {
-				n -= int(min(t.resid, int64(n)))
-			}
-			return n, nil
+			return t.transferred(), nil
 		}
-		var se *SCSIError
-		if !errors.As(err, &se) || attempt >= 200 {
+		retry, wait := retryable(err, attempt, &backoff)
+		if !retry {
 			return 0, err
 		}
-		switch {
-		case se.Status == statusCheckCondition && se.Key == senseUnitAttention:
-			// Power on, reset, parameters changed: retry at once.
-			continue
-		case se.Status == statusBusy || se.Status == statusTaskSetFull ||
-			se.Status == statusCheckCondition && (se.Key == senseAbortedCommand ||
-				se.Key == senseNotReady && se.ASC == 0x04 && se.ASCQ != 0x02):
-			time.Sleep(backoff)
-			backoff = min(2*backoff, time.Second)
-			continue
-		}
-		return 0, err
+		time.Sleep(wait)
 	}
+}
+
+// retryable says whether SCSI asks for a failed command again, and how long to wait
+// first. backoff is the command's current back-off; each wait doubles it up to 1 s.
+func retryable(err error, attempt int, backoff *time.Duration) (bool, time.Duration) {
+	var se *SCSIError
+	if !errors.As(err, &se) || attempt >= 200 {
+		return false, 0
+	}
+	switch {
+	case se.Status == statusCheckCondition && se.Key == senseUnitAttention:
+		// Power on, reset, parameters changed: retry at once.
+		return true, 0
+	case se.Status == statusBusy || se.Status == statusTaskSetFull ||
+		se.Status == statusCheckCondition && (se.Key == senseAbortedCommand ||
+			se.Key == senseNotReady && se.ASC == 0x04 && se.ASCQ != 0x02):
+		wait := *backoff
+		*backoff = min(2*wait, time.Second)
+		return true, wait
+	}
+	return false, 0
+}
+
+// transferred is how many bytes a successful command moved.
+func (t *task) transferred() int {
+	n := len(t.buf)
+	if t.read && t.resid > 0 {
+		n -= int(min(t.resid, int64(n)))
+	}
+	return n
 }
 
 // result turns the task's outcome into an error.

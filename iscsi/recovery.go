@@ -90,7 +90,7 @@ func (s *Session) failAll(err error) {
 	}
 	s.mu.Unlock()
 	for _, t := range waiting {
-		t.done <- struct{}{}
+		s.signal(t)
 	}
 }
 

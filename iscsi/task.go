@@ -32,6 +32,13 @@ type task struct {
 	err      error // set when the session gave up on this command
 
 	done chan struct{} // buffered 1: completion signal
+
+	// Set for execAsync: called instead of signalling done, with the retry state
+	// execSlot keeps on its stack.
+	onDone  func(n int, err error)
+	op      string
+	attempt int
+	backoff time.Duration
 }
 
 func (t *task) prepare(c cdb, read bool, buf []byte) {

@@ -90,5 +90,15 @@ func (s *Session) complete(c *conn, t *task) {
 	if !t.internal {
 		s.progress.Store(true)
 	}
+	s.signal(t)
+}
+
+// signal tells t's submitter that it finished: the waiting caller, or for a command
+// started with execAsync, its completion function.
+func (s *Session) signal(t *task) {
+	if t.onDone != nil {
+		s.asyncDone(t)
+		return
+	}
 	t.done <- struct{}{}
 }
