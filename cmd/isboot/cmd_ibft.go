@@ -17,22 +17,13 @@ func runIbft(args []string) int {
 }
 
 func ibftMain(args []string, stdout, stderr io.Writer) int {
-	fl := flag.NewFlagSet("ibft", flag.ContinueOnError)
-	fl.SetOutput(stderr)
-	findOpts := ibftSourceFlags(fl)
-	asJSON := fl.Bool("json", false, "print one JSON object")
-	showSecrets := fl.Bool("show-secrets", false, `print CHAP secrets instead of "***"`)
-	verbose := fl.Bool("verbose", false, "log each search step to stderr (like ibft.verbose=1)")
-	fl.Usage = func() {
-		fmt.Fprintln(stderr, "usage: isboot ibft [--file PATH | --source auto|acpi|mem|sysfs] [--table N] [--json] [--show-secrets] [--verbose]")
-		fl.PrintDefaults()
-	}
-	if err := fl.Parse(args); err != nil {
-		return 2
-	}
-	if fl.NArg() > 0 {
-		fl.Usage()
-		return 2
+	c := newCLI("ibft", "[--file PATH | --source auto|acpi|mem|sysfs] [--table N] [--json] [--show-secrets] [--verbose]", stdout, stderr)
+	findOpts := ibftSourceFlags(c.FlagSet)
+	asJSON := c.Bool("json", false, jsonUsage)
+	showSecrets := c.Bool("show-secrets", false, `print CHAP secrets instead of "***"`)
+	verbose := c.Bool("verbose", false, "log each search step to stderr (like ibft.verbose=1)")
+	if code := c.parse(args); code >= 0 {
+		return code
 	}
 	opts := findOpts()
 	if *verbose {
@@ -40,14 +31,12 @@ func ibftMain(args []string, stdout, stderr io.Writer) int {
 	}
 	t, _, err := ibft.Find(opts)
 	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
+		return c.fail(err)
 	}
 	if *asJSON {
 		b, err := t.JSON(*showSecrets)
 		if err != nil {
-			fmt.Fprintln(stderr, "ibft:", err)
-			return 1
+			return c.fail(err)
 		}
 		fmt.Fprintf(stdout, "%s\n", b)
 		return 0
@@ -57,6 +46,9 @@ func ibftMain(args []string, stdout, stderr io.Writer) int {
 	}
 	return 0
 }
+
+// jsonUsage is --json's help, the same wherever the output is structured.
+const jsonUsage = "print one JSON object"
 
 // ibftSourceFlags adds --file, --source and --table to fl, for every subcommand that
 // reads the iBFT; call the returned function after fl.Parse for the search options.

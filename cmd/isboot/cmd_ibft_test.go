@@ -105,7 +105,8 @@ func TestIbftBroken(t *testing.T) {
 		if code == 0 || out != "" {
 			t.Errorf("%s: exit %d, stdout %q", bin, code, out)
 		}
-		wantLine := strings.TrimSuffix(string(want), "\n") + " (file:" + bin + ")\n"
+		// One line, in the format every subcommand shares, naming the defect.
+		wantLine := "isboot " + strings.TrimSuffix(string(want), "\n") + " (file:" + bin + ")\n"
 		if errOut != wantLine {
 			t.Errorf("%s: stderr %q, want %q", bin, errOut, wantLine)
 		}

@@ -2,8 +2,8 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -26,62 +26,73 @@ func runNetcfg(args []string) int {
 }
 
 func netcfgMain(args []string, stdout, stderr io.Writer) int {
-	fl := flag.NewFlagSet("netcfg", flag.ContinueOnError)
-	fl.SetOutput(stderr)
-	findOpts := ibftSourceFlags(fl)
-	nic := fl.Int("nic", -1, "iBFT NIC index to configure; default: the NIC of the boot target")
-	dryRun := fl.Bool("dry-run", false, "print the plan, change nothing")
-	cmdlinePath := fl.String("cmdline", "/proc/cmdline", `kernel command line whose overrides apply (netroot=, isboot.dhcp); "" for none`)
-	resolv := fl.String("resolv-conf", "/etc/resolv.conf", "where the DNS servers go")
-	fl.Usage = func() {
-		fmt.Fprintln(stderr, "usage: isboot netcfg (--file IBFT | --source auto) [--nic N] [--dry-run]")
-		fl.PrintDefaults()
-	}
-	if err := fl.Parse(args); err != nil {
-		return 2
-	}
-	if fl.NArg() > 0 {
-		fl.Usage()
-		return 2
+	c := newCLI("netcfg", "(--file IBFT | --source auto|acpi|mem|sysfs) [--table N] [--nic N] [--dry-run] [--json] [--cmdline FILE] [--resolv-conf FILE]", stdout, stderr)
+	findOpts := ibftSourceFlags(c.FlagSet)
+	nic := c.Int("nic", -1, "iBFT NIC index to configure; default: the NIC of the boot target")
+	dryRun := c.Bool("dry-run", false, "print the plan, change nothing")
+	asJSON := c.Bool("json", false, jsonUsage)
+	cmdlinePath := c.String("cmdline", "/proc/cmdline", `kernel command line whose overrides apply (netroot=, isboot.dhcp); "" for none`)
+	resolv := c.String("resolv-conf", "/etc/resolv.conf", "where the DNS servers go")
+	if code := c.parse(args); code >= 0 {
+		return code
 	}
 	logf := func(format string, a ...any) { fmt.Fprintf(stderr, format+"\n", a...) }
 
 	t, _, err := ibft.Find(findOpts())
 	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
+		return c.fail(err)
 	}
 	cl := &cmdline.CmdLine{}
 	if *cmdlinePath != "" {
 		if cl, err = readCmdline(*cmdlinePath, logf); err != nil {
-			fmt.Fprintln(stderr, "netcfg:", err)
-			return 1
+			return c.fail(err)
 		}
 	}
 	p, err := bootplan.Network(cl, t, *nic)
 	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
+		return c.fail(err)
 	}
-	fmt.Fprint(stdout, p)
 	if *dryRun {
+		if *asJSON {
+			return printJSON(c, p)
+		}
+		fmt.Fprint(stdout, p)
 		return 0
+	}
+	if !*asJSON {
+		fmt.Fprint(stdout, p)
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, unix.SIGTERM)
 	defer stop()
 	a, err := netcfg.Apply(ctx, p, netcfg.Options{ResolvConf: *resolv, Logf: logf})
 	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
+		return c.fail(err)
 	}
 	defer a.Close()
+	if *asJSON {
+		changes := a.Changes
+		if changes == nil {
+			changes = []string{}
+		}
+		return printJSON(c, map[string]any{"plan": p, "link": a.Link, "changes": changes})
+	}
 	if len(a.Changes) == 0 {
 		fmt.Fprintf(stdout, "netcfg: %s already configured, nothing changed\n", a.Link)
 	}
-	for _, c := range a.Changes {
-		fmt.Fprintf(stdout, "netcfg: %s\n", c)
+	for _, ch := range a.Changes {
+		fmt.Fprintf(stdout, "netcfg: %s\n", ch)
 	}
+	return 0
+}
+
+// printJSON prints v as one indented object.
+func printJSON(c *cli, v any) int {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return c.fail(err)
+	}
+	fmt.Fprintf(c.stdout, "%s\n", b)
 	return 0
 }
 

@@ -40,7 +40,7 @@ type serveConfig struct {
 	attach      string // "any" or "/dev/nbdN"
 	connections int
 	kernel      nbd.KernelConfig
-	// Testing aids: serve a file or memory instead of an iSCSI LUN.
+	// Testing aids: serve a file (--image) or memory instead of an iSCSI LUN.
 	file     string
 	memSize  int64
 	readOnly bool
@@ -52,7 +52,7 @@ type serveConfig struct {
 }
 
 func runServe(args []string) int {
-	cfg, code := parseServeFlags(args, os.Stderr)
+	cfg, c, code := parseServeFlags(args, os.Stdout, os.Stderr)
 	if code >= 0 {
 		return code
 	}
@@ -60,16 +60,23 @@ func runServe(args []string) int {
 	defer stop()
 	logger := log.New(os.Stderr, "isboot serve: ", 0)
 	if err := serve(ctx, cfg, logger.Printf); err != nil {
-		fmt.Fprintln(os.Stderr, "isboot serve:", err)
-		return 1
+		return c.fail(err)
 	}
 	return 0
 }
 
-// parseServeFlags returns the config, or an exit code >= 0 when there is nothing to run.
-func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, int) {
-	fl := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fl.SetOutput(stderr)
+const serveSynopsis = `(--ibft FILE | --portal HOST:PORT[,HOST:PORT] --target IQN --lun N | --image FILE | --mem SIZE)
+    [--initiator IQN] [--chap-user U --chap-secret-file F] [--rev-chap-user U --rev-chap-secret-file F]
+    [--header-digest none|crc32c] [--data-digest none|crc32c] [--read-only]
+    (--listen unix:PATH | --listen tcp:HOST:PORT | --attach [/dev/nbdN]) [--connections N]
+    [--timeout D] [--dead-conn-timeout D] [--destroy-on-disconnect] [--disconnect-on-close]
+    [--status PATH]`
+
+// parseServeFlags returns the config and the command line's cli (for errors), or an
+// exit code >= 0 when there is nothing to run.
+func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveConfig, *cli, int) {
+	c := newCLI("serve", serveSynopsis, stdout, stderr)
+	fl := c.FlagSet
 	cfg := &serveConfig{}
 	var portals, chapFile, revFile, lun, mem, headerDigest, dataDigest string
 	var timeout, deadTimeout time.Duration
@@ -91,28 +98,16 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, int) {
 	fl.DurationVar(&deadTimeout, "dead-conn-timeout", 10*time.Minute, "how long the kernel waits for a new server once all sockets died (--attach)")
 	fl.BoolVar(&cfg.kernel.DestroyOnDisconnect, "destroy-on-disconnect", false, "delete the device when disconnected (never for a root device)")
 	fl.BoolVar(&cfg.kernel.DisconnectOnClose, "disconnect-on-close", false, "disconnect when the last opener closes the device (never for a root device)")
-	fl.StringVar(&cfg.file, "file", "", "testing aid: serve this file (or block device) instead of an iSCSI LUN")
+	fl.StringVar(&cfg.file, "image", "", "testing aid: serve this disk image file (or block device) instead of an iSCSI LUN")
 	fl.StringVar(&mem, "mem", "", "testing aid: serve a zero-filled in-memory disk of this size (e.g. 64M)")
 	fl.BoolVar(&cfg.readOnly, "read-only", false, "export read-only")
 	fl.StringVar(&cfg.status, "status", status.DefaultPath, `publish the status file here (read it with isboot status --file PATH; "" for none)`)
-	fl.Usage = func() {
-		fmt.Fprintln(stderr, `usage: isboot serve (--ibft FILE | --portal HOST:PORT[,HOST:PORT] --target IQN --lun N)
-    [--initiator IQN] [--chap-user U --chap-secret-file F] [--rev-chap-user U --rev-chap-secret-file F]
-    [--header-digest none|crc32c] [--data-digest none|crc32c]
-    (--listen unix:PATH | --listen tcp:HOST:PORT | --attach [/dev/nbdN]) [--connections N]
-    [--status PATH]`)
-		fl.PrintDefaults()
-	}
-	if err := fl.Parse(optionalAttachValue(args)); err != nil {
-		return nil, 2
+	if code := c.parse(optionalAttachValue(args)); code >= 0 {
+		return nil, c, code
 	}
 	fl.Visit(func(f *flag.Flag) { cfg.statusGiven = cfg.statusGiven || f.Name == "status" })
-	usage := func(format string, a ...any) (*serveConfig, int) {
-		fmt.Fprintf(stderr, "isboot serve: "+format+"\n", a...)
-		return nil, 2
-	}
-	if fl.NArg() > 0 {
-		return usage("unexpected argument %q", fl.Arg(0))
+	usage := func(format string, a ...any) (*serveConfig, *cli, int) {
+		return nil, c, c.usageError(format, a...)
 	}
 	if portals != "" {
 		cfg.iscsi.Portals = strings.Split(portals, ",")
@@ -140,7 +135,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, int) {
 	}
 	switch {
 	case sources != 1:
-		return usage("give exactly one of --ibft, --portal/--target/--lun (or --file, --mem for tests)")
+		return usage("give exactly one of --ibft, --portal/--target/--lun (or --image, --mem for tests)")
 	case src.TargetName != "" && len(src.Portals) == 0, len(src.Portals) > 0 && src.TargetName == "":
 		return usage("--portal and --target go together")
 	case (cfg.listen == "") == (cfg.attach == ""):
@@ -177,7 +172,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, int) {
 		cfg.kernel.Index = n
 	}
 	cfg.kernel.Timeout, cfg.kernel.DeadConnTimeout = timeout, deadTimeout
-	return cfg, -1
+	return cfg, c, -1
 }
 
 // optionalAttachValue lets --attach stand alone ("first free device"): the flag package
@@ -358,7 +353,7 @@ func openBackend(ctx context.Context, cfg *serveConfig, logf func(string, ...any
 	case cfg.file != "":
 		d, err := blockdev.OpenFile(cfg.file, cfg.readOnly)
 		if err != nil {
-			return nil, fmt.Errorf("--file: %w", err)
+			return nil, fmt.Errorf("--image: %w", err)
 		}
 		return plainBackend(d, d.Close), nil
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -48,7 +49,7 @@ func TestServeFlags(t *testing.T) {
 		{[]string{"--mem", "12Q", "--listen", "unix:/x"}, "--mem"},
 	} {
 		var stderr bytes.Buffer
-		cfg, code := parseServeFlags(c.args, &stderr)
+		cfg, _, code := parseServeFlags(c.args, io.Discard, &stderr)
 		if c.bad == "" {
 			if code != -1 || cfg == nil {
 				t.Errorf("%q: rejected: %s", c.args, stderr.String())
@@ -62,14 +63,14 @@ func TestServeFlags(t *testing.T) {
 			t.Errorf("%q: secret in output", c.args)
 		}
 	}
-	cfg, _ := parseServeFlags([]string{"--mem", "1M", "--listen", "unix:/x", "--chap-user", "u", "--chap-secret-file", secret}, new(bytes.Buffer))
+	cfg, _, _ := parseServeFlags([]string{"--mem", "1M", "--listen", "unix:/x", "--chap-user", "u", "--chap-secret-file", secret}, io.Discard, io.Discard)
 	if cfg.iscsi.CHAPSecret != "s3cr3t-value" {
 		t.Errorf("secret read as %q", cfg.iscsi.CHAPSecret)
 	}
-	if cfg, _ := parseServeFlags([]string{"--mem", "1M", "--attach", "/dev/nbd7"}, new(bytes.Buffer)); cfg.kernel.Index != 7 {
+	if cfg, _, _ := parseServeFlags([]string{"--mem", "1M", "--attach", "/dev/nbd7"}, io.Discard, io.Discard); cfg.kernel.Index != 7 {
 		t.Errorf("--attach /dev/nbd7: index %d", cfg.kernel.Index)
 	}
-	if cfg, _ := parseServeFlags([]string{"--mem", "1M", "--attach"}, new(bytes.Buffer)); cfg.kernel.Index != -1 {
+	if cfg, _, _ := parseServeFlags([]string{"--mem", "1M", "--attach"}, io.Discard, io.Discard); cfg.kernel.Index != -1 {
 		t.Errorf("bare --attach: index %d, want -1 (first free)", cfg.kernel.Index)
 	}
 }
@@ -80,7 +81,7 @@ func startServe(t testing.TB, args ...string) string {
 	t.Helper()
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "nbd.sock")
-	cfg, code := parseServeFlags(append(args, "--listen", "unix:"+sock, "--status", filepath.Join(dir, "status")), os.Stderr)
+	cfg, _, code := parseServeFlags(append(args, "--listen", "unix:"+sock, "--status", filepath.Join(dir, "status")), io.Discard, os.Stderr)
 	if code >= 0 {
 		t.Fatalf("flags %q rejected", args)
 	}
@@ -113,9 +114,9 @@ func TestServeFileRoundTrip(t *testing.T) {
 	dir := t.TempDir()
 	disk, src := filepath.Join(dir, "disk"), filepath.Join(dir, "src")
 	os.WriteFile(disk, make([]byte, 8<<20), 0o600)
-	data := bytes.Repeat([]byte("isboot serve --file "), 8<<20/20+1)[:8<<20]
+	data := bytes.Repeat([]byte("isboot serve --image "), 8<<20/20+1)[:8<<20]
 	os.WriteFile(src, data, 0o600)
-	sock := startServe(t, "--file", disk)
+	sock := startServe(t, "--image", disk)
 	uri := "nbd+unix:///?socket=" + sock
 	if out, err := exec.Command("nbdcopy", src, uri).CombinedOutput(); err != nil {
 		t.Fatalf("nbdcopy: %v\n%s", err, out)
@@ -271,13 +272,13 @@ func TestServeFromIBFT(t *testing.T) {
 // and serve logs a warning when it listens on TCP (not on a unix socket).
 func TestServeTCPWarnsNoAuth(t *testing.T) {
 	var help bytes.Buffer
-	parseServeFlags([]string{"--help"}, &help)
+	parseServeFlags([]string{"--help"}, &help, &help)
 	if !strings.Contains(help.String(), "NO AUTHENTICATION") {
 		t.Errorf("--help does not warn about tcp:\n%s", help.String())
 	}
 	port := fmt.Sprintf("tcp:127.0.0.1:%d", freeTCPPort(t))
 	for spec, warn := range map[string]bool{port: true, "unix:" + filepath.Join(t.TempDir(), "s"): false} {
-		cfg, code := parseServeFlags([]string{"--mem", "1M", "--listen", spec, "--status", ""}, os.Stderr)
+		cfg, _, code := parseServeFlags([]string{"--mem", "1M", "--listen", spec, "--status", ""}, io.Discard, os.Stderr)
 		if code >= 0 {
 			t.Fatalf("%s: flags rejected", spec)
 		}

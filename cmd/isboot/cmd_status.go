@@ -1,43 +1,42 @@
 package main
 
 import (
-	"flag"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/isboot/isboot/internal/status"
 )
 
-func init() { register("status", "print the boot daemon's status (/run/isboot/status)", runStatus) }
+func init() {
+	register("status", "print the boot daemon's status (/run/isboot/status)", func(args []string) int {
+		return statusMain(args, os.Stdout, os.Stderr)
+	})
+}
 
-func runStatus(args []string) int {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	asJSON := fs.Bool("json", false, "print one JSON object")
-	path := fs.String("file", status.DefaultPath, "status file to read")
-	if err := fs.Parse(args); err != nil {
-		return 2
+// statusFileUsage is --file's help wherever it names a status file to read.
+const statusFileUsage = "read the status from this file instead of " + status.DefaultPath
+
+func statusMain(args []string, stdout, stderr io.Writer) int {
+	c := newCLI("status", "[--file PATH] [--json]", stdout, stderr)
+	asJSON := c.Bool("json", false, jsonUsage)
+	path := c.String("file", status.DefaultPath, statusFileUsage)
+	if code := c.parse(args); code >= 0 {
+		return code
 	}
-	if fs.NArg() != 0 {
-		fmt.Fprintf(os.Stderr, "isboot status: unexpected argument %q\n", fs.Arg(0))
-		return 2
+	kv, err := status.ReadFile(*path)
+	if os.IsNotExist(err) {
+		return c.fail(fmt.Errorf("%w (is isboot serving this system?)", err))
 	}
-	f, err := os.Open(*path)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "isboot status: %v (is isboot serving this system?)\n", err)
-		return 1
-	}
-	defer f.Close()
-	kv, err := status.Parse(f)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "isboot status: %s: %v\n", *path, err)
-		return 1
+		return c.fail(err)
 	}
 	if *asJSON {
-		os.Stdout.Write(status.JSON(kv))
+		stdout.Write(status.JSON(kv))
 		return 0
 	}
 	for _, e := range kv {
-		fmt.Printf("%s: %s\n", e.Key, e.Value)
+		fmt.Fprintf(stdout, "%s: %s\n", e.Key, e.Value)
 	}
 	return 0
 }

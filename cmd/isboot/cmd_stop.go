@@ -2,8 +2,8 @@ package main
 
 import (
 	"bytes"
-	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"syscall"
@@ -14,55 +14,39 @@ import (
 )
 
 func init() {
-	register("stop", "ask the serving daemon to flush, disconnect and log out (only once the device is unused)", runStop)
+	register("stop", "ask the serving daemon to flush, disconnect and log out (only once the device is unused)", func(args []string) int {
+		return stopMain(args, os.Stdout, os.Stderr)
+	})
 }
 
-func runStop(args []string) int {
-	fs := flag.NewFlagSet("stop", flag.ContinueOnError)
-	path := fs.String("file", status.DefaultPath, "status file naming the daemon")
-	wait := fs.Duration("timeout", 30*time.Second, "how long to wait for the daemon to finish")
-	if err := fs.Parse(args); err != nil {
-		return 2
+func stopMain(args []string, stdout, stderr io.Writer) int {
+	c := newCLI("stop", "[--file PATH] [--wait DURATION]", stdout, stderr)
+	path := c.String("file", status.DefaultPath, statusFileUsage)
+	wait := c.Duration("wait", 30*time.Second, "how long to wait for the daemon to finish")
+	if code := c.parse(args); code >= 0 {
+		return code
 	}
-	f, err := os.Open(*path)
+	kv, err := status.ReadFile(*path)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "isboot stop: %v\n", err)
-		return 1
+		return c.fail(err)
 	}
-	kv, err := status.Parse(f)
-	f.Close()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "isboot stop: %v\n", err)
-		return 1
-	}
-	var pid int
-	var dev string
-	for _, e := range kv {
-		switch e.Key {
-		case "net.isboot.pid":
-			pid, _ = strconv.Atoi(e.Value)
-		case "net.isboot.device":
-			dev = e.Value
-		}
-	}
+	pid, _ := strconv.Atoi(status.Value(kv, "net.isboot.pid"))
+	dev := status.Value(kv, "net.isboot.device")
 	// Only ever signal the daemon itself, never whatever reused a stale pid.
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if pid <= 0 || err != nil || !bytes.HasPrefix(cmdline, []byte(daemon.Argv0+"\x00")) {
-		fmt.Fprintf(os.Stderr, "isboot stop: no %s daemon running (pid %d from %s)\n", daemon.Argv0, pid, *path)
-		return 1
+		return c.fail(fmt.Errorf("no %s daemon running (pid %d from %s)", daemon.Argv0, pid, *path))
 	}
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
-		fmt.Fprintf(os.Stderr, "isboot stop: signal pid %d: %v\n", pid, err)
-		return 1
+		return c.fail(fmt.Errorf("signal pid %d: %w", pid, err))
 	}
 	for end := time.Now().Add(*wait); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
 		if syscall.Kill(pid, 0) == syscall.ESRCH || isZombie(pid) {
-			fmt.Printf("isboot: daemon (pid %d) stopped: /dev/%s disconnected, logged out\n", pid, dev)
+			fmt.Fprintf(stdout, "isboot: daemon (pid %d) stopped: /dev/%s disconnected, logged out\n", pid, dev)
 			return 0
 		}
 	}
-	fmt.Fprintf(os.Stderr, "isboot stop: daemon (pid %d) still serving /dev/%s after %v: the device is in use (unmount it first)\n", pid, dev, *wait)
-	return 1
+	return c.fail(fmt.Errorf("daemon (pid %d) still serving /dev/%s after %v: the device is in use (unmount it first)", pid, dev, *wait))
 }
 
 // isZombie reports a process that exited but was not reaped yet (its parent is

@@ -53,13 +53,13 @@ func writeStatus(t *testing.T, pid int) string {
 
 func TestStop(t *testing.T) {
 	d := startFakeDaemon(t, ": >$READY; sleep 30; true") // "; true": no exec of sleep in place of sh
-	out, code := runSelf(t, "stop", "--file", writeStatus(t, d.Process.Pid), "--timeout", "5s")
+	out, code := runSelf(t, "stop", "--file", writeStatus(t, d.Process.Pid), "--wait", "5s")
 	if code != 0 || !strings.Contains(out, "stopped: /dev/nbd3") {
 		t.Errorf("exit %d: %s", code, out)
 	}
 	// A daemon that keeps serving (device in use) is reported, not killed.
 	d = startFakeDaemon(t, "trap '' TERM; : >$READY; sleep 30 & wait; sleep 30")
-	out, code = runSelf(t, "stop", "--file", writeStatus(t, d.Process.Pid), "--timeout", "500ms")
+	out, code = runSelf(t, "stop", "--file", writeStatus(t, d.Process.Pid), "--wait", "500ms")
 	if code != 1 || !strings.Contains(out, "still serving /dev/nbd3") {
 		t.Errorf("exit %d: %s", code, out)
 	}

@@ -29,7 +29,10 @@ func register(name, summary string, run func(args []string) int) {
 }
 
 func init() {
-	register("version", "print the version", func([]string) int {
+	register("version", "print the version", func(args []string) int {
+		if code := newCLI("version", "", os.Stdout, os.Stderr).parse(args); code >= 0 {
+			return code
+		}
 		fmt.Println("isboot", Version)
 		return 0
 	})

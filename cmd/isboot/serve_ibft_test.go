@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -62,7 +63,7 @@ func TestServeIBFTPlansLikeTheBoot(t *testing.T) {
 			boot, bootErr := initproc.MakePlan(cl, tb)
 
 			var stderr bytes.Buffer
-			cfg, code := parseServeFlags([]string{"--ibft", f, "--listen", "unix:/nowhere"}, &stderr)
+			cfg, _, code := parseServeFlags([]string{"--ibft", f, "--listen", "unix:/nowhere"}, io.Discard, &stderr)
 			if code >= 0 {
 				t.Fatalf("flags rejected: %s", stderr.String())
 			}
@@ -95,9 +96,9 @@ func TestServeIBFTFlagsWin(t *testing.T) {
 	dir := t.TempDir()
 	secret := filepath.Join(dir, "secret")
 	os.WriteFile(secret, []byte("flag-secret-123\n"), 0o600)
-	cfg, code := parseServeFlags([]string{"--ibft", "../../testdata/ibft/chap-mutual.bin", "--listen", "unix:/nowhere",
+	cfg, _, code := parseServeFlags([]string{"--ibft", "../../testdata/ibft/chap-mutual.bin", "--listen", "unix:/nowhere",
 		"--initiator", "iqn.2026-01.org.isboot:flag", "--chap-user", "flag-user", "--chap-secret-file", secret,
-		"--header-digest", "crc32c"}, os.Stderr)
+		"--header-digest", "crc32c"}, io.Discard, os.Stderr)
 	if code >= 0 {
 		t.Fatal("flags rejected")
 	}
@@ -122,7 +123,7 @@ func TestServeIBFTFlagsWin(t *testing.T) {
 	}
 	noName := filepath.Join(dir, "no-initiator.bin")
 	os.WriteFile(noName, b, 0o600)
-	cfg, _ = parseServeFlags([]string{"--ibft", noName, "--listen", "unix:/nowhere"}, os.Stderr)
+	cfg, _, _ = parseServeFlags([]string{"--ibft", noName, "--listen", "unix:/nowhere"}, io.Discard, os.Stderr)
 	if err := cfg.fromIBFT(t.Logf); err == nil || !strings.Contains(err.Error(), "give --initiator") {
 		t.Errorf("no initiator name: %v", err)
 	}

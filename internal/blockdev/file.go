@@ -8,7 +8,7 @@ import (
 )
 
 // File is a regular file or a block device as a Device, with 512-byte blocks: a
-// testing aid (`isboot serve --file`) and a peer that keeps what is written.
+// testing aid (`isboot serve --image`) and a peer that keeps what is written.
 type File struct {
 	f        *os.File
 	size     int64
