@@ -11,7 +11,8 @@ import (
 // LUN is the block device behind a session. It satisfies the NBD exporter's
 // block-device contract structurally: ReadAt, WriteAt, WriteAtFUA, Flush, Unmap,
 // WriteZeroes, Size, BlockSize, ReadOnly, with ErrReadOnly and ErrOutOfRange wrapping
-// syscall.EROFS and syscall.ERANGE as that contract asks.
+// syscall.EROFS and syscall.ERANGE as that contract asks; and Extents, the optional
+// allocation query (blockdev.Extenter).
 // Offsets and lengths must be multiples of BlockSize.
 type LUN struct {
 	s         *Session
@@ -22,6 +23,10 @@ type LUN struct {
 	limits    blockLimits
 	unmap     bool        // UNMAP supported (VPD 0xB2 LBPU)
 	writeSame atomic.Bool // WRITE SAME(16) worth trying
+	// lbaStatus: GET LBA STATUS worth asking (READ CAPACITY(16) said LBPME, and the
+	// target has not refused it). lbprz: unmapped blocks read as zeroes.
+	lbaStatus atomic.Bool
+	lbprz     bool
 	zero      []byte
 }
 
@@ -48,6 +53,10 @@ func (s *Session) openLUN() (*LUN, error) {
 	if err == nil && n >= 12 {
 		l.blocks = binary.BigEndian.Uint64(buf[0:]) + 1
 		l.blockSize = int(binary.BigEndian.Uint32(buf[8:]))
+		if n >= 15 {
+			l.lbaStatus.Store(buf[14]&0x80 != 0) // LBPME: logical block provisioning
+			l.lbprz = buf[14]&0x40 != 0
+		}
 	} else {
 		if _, err := s.exec("READ CAPACITY(10)", cdbReadCapacity10(), true, buf[:8]); err != nil {
 			return nil, err
@@ -207,6 +216,66 @@ func (l *LUN) WriteZeroes(off, length int64) error {
 		blocks -= n
 	}
 	return nil
+}
+
+// Extent is a run of bytes with one provisioning state. It is the same type as
+// blockdev.Extent (an alias of one unnamed struct type), so that Extents satisfies
+// the exporter's blockdev.Extenter without this package importing it.
+type Extent = struct {
+	Length int64  // bytes
+	Flags  uint32 // ExtentHole, ExtentZero
+}
+
+// Extent flags, as blockdev defines them.
+const (
+	ExtentHole = 1 << 0 // not mapped to storage (deallocated)
+	ExtentZero = 1 << 1 // reads as zeroes
+)
+
+// lbaStatusLen is the GET LBA STATUS allocation length: the header and 255
+// descriptors, one 4 KiB answer.
+const lbaStatusLen = 8 + 16*255
+
+// Extents appends to dst the provisioning state of the range of length bytes at off,
+// from one GET LBA STATUS command; it may describe less than the range, never more.
+// Deallocated blocks are holes, and read as zeroes when READ CAPACITY(16) says
+// LBPRZ. A LUN without logical block provisioning (no LBPME), or whose target
+// refuses the command or answers it without describing off, is all data: it is
+// then not asked again.
+func (l *LUN) Extents(dst []Extent, off, length int64) ([]Extent, error) {
+	lba, err := l.check(int(length), off)
+	if err != nil {
+		return dst, err
+	}
+	if length <= 0 {
+		return dst, nil
+	}
+	if !l.lbaStatus.Load() {
+		return append(dst, Extent{Length: length}), nil
+	}
+	buf := make([]byte, lbaStatusLen)
+	n, err := l.s.exec("GET LBA STATUS", cdbGetLBAStatus(lba, len(buf)), true, buf)
+	var se *SCSIError
+	if errors.As(err, &se) && se.Key == senseIllegalRequest {
+		l.noLBAStatus(err)
+		return append(dst, Extent{Length: length}), nil
+	}
+	if err != nil {
+		return dst, err
+	}
+	start := len(dst)
+	dst = appendLBAStatus(dst, buf[:n], lba, uint64(length)/uint64(l.blockSize), l.blockSize, l.lbprz)
+	if len(dst) == start {
+		l.noLBAStatus(fmt.Errorf("iscsi: GET LBA STATUS at LBA %d: %d-byte answer describes no block there", lba, n))
+		dst = append(dst, Extent{Length: length})
+	}
+	return dst, nil
+}
+
+func (l *LUN) noLBAStatus(why error) {
+	if l.lbaStatus.Swap(false) {
+		l.s.logf("%v; reporting every block as mapped from now on", why)
+	}
 }
 
 // ReportLUNs lists the LUNs the target exposes to this initiator.

@@ -171,6 +171,64 @@ func cdbWriteSame16(lba uint64, blocks uint32) cdb {
 	return c
 }
 
+// cdbGetLBAStatus is SERVICE ACTION IN(16) / GET LBA STATUS (SBC-3) from lba.
+func cdbGetLBAStatus(lba uint64, alloc int) cdb {
+	c := cdb{n: 16}
+	c.b[0], c.b[1] = 0x9e, 0x12
+	binary.BigEndian.PutUint64(c.b[2:], lba)
+	binary.BigEndian.PutUint32(c.b[10:], uint32(alloc))
+	return c
+}
+
+// appendLBAStatus appends to dst the extents that GET LBA STATUS answer b gives for
+// the blocks [lba, lba+blocks): consecutive from lba, clipped to the range, merged
+// where neighbours agree. It stops at the first descriptor that leaves a gap, so a
+// malformed answer yields fewer extents (none when it does not describe lba), never
+// wrong ones.
+func appendLBAStatus(dst []Extent, b []byte, lba, blocks uint64, blockSize int, lbprz bool) []Extent {
+	if len(b) >= 4 {
+		if n := uint64(binary.BigEndian.Uint32(b)) + 4; n < uint64(len(b)) {
+			b = b[:n] // PARAMETER DATA LENGTH counts the bytes after itself
+		}
+	}
+	if len(b) < 8 {
+		return dst
+	}
+	start := len(dst)
+	pos, end := lba, lba+blocks
+	for d := b[8:]; len(d) >= 16 && pos < end; d = d[16:] {
+		first := binary.BigEndian.Uint64(d)
+		count := uint64(binary.BigEndian.Uint32(d[8:]))
+		if first > pos || count == 0 {
+			break
+		}
+		if count <= pos-first {
+			continue // ends before pos
+		}
+		stop := pos + min(count-(pos-first), end-pos) // no sum that can overflow
+		var flags uint32
+		switch d[12] & 0x0f { // PROVISIONING STATUS
+		case 1: // deallocated
+			flags = ExtentHole
+			if lbprz {
+				flags |= ExtentZero
+			}
+		case 2: // anchored: storage reserved, so no hole, but read as deallocated
+			if lbprz {
+				flags = ExtentZero
+			}
+		}
+		length := int64(stop-pos) * int64(blockSize)
+		if last := len(dst) - 1; last >= start && dst[last].Flags == flags {
+			dst[last].Length += length
+		} else {
+			dst = append(dst, Extent{Length: length, Flags: flags})
+		}
+		pos = stop
+	}
+	return dst
+}
+
 // unmapParams fills the UNMAP parameter list for one range into b (24 bytes).
 func unmapParams(b []byte, lba uint64, blocks uint32) []byte {
 	b = b[:24]
