@@ -84,14 +84,19 @@ func (tc *testClient) handshakeGo(export string) error {
 }
 
 func (tc *testClient) send(typ, flags uint16, cookie, off uint64, length uint32, payload []byte) error {
+	_, err := tc.c.Write(encodeRequest(typ, flags, cookie, off, length, payload))
+	return err
+}
+
+// encodeRequest encodes one request and its payload.
+func encodeRequest(typ, flags uint16, cookie, off uint64, length uint32, payload []byte) []byte {
 	b := binary.BigEndian.AppendUint32(nil, magicRequest)
 	b = binary.BigEndian.AppendUint16(b, flags)
 	b = binary.BigEndian.AppendUint16(b, typ)
 	b = binary.BigEndian.AppendUint64(b, cookie)
 	b = binary.BigEndian.AppendUint64(b, off)
 	b = binary.BigEndian.AppendUint32(b, length)
-	_, err := tc.c.Write(append(b, payload...))
-	return err
+	return append(b, payload...)
 }
 
 // recv reads one simple reply; readLen is the payload length if it answers a read.

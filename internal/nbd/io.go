@@ -13,21 +13,30 @@ func (s *Server) blockSize() int64 {
 func alignDown(x, bs int64) int64 { return x - x%bs }
 func alignUp(x, bs int64) int64   { return alignDown(x+bs-1, bs) }
 
-func (s *Server) read(p []byte, off int64) error {
+// read fills p from off. On failure it reports how many leading bytes of p were read
+// all the same (fewer than len(p)), which a structured reply can still deliver.
+func (s *Server) read(p []byte, off int64) (int, error) {
 	bs := s.blockSize()
 	end := off + int64(len(p))
 	if off%bs == 0 && end%bs == 0 {
-		_, err := s.dev.ReadAt(p, off)
-		return err
+		n, err := s.dev.ReadAt(p, off)
+		if err != nil && (n < 0 || n >= len(p)) {
+			n = 0 // a device that failed yet claims it all: trust none of it
+		}
+		return n, err
 	}
 	lo, hi := alignDown(off, bs), alignUp(end, bs)
 	bounce := s.bufs.get(int(hi - lo))
 	defer s.bufs.put(bounce)
-	if _, err := s.dev.ReadAt(bounce, lo); err != nil {
-		return err
+	n, err := s.dev.ReadAt(bounce, lo)
+	if err != nil {
+		if n <= int(off-lo) || n >= int(off-lo)+len(p) {
+			return 0, err // nothing of p, or (not trusted) all of it
+		}
+		return copy(p, bounce[off-lo:n]), err
 	}
 	copy(p, bounce[off-lo:])
-	return nil
+	return len(p), nil
 }
 
 func (s *Server) writeAt(p []byte, off int64, fua bool) error {

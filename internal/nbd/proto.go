@@ -1,6 +1,7 @@
 // Package nbd serves a blockdev.Device over the Network Block Device protocol (fixed
-// newstyle handshake, simple replies) and attaches it to the Linux kernel's nbd driver
-// through the "nbd" generic netlink family.
+// newstyle handshake; simple replies, or structured replies and the base:allocation
+// metadata context for clients that negotiate them) and attaches it to the Linux
+// kernel's nbd driver through the "nbd" generic netlink family.
 //
 // Wire format: https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md
 package nbd
@@ -12,6 +13,7 @@ const (
 	magicOptReply   = 0x0003e889045565a9
 	magicRequest    = 0x25609513
 	magicSimpleRepl = 0x67446698
+	magicStructRepl = 0x668e33ef
 )
 
 // Handshake flags (server) and client flags.
@@ -29,6 +31,9 @@ const (
 	optList       = 3
 	optInfo       = 6
 	optGo         = 7
+	optStructured = 8
+	optListMeta   = 9
+	optSetMeta    = 10
 )
 
 // Option reply types; errors have bit 31 set.
@@ -36,6 +41,7 @@ const (
 	repAck        = 1
 	repServer     = 2
 	repInfo       = 3
+	repMeta       = 4
 	repErrUnsup   = 1<<31 + 1
 	repErrPolicy  = 1<<31 + 2
 	repErrInvalid = 1<<31 + 3
@@ -59,6 +65,7 @@ const (
 	FlagSendFUA         = 1 << 3
 	FlagSendTrim        = 1 << 5
 	FlagSendWriteZeroes = 1 << 6
+	FlagSendDF          = 1 << 7 // only offered once structured replies are negotiated
 	FlagCanMultiConn    = 1 << 8
 )
 
@@ -70,13 +77,39 @@ const (
 	cmdFlush       = 3
 	cmdTrim        = 4
 	cmdWriteZeroes = 6
+	cmdBlockStatus = 7
 )
 
 // Command flags (high 16 bits of the request type field).
 const (
 	cmdFlagFUA    = 1 << 0
 	cmdFlagNoHole = 1 << 1
+	cmdFlagDF     = 1 << 2 // READ: one content chunk (we never send more)
+	cmdFlagReqOne = 1 << 3 // BLOCK_STATUS: one extent
 )
+
+// Structured reply chunk flags and types.
+const (
+	replyFlagDone = 1 << 0
+
+	replyNone        = 0
+	replyOffsetData  = 1
+	replyBlockStatus = 5
+	replyError       = 1<<15 + 1
+	replyErrorOffset = 1<<15 + 2
+)
+
+// The base:allocation metadata context: its name, the ID we give it when a client
+// selects it, and its extent flags.
+const (
+	metaBaseAllocation = "base:allocation"
+	metaIDAllocation   = 1
+	stateHole          = 1 << 0
+	stateZero          = 1 << 1
+)
+
+// maxString is the protocol's limit for names and query strings.
+const maxString = 4096
 
 // Error values in replies (Linux errno numbers, as the protocol defines them).
 const (
@@ -93,4 +126,5 @@ const (
 const (
 	requestSize = 28 // magic32 flags16 type16 cookie64 offset64 length32
 	replySize   = 16 // magic32 error32 cookie64
+	chunkSize   = 20 // magic32 flags16 type16 cookie64 length32
 )

@@ -129,7 +129,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 	defer stop()
 	c.SetDeadline(time.Now().Add(30 * time.Second))
 	br := bufio.NewReaderSize(c, 64<<10)
-	transmit, err := s.handshake(br, c)
+	neg, transmit, err := s.handshake(br, c)
 	if ctx.Err() != nil {
 		return nil
 	}
@@ -137,14 +137,15 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 		return err
 	}
 	c.SetDeadline(time.Time{})
-	return s.transmit(ctx, c, br)
+	return s.transmit(ctx, c, br, neg)
 }
 
 // ServeTransmission serves requests on c, which is already in the transmission phase
-// (a socket handed to the kernel, which does no handshake). It closes c.
+// (a socket handed to the kernel, which does no handshake: simple replies only). It
+// closes c.
 func (s *Server) ServeTransmission(ctx context.Context, c net.Conn) error {
 	defer c.Close()
-	return s.transmit(ctx, c, bufio.NewReaderSize(c, 64<<10))
+	return s.transmit(ctx, c, bufio.NewReaderSize(c, 64<<10), negotiated{})
 }
 
 // errClientAbort ends a handshake without transmission and without complaint.
@@ -158,16 +159,50 @@ type request struct {
 	length uint32
 }
 
+// decodeRequest parses one request header from the (untrusted) client.
+func decodeRequest(hdr *[requestSize]byte) (request, error) {
+	if m := binary.BigEndian.Uint32(hdr[0:]); m != magicRequest {
+		return request{}, fmt.Errorf("bad request magic %#x", m)
+	}
+	return request{
+		flags:  binary.BigEndian.Uint16(hdr[4:]),
+		typ:    binary.BigEndian.Uint16(hdr[6:]),
+		cookie: binary.BigEndian.Uint64(hdr[8:]),
+		off:    binary.BigEndian.Uint64(hdr[16:]),
+		length: binary.BigEndian.Uint32(hdr[24:]),
+	}, nil
+}
+
+// payload is the buffer a request needs: its write data or its read reply. A write
+// above MaxRequest is an error (its data cannot be skipped safely); a read above it
+// needs no buffer, since do rejects it with EINVAL.
+func (s *Server) payload(req request) (int64, error) {
+	if req.typ != cmdRead && req.typ != cmdWrite {
+		return 0, nil
+	}
+	if int64(req.length) > int64(s.opts.MaxRequest) {
+		if req.typ == cmdWrite {
+			return 0, fmt.Errorf("write of %d bytes exceeds the %d-byte maximum", req.length, s.opts.MaxRequest)
+		}
+		return 0, nil
+	}
+	return int64(req.length), nil
+}
+
 type conn struct {
 	s     *Server
 	c     net.Conn
 	r     *bufio.Reader
+	neg   negotiated
 	slots chan struct{}
 	wg    sync.WaitGroup
 	wmu   sync.Mutex
-	w     *bufio.Writer   // replies, guarded by wmu
-	rhdr  [replySize]byte // reply header, guarded by wmu
-	werr  error           // first reply write error, guarded by wmu
+	w     *bufio.Writer // replies, guarded by wmu
+	// hdr is scratch for reply headers, guarded by wmu: replies are built in place,
+	// so answering a request allocates nothing.
+	hdr  [chunkSize + 8]byte
+	werr error // first reply write error, guarded by wmu
+	last bool  // the holder of wmu is the last reply queued: it flushes
 	// waiting counts replies queued for wmu. The last writer flushes, so replies that
 	// complete together leave in one system call.
 	waiting atomic.Int32
@@ -178,10 +213,10 @@ type conn struct {
 	gone atomic.Bool
 }
 
-func (s *Server) transmit(ctx context.Context, c net.Conn, br *bufio.Reader) error {
+func (s *Server) transmit(ctx context.Context, c net.Conn, br *bufio.Reader, neg negotiated) error {
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
-	cn := &conn{s: s, c: c, r: br, w: bufio.NewWriterSize(c, 64<<10), slots: make(chan struct{}, s.opts.QueueDepth)}
+	cn := &conn{s: s, c: c, r: br, neg: neg, w: bufio.NewWriterSize(c, 64<<10), slots: make(chan struct{}, s.opts.QueueDepth)}
 	defer cn.wg.Wait()
 	err := cn.readRequests(ctx)
 	if err != nil || ctx.Err() != nil {
@@ -204,34 +239,24 @@ func (cn *conn) readRequests(ctx context.Context) error {
 			}
 			return fmt.Errorf("read request: %w", err)
 		}
-		if m := binary.BigEndian.Uint32(hdr[0:]); m != magicRequest {
-			return fmt.Errorf("bad request magic %#x", m)
-		}
-		req := request{
-			flags:  binary.BigEndian.Uint16(hdr[4:]),
-			typ:    binary.BigEndian.Uint16(hdr[6:]),
-			cookie: binary.BigEndian.Uint64(hdr[8:]),
-			off:    binary.BigEndian.Uint64(hdr[16:]),
-			length: binary.BigEndian.Uint32(hdr[24:]),
+		req, err := decodeRequest(&hdr)
+		if err != nil {
+			return err
 		}
 		if req.typ == cmdDisc {
 			return nil // deferred Wait lets requests in flight finish replying
 		}
-		var payload int64
-		if req.typ == cmdRead || req.typ == cmdWrite {
-			payload = int64(req.length)
-		}
-		if payload > int64(s.opts.MaxRequest) {
-			if req.typ == cmdWrite {
-				return fmt.Errorf("write of %d bytes exceeds the %d-byte maximum", req.length, s.opts.MaxRequest)
-			}
-			payload = 0 // rejected with EINVAL in do, no buffer needed
+		payload, err := s.payload(req)
+		if err != nil {
+			return err
 		}
 		cn.slots <- struct{}{}
 		if err := s.budget.Acquire(ctx, payload); err != nil {
 			<-cn.slots
 			return err
 		}
+		// Payload buffers come from the pool and go back to it after the reply, so
+		// steady-state reads and writes allocate nothing.
 		var buf []byte
 		if payload > 0 {
 			buf = s.bufs.get(int(payload))
@@ -249,16 +274,16 @@ func (cn *conn) readRequests(ctx context.Context) error {
 			if cn.gone.Load() {
 				return
 			}
-			errno := s.do(req, buf)
+			if req.typ == cmdBlockStatus {
+				cn.blockStatus(req)
+				return
+			}
+			errno, good := s.do(req, buf, cn.neg)
 			s.commands.Add(1)
 			if errno != 0 {
 				s.errs.Add(1)
 			}
-			var data []byte
-			if req.typ == cmdRead && errno == 0 {
-				data = buf
-			}
-			cn.reply(req.cookie, errno, data)
+			cn.reply(req, errno, buf[:good])
 		}()
 	}
 }
@@ -271,21 +296,23 @@ func (cn *conn) release(buf []byte, payload int64) {
 	<-cn.slots
 }
 
-// reply sends one simple reply. Replies go out in completion order, not request order.
-func (cn *conn) reply(cookie uint64, errno uint32, data []byte) {
+// lock takes the reply writer. It reports false, holding nothing, when the
+// connection can no longer be written.
+func (cn *conn) lock() bool {
 	cn.waiting.Add(1)
 	cn.wmu.Lock()
-	defer cn.wmu.Unlock()
-	last := cn.waiting.Add(-1) == 0
+	cn.last = cn.waiting.Add(-1) == 0
 	if cn.werr != nil {
-		return
+		cn.wmu.Unlock()
+		return false
 	}
-	binary.BigEndian.PutUint32(cn.rhdr[0:], magicSimpleRepl)
-	binary.BigEndian.PutUint32(cn.rhdr[4:], errno)
-	binary.BigEndian.PutUint64(cn.rhdr[8:], cookie)
-	cn.w.Write(cn.rhdr[:])
-	cn.w.Write(data) // large payloads bypass the buffer
-	if !last {
+	return true
+}
+
+// unlock releases the reply writer; the last of the replies queued for it flushes.
+func (cn *conn) unlock() {
+	defer cn.wmu.Unlock()
+	if !cn.last {
 		return // a write error sticks in cn.w and surfaces at the last writer's Flush
 	}
 	if err := cn.w.Flush(); err != nil {
@@ -294,31 +321,132 @@ func (cn *conn) reply(cookie uint64, errno uint32, data []byte) {
 	}
 }
 
-// do executes one request and returns the NBD error value (0 for success).
-func (s *Server) do(req request, buf []byte) uint32 {
-	const knownFlags = cmdFlagFUA | cmdFlagNoHole
-	if req.flags&^knownFlags != 0 {
-		return errInval
+// simple writes a simple reply header. Caller holds the lock.
+func (cn *conn) simple(cookie uint64, errno uint32) {
+	binary.BigEndian.PutUint32(cn.hdr[0:], magicSimpleRepl)
+	binary.BigEndian.PutUint32(cn.hdr[4:], errno)
+	binary.BigEndian.PutUint64(cn.hdr[8:], cookie)
+	cn.w.Write(cn.hdr[:replySize])
+}
+
+// chunk fills a structured reply chunk header into cn.hdr and returns the bytes
+// after it, for the caller to fill the fixed part of the payload. Caller holds the
+// lock.
+func (cn *conn) chunk(flags, typ uint16, cookie uint64, length uint32) []byte {
+	binary.BigEndian.PutUint32(cn.hdr[0:], magicStructRepl)
+	binary.BigEndian.PutUint16(cn.hdr[4:], flags)
+	binary.BigEndian.PutUint16(cn.hdr[6:], typ)
+	binary.BigEndian.PutUint64(cn.hdr[8:], cookie)
+	binary.BigEndian.PutUint32(cn.hdr[16:], length)
+	return cn.hdr[chunkSize:]
+}
+
+// reply answers req. data is what a read produced: all of it on success, the bytes
+// read before the failure otherwise. It goes out straight from the pooled request
+// buffer, behind a header built in cn.hdr: a reply allocates and copies nothing.
+// Replies go out in completion order, not request order.
+//
+// Without structured replies (the kernel never asks for them) this is a simple
+// reply. With them, a read is one OFFSET_DATA chunk (so DF always holds), a failed
+// read an OFFSET_DATA chunk for what was read and an ERROR_OFFSET chunk where it
+// failed, any other failure an ERROR chunk, and any other success still a simple
+// reply, which the spec allows for replies without payload.
+func (cn *conn) reply(req request, errno uint32, data []byte) {
+	if !cn.lock() {
+		return
+	}
+	defer cn.unlock()
+	switch {
+	case !cn.neg.structured:
+		cn.simple(req.cookie, errno)
+		if req.typ == cmdRead && errno == 0 {
+			cn.w.Write(data) // large payloads bypass the buffer
+		}
+	case req.typ == cmdRead && errno == 0 && len(data) == 0:
+		cn.chunk(replyFlagDone, replyNone, req.cookie, 0)
+		cn.w.Write(cn.hdr[:chunkSize])
+	case req.typ == cmdRead && (errno == 0 || len(data) > 0):
+		flags := uint16(replyFlagDone)
+		if errno != 0 {
+			flags = 0
+		}
+		p := cn.chunk(flags, replyOffsetData, req.cookie, 8+uint32(len(data)))
+		binary.BigEndian.PutUint64(p, req.off)
+		cn.w.Write(cn.hdr[:chunkSize+8])
+		cn.w.Write(data)
+		if errno != 0 {
+			cn.errorChunk(req, errno, req.off+uint64(len(data)))
+		}
+	case errno != 0:
+		cn.errorChunk(req, errno, req.off)
+	default:
+		cn.simple(req.cookie, 0)
+	}
+}
+
+// errorChunk writes the final error chunk of a structured reply: ERROR_OFFSET at off
+// for a read that failed on the device (off lies inside the request), ERROR
+// otherwise. Caller holds the lock.
+func (cn *conn) errorChunk(req request, errno uint32, off uint64) {
+	msg := errnoText(errno)
+	n := 6 + uint32(len(msg))
+	typ := uint16(replyError)
+	if req.typ == cmdRead && errno == errIO && off-req.off < uint64(req.length) {
+		typ, n = replyErrorOffset, n+8
+	}
+	p := cn.chunk(replyFlagDone, typ, req.cookie, n)
+	binary.BigEndian.PutUint32(p, errno)
+	binary.BigEndian.PutUint16(p[4:], uint16(len(msg)))
+	cn.w.Write(cn.hdr[:chunkSize+6])
+	cn.w.WriteString(msg)
+	if typ == replyErrorOffset {
+		binary.BigEndian.PutUint64(cn.hdr[:], off)
+		cn.w.Write(cn.hdr[:8])
+	}
+}
+
+// errnoText is the human-readable message of an error chunk.
+func errnoText(errno uint32) string {
+	switch errno {
+	case errPerm:
+		return "read-only export"
+	case errIO:
+		return "I/O error on the device"
+	case errInval:
+		return "invalid request"
+	}
+	return ""
+}
+
+// do executes one request and returns the NBD error value (0 for success) and, for a
+// read, how many bytes of buf hold data.
+func (s *Server) do(req request, buf []byte, neg negotiated) (errno uint32, good int) {
+	known := uint16(cmdFlagFUA | cmdFlagNoHole)
+	if req.typ == cmdRead && neg.structured {
+		known |= cmdFlagDF
+	}
+	if req.flags&^known != 0 {
+		return errInval, 0
 	}
 	size := uint64(s.dev.Size())
 	off, n := req.off, uint64(req.length)
 	if req.typ != cmdFlush && (off > size || n > size-off) {
-		return errInval
+		return errInval, 0
 	}
 	fua := req.flags&cmdFlagFUA != 0
 	var err error
 	switch req.typ {
 	case cmdRead:
 		if n > uint64(s.opts.MaxRequest) {
-			return errInval
+			return errInval, 0
 		}
-		err = s.read(buf, int64(off))
+		good, err = s.read(buf, int64(off))
 		if err == nil {
 			s.readBytes.Add(n)
 		}
 	case cmdWrite, cmdTrim, cmdWriteZeroes:
 		if s.dev.ReadOnly() {
-			return errPerm
+			return errPerm, 0
 		}
 		switch req.typ {
 		case cmdWrite:
@@ -338,13 +466,17 @@ func (s *Server) do(req request, buf []byte) uint32 {
 	case cmdFlush:
 		err = s.dev.Flush()
 	default:
-		return errInval
+		return errInval, 0
 	}
-	return s.errno(req, err)
+	errno = s.errno(req, err)
+	if errno == 0 {
+		good = len(buf)
+	}
+	return errno, good
 }
 
 var cmdNames = map[uint16]string{cmdRead: "read", cmdWrite: "write", cmdFlush: "flush",
-	cmdTrim: "trim", cmdWriteZeroes: "write-zeroes"}
+	cmdTrim: "trim", cmdWriteZeroes: "write-zeroes", cmdBlockStatus: "block-status"}
 
 func (s *Server) errno(req request, err error) uint32 {
 	switch {

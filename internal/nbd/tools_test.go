@@ -43,7 +43,7 @@ func TestNbdinfoReportsExport(t *testing.T) {
 			"export-size": 48.0 * (1 << 20), "block_size_minimum": 4096.0,
 			"block_size_preferred": 4096.0, "block_size_maximum": 16.0 * (1 << 20),
 			"is_read_only": ro, "can_flush": true, "can_fua": true, "can_trim": true,
-			"can_zero": true, "can_multi_conn": true, "can_df": false, "can_cache": false,
+			"can_zero": true, "can_multi_conn": true, "can_df": true, "can_cache": false,
 		}
 		for k, v := range want {
 			if e[k] != v {
