@@ -23,6 +23,8 @@ func runCmd(t *testing.T, name string, args ...string) (stdout, stderr string, c
 		code = statusMain(args, &o, &e)
 	case "stop":
 		code = stopMain(args, &o, &e)
+	case "initramfs":
+		code = initramfsMain(args, &o, &e)
 	case "serve":
 		var c *cli
 		var cfg *serveConfig
@@ -50,12 +52,13 @@ func TestEverySubcommandCLI(t *testing.T) {
 	missing := filepath.Join(dir, "missing")
 	// A runtime error for each subcommand that can have one (version cannot).
 	runtimeError := map[string][]string{
-		"ibft":    {"--file", missing},
-		"netcfg":  {"--file", missing, "--dry-run"},
-		"serve":   {"--image", missing, "--listen", "unix:" + filepath.Join(dir, "sock"), "--status", ""},
-		"status":  {"--file", missing},
-		"stop":    {"--file", missing},
-		"version": nil,
+		"ibft":      {"--file", missing},
+		"initramfs": {}, // the test's root is no initramfs
+		"netcfg":    {"--file", missing, "--dry-run"},
+		"serve":     {"--image", missing, "--listen", "unix:" + filepath.Join(dir, "sock"), "--status", ""},
+		"status":    {"--file", missing},
+		"stop":      {"--file", missing},
+		"version":   nil,
 	}
 	var names []string
 	for name := range commands {

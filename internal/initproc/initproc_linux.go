@@ -131,9 +131,9 @@ func (b *boot) steps() []step {
 		{"plan the boot", b.makePlan},
 		{"configure the network", b.configureNetwork},
 		{"hand the daemon its target", b.sendPlan},
-		{"wait for the LUN", b.waitDevice},
+		{stepAttach, b.waitDevice}, // a distribution's initramfs stops here (Attach)
 		{"rescue shell (isboot.shell)", b.optionalShell},
-		{"find root", b.findRoot},
+		{stepFindRoot, b.findRoot},
 		{"mount root", b.mountRoot},
 		{"switch root", b.switchRoot},
 	}
