@@ -20,6 +20,9 @@ type negotiated struct {
 	// allocation: the last NBD_OPT_SET_META_CONTEXT selected base:allocation, so
 	// NBD_CMD_BLOCK_STATUS is allowed.
 	allocation bool
+	// kernel: the peer is the kernel's nbd driver on a socket we handed it (no
+	// handshake); its requests may take the device's asynchronous path.
+	kernel bool
 }
 
 // handshake runs the server side of the fixed newstyle negotiation. It reports whether

@@ -145,7 +145,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 // closes c.
 func (s *Server) ServeTransmission(ctx context.Context, c net.Conn) error {
 	defer c.Close()
-	return s.transmit(ctx, c, bufio.NewReaderSize(c, 64<<10), negotiated{})
+	return s.transmit(ctx, c, bufio.NewReaderSize(c, 64<<10), negotiated{kernel: true})
 }
 
 // errClientAbort ends a handshake without transmission and without complaint.
@@ -211,12 +211,19 @@ type conn struct {
 	// resends them on another socket, where a late copy of a write could overwrite
 	// newer data.
 	gone atomic.Bool
+	// async is the device's asynchronous path, for the kernel's connections only
+	// (see async.go); ops keeps their request records for reuse.
+	async blockdev.Async
+	ops   chan *asyncOp
 }
 
 func (s *Server) transmit(ctx context.Context, c net.Conn, br *bufio.Reader, neg negotiated) error {
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	cn := &conn{s: s, c: c, r: br, neg: neg, w: bufio.NewWriterSize(c, 64<<10), slots: make(chan struct{}, s.opts.QueueDepth)}
+	if a, ok := s.dev.(blockdev.Async); ok && neg.kernel {
+		cn.async, cn.ops = a, make(chan *asyncOp, s.opts.QueueDepth)
+	}
 	defer cn.wg.Wait()
 	err := cn.readRequests(ctx)
 	if err != nil || ctx.Err() != nil {
@@ -268,6 +275,9 @@ func (cn *conn) readRequests(ctx context.Context) error {
 			}
 		}
 		cn.wg.Add(1)
+		if cn.startAsync(req, buf, payload) {
+			continue
+		}
 		go func() {
 			defer cn.wg.Done()
 			defer cn.release(buf, payload)

@@ -1,0 +1,10 @@
+package blockdev
+
+// Async is a Device that can start a read or write and return at once. done runs
+// exactly once with the outcome, possibly on the device's own goroutine (the iSCSI
+// connection's reader), so it must not block for long. A server uses it to answer
+// many requests from one goroutine without a goroutine per request.
+type Async interface {
+	ReadAtAsync(p []byte, off int64, done func(n int, err error))
+	WriteAtAsync(p []byte, off int64, fua bool, done func(n int, err error))
+}

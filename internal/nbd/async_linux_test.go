@@ -1,0 +1,100 @@
+package nbd
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/isboot/isboot/internal/testkit/testtarget"
+	"github.com/isboot/isboot/iscsi"
+)
+
+// countingLUN counts the requests that took the asynchronous path.
+type countingLUN struct {
+	*iscsi.LUN
+	async atomic.Int64
+}
+
+func (c *countingLUN) ReadAtAsync(p []byte, off int64, done func(int, error)) {
+	c.async.Add(1)
+	c.LUN.ReadAtAsync(p, off, done)
+}
+
+func (c *countingLUN) WriteAtAsync(p []byte, off int64, fua bool, done func(int, error)) {
+	c.async.Add(1)
+	c.LUN.WriteAtAsync(p, off, fua, done)
+}
+
+// TestKernelConnectionAsyncThroughISCSI serves a tgtd LUN as the kernel sees it (no
+// handshake) and pipelines 64 requests at a time, aligned and not: aligned reads and
+// writes are answered from the iSCSI reader, the rest the ordinary way, and every
+// reply matches its request.
+func TestKernelConnectionAsyncThroughISCSI(t *testing.T) {
+	d := testtarget.StartTgtd(t, testtarget.TgtdOptions{Port: testtarget.FreePort(t, 13400, 13449),
+		ControlPort: 43, Size: 32 << 20})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := iscsi.Dial(ctx, iscsi.Config{Portals: []string{d.Addr()}, TargetName: d.IQN, LUN: 1,
+		InitiatorName: "iqn.2026-01.org.isboot.test:nbd-async", QueueDepth: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	dev := &countingLUN{LUN: s.LUN()}
+	srvEnd, cliEnd := net.Pipe()
+	srv := NewServer(dev, Options{Logf: t.Logf})
+	go srv.ServeTransmission(context.Background(), srvEnd)
+	tc := &testClient{c: cliEnd, r: newReader(cliEnd)}
+	defer tc.send(cmdDisc, 0, 0, 0, 0, nil)
+
+	type extent struct{ off, n uint64 }
+	var extents []extent
+	for i := range uint64(256) {
+		n := uint64(4096 << (i % 5)) // 4 KiB .. 64 KiB
+		if i%9 == 0 {
+			n = 1000 // unaligned: the ordinary path
+		}
+		extents = append(extents, extent{i * 128 << 10, n})
+	}
+	data := func(i int) []byte { return randBytes(int(extents[i].n), uint64(i)) }
+	pipeline := func(typ uint16) map[uint64][]byte {
+		got := map[uint64][]byte{}
+		readLen := func(cookie uint64) int {
+			if typ == cmdRead {
+				return int(extents[cookie].n)
+			}
+			return 0
+		}
+		next := 0
+		for len(got) < len(extents) {
+			for next < len(extents) && next-len(got) < 64 {
+				var payload []byte
+				if typ == cmdWrite {
+					payload = data(next)
+				}
+				e := extents[next]
+				// Writes go from another goroutine: net.Pipe does not buffer.
+				go tc.send(typ, 0, uint64(next), e.off, uint32(e.n), payload)
+				next++
+			}
+			cookie, errno, b, err := tc.recv(readLen)
+			if err != nil || errno != 0 {
+				t.Fatalf("reply %d: errno %d, %v", cookie, errno, err)
+			}
+			got[cookie] = bytes.Clone(b)
+		}
+		return got
+	}
+	pipeline(cmdWrite)
+	for cookie, b := range pipeline(cmdRead) {
+		if !bytes.Equal(b, data(int(cookie))) {
+			t.Fatalf("extent %d read back other bytes", cookie)
+		}
+	}
+	if n := dev.async.Load(); n < 400 {
+		t.Errorf("only %d of 512 requests took the asynchronous path", n)
+	}
+}
