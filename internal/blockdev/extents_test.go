@@ -1,7 +1,9 @@
 package blockdev_test
 
 import (
+	"bytes"
 	"fmt"
+	"slices"
 	"testing"
 
 	"github.com/isboot/isboot/internal/blockdev"
@@ -53,5 +55,23 @@ func TestMemExtents(t *testing.T) {
 	}
 	if err != nil || len(got) != 1024 || sum != 1024*512 {
 		t.Errorf("alternating blocks: %d extents covering %d bytes, %v", len(got), sum, err)
+	}
+}
+
+func TestReadOnlyKeepsExtents(t *testing.T) {
+	m := blockdev.NewMem(64<<10, 4096, false)
+	m.WriteAt(bytes.Repeat([]byte{1}, 4096), 8192)
+	want, err := m.Extents(nil, 0, 64<<10)
+	if err != nil || len(want) < 3 {
+		t.Fatalf("Mem's extents: %v, %v", want, err)
+	}
+	got, err := blockdev.ReadOnly{Device: m}.Extents(nil, 0, 64<<10)
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("read-only extents %v, %v; the device's %v", got, err, want)
+	}
+	// Only Device's methods: the wrapped device has no map.
+	plain := struct{ blockdev.Device }{m}
+	if got, _ := (blockdev.ReadOnly{Device: plain}).Extents(nil, 0, 8192); len(got) != 1 || got[0].Length != 8192 || got[0].Flags != 0 {
+		t.Fatalf("a device without a map: %v, want one data extent", got)
 	}
 }
