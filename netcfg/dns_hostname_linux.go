@@ -10,13 +10,12 @@ func (ap *applier) resolvConf() error {
 	if len(ap.p.DNS) == 0 {
 		return nil
 	}
-	path := ap.o.ResolvConf
-	restore, changed, err := writeResolvConf(path, ap.p.DNS, fmt.Sprintf("iBFT nic%d", ap.p.NIC))
+	file, restore, changed, err := writeResolvConf(ap.o.ResolvConf, ap.p.DNS, fmt.Sprintf("iBFT nic%d", ap.p.NIC), ap.logf)
 	if err != nil {
 		return fmt.Errorf("netcfg: %w", err)
 	}
 	if changed {
-		ap.a.did("wrote the DNS servers to "+path, restore)
+		ap.a.did("wrote the DNS servers to "+file, restore)
 	}
 	return nil
 }

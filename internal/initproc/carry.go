@@ -1,0 +1,39 @@
+package initproc
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/isboot/isboot/netcfg"
+)
+
+// carryNetwork leaves the boot NIC's configuration in runDir (/run, which switch_root
+// moves into the real root) where the real root's tools look, since the initramfs's
+// /etc/resolv.conf goes with the initramfs:
+//   - net-<link>.conf (net6-<link>.conf for IPv6), as initramfs-tools' ipconfig
+//     writes it: cloud-init and initramfs-tools-style scripts read it;
+//   - isboot/resolv.conf, a complete resolv.conf with the iBFT's DNS servers, for the
+//     real root's resolver (/etc/resolv.conf may link to it; docs/boot.md).
+//
+// It returns the files written.
+func carryNetwork(runDir string, p *netcfg.Plan, link string) ([]string, error) {
+	name, content := p.NetConf(link)
+	files := []string{filepath.Join(runDir, name)}
+	if len(p.DNS) > 0 {
+		files = append(files, filepath.Join(runDir, "isboot", "resolv.conf"))
+	}
+	contents := [][]byte{content, netcfg.ResolvConf(nil, p.DNS, fmt.Sprintf("iBFT nic%d", p.NIC))}
+	var errs []error
+	for i, f := range files {
+		err := os.MkdirAll(filepath.Dir(f), 0o755)
+		if err == nil {
+			err = os.WriteFile(f, contents[i], 0o644)
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return files, errors.Join(errs...)
+}
