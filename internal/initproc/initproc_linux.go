@@ -233,6 +233,12 @@ func (b *boot) configureNetwork() error {
 	b.nic = applied.Link
 	b.plan.Daemon.NIC = applied.Link
 	b.log.Infof("network: %s is %s", applied.Link, np.Addr)
+	// Optional: the real root only loses its DNS servers without these files.
+	files, err := carryNetwork("/run", np, applied.Link)
+	if err != nil {
+		b.log.Warnf("network: for the real root: %v", err)
+	}
+	b.log.Debugf(1, "network: for the real root: %s", strings.Join(files, ", "))
 	return nil
 }
 
