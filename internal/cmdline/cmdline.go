@@ -107,8 +107,8 @@ func Read() (*CmdLine, error) {
 }
 
 // Parse reads a kernel command line. Unknown keys are ignored. Every malformed value of
-// a key we own is reported (joined) and left at its zero value; the rest is still
-// filled in, so a caller may choose to go on.
+// a key we own is reported (joined *KeyErrors) and left at its zero value; the rest is
+// still filled in, so a caller may choose to go on (see Split).
 func Parse(r io.Reader) (*CmdLine, error) {
 	b, err := io.ReadAll(r)
 	if err != nil {
@@ -131,10 +131,47 @@ func ParseString(s string) (*CmdLine, error) {
 		// The kernel treats - and _ alike in parameter names.
 		key = strings.ReplaceAll(key, "-", "_")
 		if err := c.set(key, val, hasVal); err != nil {
-			errs = append(errs, fmt.Errorf("cmdline: %s: %w", key, err))
+			errs = append(errs, &KeyError{Key: key, Err: err})
 		}
 	}
 	return c, errors.Join(errs...)
+}
+
+// KeyError is one malformed key; the key is left at its zero value.
+type KeyError struct {
+	Key string // as the kernel sees it, with - spelled _
+	Err error
+}
+
+func (e *KeyError) Error() string { return fmt.Sprintf("cmdline: %s: %v", e.Key, e.Err) }
+func (e *KeyError) Unwrap() error { return e.Err }
+
+// Fatal reports a key that names what to boot (root=, netroot=): going on without it
+// would mount another root or log in to another LUN than the one asked for. Any
+// other malformed key only loses its own effect (a debug level, a timeout).
+func (e *KeyError) Fatal() bool { return e.Key == "root" || e.Key == "netroot" }
+
+// Split sorts an error of Parse into what must stop a boot (malformed root= or
+// netroot=, or a command line that could not be read) and warnings: malformed keys
+// the boot can go on without, each naming its key.
+func Split(err error) (fatal error, warnings []error) {
+	if err == nil {
+		return nil, nil
+	}
+	all := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		all = j.Unwrap()
+	}
+	var fatals []error
+	for _, e := range all {
+		var ke *KeyError
+		if errors.As(e, &ke) && !ke.Fatal() {
+			warnings = append(warnings, e)
+		} else {
+			fatals = append(fatals, e)
+		}
+	}
+	return errors.Join(fatals...), warnings
 }
 
 func (c *CmdLine) set(key, val string, hasVal bool) error {

@@ -1,6 +1,7 @@
 package cmdline
 
 import (
+	"errors"
 	"reflect"
 	"strings"
 	"testing"
@@ -148,5 +149,45 @@ func TestNetrootStringIPv6(t *testing.T) {
 	back, err := ParseNetroot(n.String())
 	if err != nil || !reflect.DeepEqual(back, n) {
 		t.Errorf("round trip: %+v, %v", back, err)
+	}
+}
+
+// A malformed key that only loses its own effect is a warning naming it; a malformed
+// root= or netroot= (what to boot) stops the boot, clearly.
+func TestSplitWarningsFromFatal(t *testing.T) {
+	for _, tc := range []struct {
+		in       string
+		fatal    string   // substring; "" for none
+		warnings []string // one per warning, each naming its key
+	}{
+		{"root=LABEL=r rw", "", nil},
+		{"isboot.debug=9 isboot.timeout=x ibft.verbose=maybe root=LABEL=r", "",
+			[]string{"isboot.debug:", "isboot.timeout:", "ibft.verbose:"}},
+		{"init=sbin/init rd.iscsi.initiator= ibft.acpi_table=0", "",
+			[]string{"init:", "rd.iscsi.initiator:", "ibft.acpi_table:"}},
+		{"isboot.debug=9 root=sda1", `cmdline: root: "sda1": want UUID=`, []string{"isboot.debug:"}},
+		{"netroot=iscsi:1.2.3.4 isboot.shell=2", "cmdline: netroot: too few fields", []string{"isboot.shell:"}},
+		{"root= netroot=nfs:x", "root: empty value", nil},
+	} {
+		c, err := ParseString(tc.in)
+		if c == nil {
+			t.Fatalf("%q: no CmdLine", tc.in)
+		}
+		fatal, warnings := Split(err)
+		if (fatal == nil) != (tc.fatal == "") || fatal != nil && !strings.Contains(fatal.Error(), tc.fatal) {
+			t.Errorf("%q: fatal %v, want %q", tc.in, fatal, tc.fatal)
+		}
+		if len(warnings) != len(tc.warnings) {
+			t.Errorf("%q: warnings %v, want %q", tc.in, warnings, tc.warnings)
+			continue
+		}
+		for i, w := range warnings {
+			if !strings.Contains(w.Error(), "cmdline: "+tc.warnings[i]) {
+				t.Errorf("%q: warning %q does not name %q", tc.in, w, tc.warnings[i])
+			}
+		}
+	}
+	if fatal, w := Split(errors.New("cmdline: open /proc/cmdline: no such file")); fatal == nil || w != nil {
+		t.Errorf("an unreadable command line: fatal %v, warnings %v", fatal, w)
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -57,6 +59,10 @@ type boot struct {
 	status  *status.Writer // PID 1's own status until the daemon takes over
 
 	storageModules <-chan error // nbd loaded (or why not)
+
+	halted   atomic.Bool // a failure went to the rescue path: no further step
+	rescuing sync.Mutex  // held by the one rescue that owns the console
+	onFail   func(error) // where recoverInto sends a panic; nil: rescue (tests replace it)
 }
 
 // setState writes the status file while PID 1 owns it (before the daemon has its
@@ -91,11 +97,7 @@ func (b *boot) setState(st status.State, lastErr string) {
 // Run is PID 1's boot. It never returns.
 func Run(version string) {
 	b := &boot{version: version, start: time.Now()}
-	defer func() {
-		if r := recover(); r != nil {
-			b.rescue(fmt.Errorf("internal error: %v", r))
-		}
-	}()
+	defer b.recoverInto("the boot")
 	// Before /dev and /proc there is no kernel log; the console is fd 1 and 2.
 	var early []error
 	for _, m := range earlyMounts {
@@ -112,6 +114,9 @@ func Run(version string) {
 		b.rescue(err)
 	}
 	for _, s := range b.steps() {
+		if b.halted.Load() {
+			select {} // a background failure is in the rescue shell, which owns the console
+		}
 		t0 := time.Now()
 		b.log.Debugf(1, "step: %s", s)
 		if err := s.run(); err != nil {
@@ -146,13 +151,23 @@ func (w logWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// readCmdline reads the command line. A malformed key that only loses its own effect
+// (isboot.debug=9) is a warning naming it; a malformed root= or netroot= stops the
+// boot (cmdline.Split).
 func (b *boot) readCmdline() error {
-	c, err := cmdline.Read()
+	return b.takeCmdline(cmdline.Read())
+}
+
+func (b *boot) takeCmdline(c *cmdline.CmdLine, err error) error {
 	if c != nil {
 		b.cmd = c
 		b.log.SetVerbosity(c.Debug)
 	}
-	return err
+	fatal, warnings := cmdline.Split(err)
+	for _, w := range warnings {
+		b.log.Warnf("%v: ignored", w)
+	}
+	return fatal
 }
 
 // nbdMaxPart is the nbd driver's max_part: nbd0p1 to nbd0p15 get device nodes.
@@ -165,14 +180,14 @@ const nbdMaxPart = 16
 func (b *boot) loadStorageModules() error {
 	done := make(chan error, 1)
 	b.storageModules = done
-	go func() {
+	b.goSafe("load storage modules", func() {
 		for _, m := range []string{"crc32c_intel", "crc32c_generic"} {
 			if err := b.mods.Load(m, ""); err != nil {
 				b.log.Debugf(1, "%v", err)
 			}
 		}
 		done <- b.mods.Load("nbd", fmt.Sprintf("max_part=%d", nbdMaxPart))
-	}()
+	})
 	return nil
 }
 
@@ -272,11 +287,11 @@ func (b *boot) sendPlan() error {
 	}
 	// Load the usual root filesystem's module while the login runs; mountRoot loads
 	// whatever the root really holds (a second load of the same module is free).
-	go func() {
+	b.goSafe("load ext4", func() {
 		if err := b.mods.Load("ext4", ""); err != nil {
 			b.log.Debugf(1, "%v", err)
 		}
-	}()
+	})
 	return nil
 }
 

@@ -1,11 +1,15 @@
 package initproc
 
 import (
-	"github.com/isboot/isboot/internal/status"
+	"fmt"
 	"os"
 	"os/exec"
+	"runtime/debug"
 	"syscall"
 	"time"
+
+	"github.com/isboot/isboot/internal/klog"
+	"github.com/isboot/isboot/internal/status"
 )
 
 // shells are tried in order; the initramfs builder puts one of them in.
@@ -46,9 +50,41 @@ func (b *boot) rescueShell() bool {
 	return false
 }
 
+// goSafe runs fn on a goroutine of its own that cannot take PID 1 down: a panic in
+// any goroutine ends the process, and the kernel panics when init exits. The panic
+// becomes a boot failure like any other (recoverInto).
+func (b *boot) goSafe(name string, fn func()) {
+	go func() {
+		defer b.recoverInto(name)
+		fn()
+	}()
+}
+
+// recoverInto, deferred, turns a panic of the calling goroutine into a failure: its
+// stack goes to the log, and "internal error in <name>" to the rescue path.
+func (b *boot) recoverInto(name string) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	if b.log == nil { // before the logger opened
+		b.log = klog.Open("isboot", 0)
+	}
+	b.log.Errorf("panic in %s: %v\n%s", name, r, debug.Stack())
+	fail := b.onFail
+	if fail == nil {
+		fail = b.rescue
+	}
+	fail(fmt.Errorf("internal error in %s: %v", name, r))
+}
+
 // rescue is where every failure ends: one line saying what failed, then a shell for
-// as long as the machine runs. PID 1 must never exit (the kernel would panic).
+// as long as the machine runs. PID 1 must never exit (the kernel would panic). The
+// first failure owns the console for good: a later one (from another goroutine)
+// waits here forever, and the boot steps stop at the next step (halted).
 func (b *boot) rescue(err error) {
+	b.halted.Store(true)
+	b.rescuing.Lock() // never unlocked
 	b.log.Errorf("boot failed: %v", err)
 	b.setState(status.Failed, err.Error())
 	if b.child != nil && !b.sent {

@@ -22,6 +22,13 @@ func (l *Lines) Printf(format string, a ...any) {
 	fmt.Fprintf(&l.b, format+"\n", a...)
 }
 
+// Write adds p as it is, so Lines can be a logger's output.
+func (l *Lines) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
 // String returns every line so far.
 func (l *Lines) String() string {
 	l.mu.Lock()
