@@ -9,7 +9,7 @@ LDFLAGS := -s -w -X main.Version=$(VERSION)
 # Test timeout for the whole suite (CI allows 90 minutes in all).
 TEST_TIMEOUT ?= 75m
 
-.PHONY: all isboot deps initramfs demo test test-quick test-unit bench clean
+.PHONY: all isboot deps initramfs deb demo test test-quick test-unit bench clean
 
 all: isboot
 
@@ -23,6 +23,12 @@ deps:
 
 initramfs: deps isboot
 	$(GO) run ./initramfs/cmd/mkinitramfs -isboot $(BUILD)/isboot -o $(BUILD)/isboot-initramfs.cpio.gz
+
+# Debian package: the binary, the initramfs-tools hook and boot script, the dracut
+# module and the docs (docs/distro.md). Its version sorts by commit count.
+DEB_VERSION ?= 0.0~git$(shell git rev-list --count HEAD 2>/dev/null || echo 0).$(shell git rev-parse --short HEAD 2>/dev/null || echo dev)$(if $(findstring dirty,$(VERSION)),+dirty)
+deb: isboot
+	@bash initramfs/distro/debian/mkdeb.sh $(BUILD)/isboot '$(DEB_VERSION)' $(BUILD)
 
 demo: deps isboot
 	$(GO) run ./cmd/demo

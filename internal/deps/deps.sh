@@ -53,7 +53,7 @@ for f in "$CACHE/kernel/$kver/boot/vmlinuz-$kver" "$CACHE/kernel/$kver/lib/modul
 	[ -s "$f" ] || { log "missing $f"; exit 1; }
 done
 
-for t in qemu-system-x86_64 tgtd tgtadm nbdinfo nbdcopy iscsi-perf qemu-img mke2fs busybox cpio; do
+for t in qemu-system-x86_64 tgtd tgtadm nbdinfo nbdcopy iscsi-perf qemu-img mke2fs busybox cpio dpkg-deb chroot; do
 	command -v "$t" >/dev/null || log "warning: $t not found (some tests will fail)"
 done
 log "ok: kernel $kver in $CACHE/kernel/$kver"

@@ -17,6 +17,7 @@
 //	13530-13539  60             internal/daemon
 //	13540-13549  61-62          ibft
 //	13550-13559  63-64          internal/testkit/diskbench
+//	13560-13569  65-66          internal/testkit/distro
 package testtarget
 
 import (
