@@ -48,6 +48,7 @@ type conn struct {
 	dataOut    chan r2tReq
 	ctrl       chan ctrlReq
 	windowOpen chan struct{}
+	flushKick  chan struct{} // sendDirect queued commands for the writer to flush
 	release    chan struct{}
 	tmfResp    chan byte
 	logoutResp chan byte
@@ -79,6 +80,7 @@ func newConn(s *Session, nc net.Conn, res *loginResult, gen uint64) (*conn, erro
 		dataOut:    make(chan r2tReq, s.cfg.QueueDepth*16+16),
 		ctrl:       make(chan ctrlReq, s.cfg.QueueDepth+16),
 		windowOpen: make(chan struct{}, 1),
+		flushKick:  make(chan struct{}, 1),
 		release:    make(chan struct{}),
 		tmfResp:    make(chan byte, 1),
 		logoutResp: make(chan byte, 1),

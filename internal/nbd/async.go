@@ -51,6 +51,38 @@ func (cn *conn) startAsync(req request, buf []byte, payload int64) bool {
 	return true
 }
 
+// startFlusher sends the replies that completions leave in the buffer. Completions
+// arrive back to back on the device's goroutine; the flusher runs when that goroutine
+// pauses, so a batch of replies leaves in one write. The returned function stops it
+// after a last flush.
+func (cn *conn) startFlusher() (stop func()) {
+	quit, exited := make(chan struct{}), make(chan struct{})
+	flush := func() {
+		cn.wmu.Lock()
+		defer cn.wmu.Unlock()
+		if cn.werr != nil {
+			return
+		}
+		if err := cn.w.Flush(); err != nil {
+			cn.werr = err
+			cn.c.Close() // the reader sees the error and ends the connection
+		}
+	}
+	go func() {
+		defer close(exited)
+		for {
+			select {
+			case <-cn.kick:
+				flush()
+			case <-quit:
+				flush()
+				return
+			}
+		}
+	}()
+	return func() { close(quit); <-exited }
+}
+
 // done replies and releases the request; it runs on the device's completion path.
 func (o *asyncOp) done(_ int, err error) {
 	cn, req, buf, payload := o.cn, o.req, o.buf, o.payload

@@ -164,7 +164,7 @@ ip link set lo up; ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 || f
 func TestKernelAttachVM(t *testing.T) {
 	vm.Require(t)
 	disk := ext4Disk(t)
-	runAttachVM(t, disk, "--file /disk.img", "", nil)
+	runAttachVM(t, disk, "--image /disk.img", "", nil)
 }
 
 // TestKernelAttachISCSIVM serves a tgtd LUN on the host: the whole gateway, with the

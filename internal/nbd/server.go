@@ -215,6 +215,7 @@ type conn struct {
 	// (see async.go); ops keeps their request records for reuse.
 	async blockdev.Async
 	ops   chan *asyncOp
+	kick  chan struct{} // replies wait in w for the flusher (async.go)
 }
 
 func (s *Server) transmit(ctx context.Context, c net.Conn, br *bufio.Reader, neg negotiated) error {
@@ -223,6 +224,9 @@ func (s *Server) transmit(ctx context.Context, c net.Conn, br *bufio.Reader, neg
 	cn := &conn{s: s, c: c, r: br, neg: neg, w: bufio.NewWriterSize(c, 64<<10), slots: make(chan struct{}, s.opts.QueueDepth)}
 	if a, ok := s.dev.(blockdev.Async); ok && neg.kernel {
 		cn.async, cn.ops = a, make(chan *asyncOp, s.opts.QueueDepth)
+		cn.kick = make(chan struct{}, 1)
+		stopFlusher := cn.startFlusher()
+		defer stopFlusher()
 	}
 	defer cn.wg.Wait()
 	err := cn.readRequests(ctx)
@@ -324,6 +328,13 @@ func (cn *conn) unlock() {
 	defer cn.wmu.Unlock()
 	if !cn.last {
 		return // a write error sticks in cn.w and surfaces at the last writer's Flush
+	}
+	if cn.kick != nil {
+		select { // the flusher sends what the batch of completions left
+		case cn.kick <- struct{}{}:
+		default:
+		}
+		return
 	}
 	if err := cn.w.Flush(); err != nil {
 		cn.werr = err

@@ -1,0 +1,115 @@
+package nbd
+
+import (
+	"context"
+	"encoding/binary"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/isboot/isboot/internal/blockdev"
+	"github.com/isboot/isboot/internal/testkit/testtarget"
+	"github.com/isboot/isboot/iscsi"
+)
+
+// BenchmarkKernelPathRandRead4KiB drives a tgtd LUN the way the kernel drives the
+// daemon (a socketpair, no handshake, 32 requests in flight, random 4 KiB reads) with
+// GOMAXPROCS=1 as in a one-vCPU guest, through the LUN's asynchronous path and
+// through the goroutine-per-request path, and reports the ratio of their IOPS. CPU
+// time per I/O covers this process: the server and the benchmark's client.
+func BenchmarkKernelPathRandRead4KiB(b *testing.B) {
+	d := testtarget.StartTgtd(b, testtarget.TgtdOptions{Port: testtarget.FreePort(b, 13400, 13449),
+		ControlPort: 43, Size: 64 << 20})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := iscsi.Dial(ctx, iscsi.Config{Portals: []string{d.Addr()}, TargetName: d.IQN, LUN: 1,
+		InitiatorName: "iqn.2026-01.org.isboot.test:kernel-path"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	iops := map[string]float64{}
+	for _, c := range []struct {
+		name string
+		dev  blockdev.Device
+	}{
+		{"async", s.LUN()},
+		{"goroutines", struct{ *iscsi.LUN }{s.LUN()}}, // hides ReadAtAsync
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			iops[c.name] = kernelPathReads(b, c.dev)
+		})
+	}
+	if iops["goroutines"] > 0 {
+		b.Logf("async/goroutines IOPS ratio %.2f", iops["async"]/iops["goroutines"])
+	}
+}
+
+func kernelPathReads(b *testing.B, dev blockdev.Device) float64 {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	srvEnd, err := net.FileConn(os.NewFile(uintptr(fds[0]), "server"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fds[1]), "client")
+	cli, err := net.FileConn(f)
+	if err != nil {
+		b.Fatal(err)
+	}
+	syscall.Close(fds[0])
+	f.Close()
+	defer cli.Close()
+	go NewServer(dev, Options{}).ServeTransmission(context.Background(), srvEnd)
+
+	const depth, size = 32, 4096
+	blocks := uint64(dev.Size()) / size
+	req := make([]byte, requestSize)
+	binary.BigEndian.PutUint32(req, magicRequest)
+	binary.BigEndian.PutUint32(req[24:], size)
+	x := uint64(88172645463325252)
+	send := func() {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		binary.BigEndian.PutUint64(req[16:], x%blocks*size)
+		if _, err := cli.Write(req); err != nil {
+			b.Fatal(err)
+		}
+	}
+	reply := make([]byte, replySize+size)
+	var ru0, ru1 syscall.Rusage
+	b.ResetTimer()
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+	start := time.Now()
+	sent := 0
+	for ; sent < min(depth, b.N); sent++ {
+		send()
+	}
+	for range b.N {
+		if _, err := io.ReadFull(cli, reply); err != nil {
+			b.Fatal(err)
+		}
+		if errno := binary.BigEndian.Uint32(reply[4:]); errno != 0 {
+			b.Fatalf("read failed: errno %d", errno)
+		}
+		if sent < b.N {
+			send()
+			sent++
+		}
+	}
+	elapsed := time.Since(start)
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+	cpu := time.Duration(ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano())
+	iops := float64(b.N) / elapsed.Seconds()
+	b.ReportMetric(iops, "IOPS")
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-us/IO")
+	return iops
+}
