@@ -44,6 +44,10 @@ var realInit = fmt.Sprintf(`#!/bin/sh
 for w in $(cat /proc/cmdline); do case $w in bench.dev=*) dev=${w#bench.dev=};; esac; done
 echo "BENCH-ROOT-UP $dev"
 /bin/blkbench -dev "$dev" -offset %d -size %d -rand-for %s
+if [ -f /run/isboot/status ]; then
+	pid=$(grep '^net.isboot.pid:' /run/isboot/status | cut -d' ' -f2)
+	echo "BENCH-DAEMON $(grep VmHWM /proc/$pid/status | tr -s ' \t' ' ')"
+fi
 poweroff -f
 `, rootSize, scratchSize, randFor)
 
@@ -83,9 +87,12 @@ func isbootInitrd(b *testing.B) string {
 }
 
 // result is what blkbench printed: MiB/s and IOPS.
-type result struct{ seqRead, seqWrite, randIOPS float64 }
+type result struct{ seqRead, seqWrite, randIOPS, daemonHWM float64 }
 
-var resultRE = regexp.MustCompile(`seq_write_MiBps=([\d.]+) seq_read_MiBps=([\d.]+) rand_read_iops=([\d.]+)`)
+var (
+	resultRE  = regexp.MustCompile(`seq_write_MiBps=([\d.]+) seq_read_MiBps=([\d.]+) rand_read_iops=([\d.]+)`)
+	daemonHWM = regexp.MustCompile(`BENCH-DAEMON VmHWM: (\d+) kB`)
+)
 
 // guest is one side of the comparison.
 type guest struct {
@@ -125,10 +132,12 @@ func BenchmarkDiskInVM(b *testing.B) {
 	b.ResetTimer()
 
 	var sum [2]result
+	var hwm float64 // the daemon's peak RSS, MiB: it had the queue full in the random test
 	for i := 0; i < b.N; i++ {
 		for j := range guests {
 			g := (i + j) % len(guests)
 			r := run(b, k, guests[g], tab)
+			hwm = max(hwm, r.daemonHWM)
 			b.Logf("%s on %s: seq write %.1f MiB/s, seq read %.1f MiB/s, random 4k read %.0f IOPS",
 				guests[g].name, guests[g].dev, r.seqWrite, r.seqRead, r.randIOPS)
 			sum[g].seqRead += r.seqRead
@@ -142,6 +151,7 @@ func BenchmarkDiskInVM(b *testing.B) {
 		b.Logf("%s mean of %d: seq write %.1f MiB/s, seq read %.1f MiB/s, random 4k read %.0f IOPS",
 			guests[g].name, b.N, sum[g].seqWrite/n, sum[g].seqRead/n, sum[g].randIOPS/n)
 	}
+	b.ReportMetric(hwm, "daemon-peak-rss-MiB")
 	b.ReportMetric(sum[0].seqRead/sum[1].seqRead, "seq-read-ours/kernel")
 	b.ReportMetric(sum[0].seqWrite/sum[1].seqWrite, "seq-write-ours/kernel")
 	b.ReportMetric(sum[0].randIOPS/sum[1].randIOPS, "rand-read-ours/kernel")
@@ -172,10 +182,18 @@ func run(b *testing.B, k vm.Kernel, g guest, tab string) result {
 	if err := v.Wait(ctx, 60*time.Second); err != nil {
 		b.Fatalf("%s guest did not power off: %v", g.name, err)
 	}
+	var r result
+	if g.name == "isboot" {
+		hm := daemonHWM.FindStringSubmatch(v.Console())
+		if hm == nil {
+			b.Fatalf("isboot guest printed no daemon peak RSS")
+		}
+		kb, _ := strconv.ParseFloat(hm[1], 64)
+		r.daemonHWM = kb / 1024
+	}
 	if g.name == "kernel" {
 		logLogin(b, v.Console())
 	}
-	var r result
 	r.seqWrite, _ = strconv.ParseFloat(rm[1], 64)
 	r.seqRead, _ = strconv.ParseFloat(rm[2], 64)
 	r.randIOPS, _ = strconv.ParseFloat(rm[3], 64)
