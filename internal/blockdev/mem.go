@@ -47,12 +47,6 @@ func (m *Mem) WriteAt(p []byte, off int64) (int, error) {
 
 func (m *Mem) WriteAtFUA(p []byte, off int64) (int, error) { return m.WriteAt(p, off) }
 
-// ReadAtAsync and WriteAtAsync complete at once, on the caller's goroutine: they let
-// tests drive a server's asynchronous path.
-func (m *Mem) ReadAtAsync(p []byte, off int64, done func(int, error)) { done(m.ReadAt(p, off)) }
-func (m *Mem) WriteAtAsync(p []byte, off int64, _ bool, done func(int, error)) {
-	done(m.WriteAt(p, off))
-}
 func (m *Mem) Flush() error                  { return nil }
 func (m *Mem) Unmap(off, length int64) error { return m.WriteZeroes(off, length) }
 

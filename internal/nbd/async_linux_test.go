@@ -3,6 +3,7 @@ package nbd
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -97,4 +98,56 @@ func TestKernelConnectionAsyncThroughISCSI(t *testing.T) {
 	if n := dev.async.Load(); n < 400 {
 		t.Errorf("only %d of 512 requests took the asynchronous path", n)
 	}
+}
+
+// TestStalledClientHoldsUpOnlyItself: a network client that sends reads and never
+// takes its replies fills its own socket and the server's request buffers, but the
+// LUN's completions go on, and once ReplyTimeout drops it another client of the same
+// server is served as usual.
+func TestStalledClientHoldsUpOnlyItself(t *testing.T) {
+	d := testtarget.StartTgtd(t, testtarget.TgtdOptions{Port: testtarget.FreePort(t, 13400, 13449),
+		ControlPort: 43, Size: 64 << 20})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := iscsi.Dial(ctx, iscsi.Config{Portals: []string{d.Addr()}, TargetName: d.IQN, LUN: 1,
+		InitiatorName: "iqn.2026-01.org.isboot.test:nbd-stall"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	sock, _ := serveUnix(t, s.LUN(), Options{Logf: t.Logf, ReplyTimeout: time.Second})
+	stalled := dialTest(t, "unix", sock, "")
+	// 128 x 1 MiB: far more than the socket buffers hold.
+	go func() {
+		for i := range uint64(128) {
+			if stalled.send(cmdRead, 0, i, i%64<<20, 1<<20, nil) != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(500 * time.Millisecond)
+	other := dialTest(t, "unix", sock, "")
+	p := randBytes(64<<10, 9)
+	done := make(chan error, 1)
+	go func() {
+		if errno, _, err := other.do(cmdWrite, 0, 1<<20, uint32(len(p)), p); err != nil || errno != 0 {
+			done <- fmt.Errorf("write: errno %d, %v", errno, err)
+			return
+		}
+		errno, got, err := other.do(cmdRead, 0, 1<<20, uint32(len(p)), nil)
+		if err != nil || errno != 0 || !bytes.Equal(got, p) {
+			done <- fmt.Errorf("read back: errno %d, %v, equal %v", errno, err, bytes.Equal(got, p))
+			return
+		}
+		done <- nil
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a client that stopped reading held up another client of the same LUN")
+	}
+	stalled.c.Close()
 }

@@ -33,6 +33,11 @@ type Options struct {
 	// connections (default 64 MiB); the reader waits for room before reading more.
 	// As much again may stay pooled for reuse.
 	MaxBufferBytes int64
+	// ReplyTimeout is how long a network client may leave replies unread before it is
+	// disconnected (default 30 s; between half of it and all of it, as the deadline
+	// is moved lazily): its requests hold buffers that other clients of the export
+	// need. The kernel's sockets have none.
+	ReplyTimeout time.Duration
 	// Logf receives backend failures and protocol errors (default log.Printf).
 	Logf func(format string, args ...any)
 }
@@ -64,6 +69,9 @@ func NewServer(dev blockdev.Device, opts Options) *Server {
 	}
 	if opts.QueueDepth <= 0 {
 		opts.QueueDepth = 128
+	}
+	if opts.ReplyTimeout <= 0 {
+		opts.ReplyTimeout = 30 * time.Second
 	}
 	if opts.MaxBufferBytes < int64(opts.MaxRequest) {
 		opts.MaxBufferBytes = max(64<<20, int64(opts.MaxRequest))
@@ -202,7 +210,9 @@ type conn struct {
 	// so answering a request allocates nothing.
 	hdr  [chunkSize + 8]byte
 	werr error // first reply write error, guarded by wmu
-	last bool  // the holder of wmu is the last reply queued: it flushes
+	// deadlineSet is when the write deadline was last moved, guarded by wmu.
+	deadlineSet time.Time
+	last        bool // the holder of wmu is the last reply queued: it flushes
 	// waiting counts replies queued for wmu. The last writer flushes, so replies that
 	// complete together leave in one system call.
 	waiting atomic.Int32
@@ -211,18 +221,20 @@ type conn struct {
 	// resends them on another socket, where a late copy of a write could overwrite
 	// newer data.
 	gone atomic.Bool
-	// async is the device's asynchronous path, for the kernel's connections only
-	// (see async.go); ops keeps their request records for reuse.
-	async blockdev.Async
-	ops   chan *asyncOp
-	kick  chan struct{} // replies wait in w for the flusher (async.go)
+	// async is the device's asynchronous path (see async.go); ops keeps its request
+	// records for reuse, finished holds the completed ones for the flusher.
+	async    blockdev.Async
+	ops      chan *asyncOp
+	kick     chan struct{} // wakes the flusher: replies wait in w or in finished
+	doneMu   sync.Mutex
+	finished []*asyncOp // guarded by doneMu
 }
 
 func (s *Server) transmit(ctx context.Context, c net.Conn, br *bufio.Reader, neg negotiated) error {
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	cn := &conn{s: s, c: c, r: br, neg: neg, w: bufio.NewWriterSize(c, 64<<10), slots: make(chan struct{}, s.opts.QueueDepth)}
-	if a, ok := s.dev.(blockdev.Async); ok && neg.kernel {
+	if a, ok := s.dev.(blockdev.Async); ok {
 		cn.async, cn.ops = a, make(chan *asyncOp, s.opts.QueueDepth)
 		cn.kick = make(chan struct{}, 1)
 		stopFlusher := cn.startFlusher()
@@ -320,7 +332,22 @@ func (cn *conn) lock() bool {
 		cn.wmu.Unlock()
 		return false
 	}
+	cn.writeDeadline()
 	return true
+}
+
+// writeDeadline bounds the reply writes that follow. Caller holds the lock. The
+// deadline moves only once half of it has passed: setting it costs a timer update,
+// which a reply need not pay.
+func (cn *conn) writeDeadline() {
+	if cn.neg.kernel {
+		return
+	}
+	now := time.Now()
+	if now.Sub(cn.deadlineSet) > cn.s.opts.ReplyTimeout/2 {
+		cn.c.SetWriteDeadline(now.Add(cn.s.opts.ReplyTimeout))
+		cn.deadlineSet = now
+	}
 }
 
 // unlock releases the reply writer; the last of the replies queued for it flushes.
@@ -377,6 +404,11 @@ func (cn *conn) reply(req request, errno uint32, data []byte) {
 		return
 	}
 	defer cn.unlock()
+	cn.writeReply(req, errno, data)
+}
+
+// writeReply puts reply's bytes into the buffer. Caller holds the lock.
+func (cn *conn) writeReply(req request, errno uint32, data []byte) {
 	switch {
 	case !cn.neg.structured:
 		cn.simple(req.cookie, errno)
