@@ -2,8 +2,8 @@ package nbd
 
 import (
 	"context"
-	"fmt"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
 	"os"
