@@ -32,10 +32,13 @@ type Config struct {
 	CHAPSecret    string
 	RevCHAPUser   string // mutual CHAP: the name the target must answer with
 	RevCHAPSecret string
-	HeaderDigest  bool
-	DataDigest    bool
-	QueueDepth    int         // commands in flight; default 64
-	Retry         RetryPolicy // zero value: retry forever (root device)
+	// HeaderDigest and DataDigest are what the login offers for each digest; the
+	// zero value lets the target choose (None preferred). A single value is
+	// required: a target that refuses it fails the login for good (NegotiationError).
+	HeaderDigest Digest
+	DataDigest   Digest
+	QueueDepth   int         // commands in flight; default 64
+	Retry        RetryPolicy // zero value: retry forever (root device)
 	// Logf is not sent along when the daemon gets its Config as JSON.
 	Logf func(format string, args ...any) `json:"-"`
 
@@ -63,8 +66,59 @@ func (c Config) String() string {
 	case c.CHAPUser != "":
 		auth = fmt.Sprintf("CHAP as %q", c.CHAPUser)
 	}
+	for _, d := range []struct {
+		key string
+		d   Digest
+	}{{"HeaderDigest", c.HeaderDigest}, {"DataDigest", c.DataDigest}} {
+		if d.d != DigestAuto {
+			auth += ", " + d.key + "=" + d.d.offer()
+		}
+	}
 	return fmt.Sprintf("%s LUN %d at %s (initiator %s, %s)", c.TargetName, c.LUN, strings.Join(c.Portals, ","), c.InitiatorName, auth)
 }
+
+// Digest is an offer for HeaderDigest or DataDigest (RFC 7143 §13.1): the digests
+// the initiator accepts, in order of preference, as open-iscsi spells its node
+// settings (node.conn[0].iscsi.HeaderDigest = CRC32C,None).
+type Digest string
+
+const (
+	// DigestAuto offers None,CRC32C: the target decides, None preferred.
+	DigestAuto Digest = ""
+	// DigestNone and DigestCRC32C are required: the login fails, for good, when the
+	// target will not use that one.
+	DigestNone   Digest = "None"
+	DigestCRC32C Digest = "CRC32C"
+	// DigestPreferCRC32C offers CRC32C,None: CRC32C where the target agrees.
+	DigestPreferCRC32C Digest = "CRC32C,None"
+)
+
+// ParseDigest reads a digest offer, case-insensitively: none, crc32c, or a list of
+// both in order of preference (crc32c,none). The list none,crc32c is DigestAuto.
+func ParseDigest(s string) (Digest, error) {
+	switch strings.ToLower(strings.ReplaceAll(s, " ", "")) {
+	case "none":
+		return DigestNone, nil
+	case "crc32c":
+		return DigestCRC32C, nil
+	case "crc32c,none":
+		return DigestPreferCRC32C, nil
+	case "none,crc32c":
+		return DigestAuto, nil
+	}
+	return "", fmt.Errorf("digest %q: want None, CRC32C, CRC32C,None or None,CRC32C", s)
+}
+
+// offer is the value sent in the login.
+func (d Digest) offer() string {
+	if d == DigestAuto {
+		return "None,CRC32C"
+	}
+	return string(d)
+}
+
+// Required reports whether the offer leaves the target no choice.
+func (d Digest) Required() bool { return d == DigestNone || d == DigestCRC32C }
 
 // RetryPolicy says how long reconnecting goes on after a connection is lost.
 // The zero value retries forever, as a root device must.
@@ -93,6 +147,11 @@ func (c *Config) withDefaults() (Config, error) {
 	if cfg.RevCHAPUser != "" && cfg.RevCHAPSecret == cfg.CHAPSecret {
 		// RFC 7143 §12.1.3: the two directions must not share a secret.
 		return cfg, fmt.Errorf("iscsi: config: mutual CHAP secret equals the CHAP secret")
+	}
+	for _, d := range []Digest{cfg.HeaderDigest, cfg.DataDigest} {
+		if _, err := ParseDigest(d.offer()); err != nil {
+			return cfg, fmt.Errorf("iscsi: config: %w", err)
+		}
 	}
 	if cfg.InitiatorName == "" {
 		cfg.InitiatorName = "iqn.2026-01.org.isboot:initiator"

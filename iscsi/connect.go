@@ -9,7 +9,8 @@ import (
 )
 
 // connect logs in on the portals in turn with capped exponential back-off, checks the
-// LUN identity and starts a connection. first: Dial (stop at permanent errors).
+// LUN identity and starts a connection. first: Dial, which stops at permanent errors
+// whatever the policy.
 func (s *Session) connect(ctx context.Context, first bool, rs *retryState) error {
 	pol := s.cfg.Retry
 	if rs.start.IsZero() {
@@ -50,17 +51,24 @@ func (s *Session) connect(ctx context.Context, first bool, rs *retryState) error
 		if errors.Is(err, errIdentityChanged) {
 			return err
 		}
-		// A refusal that retrying cannot cure (bad credentials, unknown target) ends
-		// the first login only once every portal has refused: another portal
-		// (iBFT target1) may still lead to the LUN.
-		var le *LoginError
-		if first && errors.As(err, &le) && le.Permanent() {
+		// A refusal that retrying cannot cure (IsPermanent: bad credentials, unknown
+		// target, a required digest refused, a malformed login response) ends the
+		// first login, and a reconnect under a bounded policy, once every portal
+		// has refused: another portal (iBFT target1) may still lead to the LUN.
+		// A reconnect under the unbounded policy (a root device) goes on at the
+		// slowest pace instead: its I/O waits for the target to be fixed, while
+		// giving up would fail it (a target being restarted or reconfigured
+		// answers "not found", or with its defaults, for a moment).
+		if IsPermanent(err) {
 			if refused == nil {
 				refused = map[string]bool{}
 			}
 			refused[addr] = true
 			if len(refused) >= distinct(s.cfg.Portals) {
-				return err
+				if first || pol.bounded() {
+					return err
+				}
+				backoff = pol.MaxBackoff
 			}
 		}
 		if rs.exhausted(pol) {
@@ -101,6 +109,9 @@ type retryState struct {
 	start    time.Time
 	backoff  time.Duration // pause before the next reconnect without progress
 }
+
+// bounded reports whether the policy ever gives up.
+func (pol RetryPolicy) bounded() bool { return pol.MaxAttempts > 0 || pol.MaxElapsed > 0 }
 
 func (rs *retryState) exhausted(pol RetryPolicy) bool {
 	return pol.MaxAttempts > 0 && rs.attempts >= pol.MaxAttempts ||

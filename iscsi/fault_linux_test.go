@@ -186,7 +186,7 @@ func TestFaultResetUnderLoad(t *testing.T) {
 		Params: [][2]string{{"HeaderDigest", "CRC32C,None"}, {"DataDigest", "CRC32C,None"}}})
 	p := newFaultProxy(t, d.Addr())
 	cfg := faultConfig(d, p.Addr())
-	cfg.HeaderDigest, cfg.DataDigest = true, true
+	cfg.HeaderDigest, cfg.DataDigest = DigestCRC32C, DigestCRC32C
 	s := dial(t, cfg)
 	stop := make(chan struct{})
 	wait := runLoad(t, s.LUN(), 32, stop)
@@ -408,6 +408,63 @@ func TestIdentityChangeRefused(t *testing.T) {
 	if sum(b) != sum(pattern(4096, 1)) {
 		t.Fatalf("the write went to the changed LUN")
 	}
+}
+
+// TestReconnectRefusedDigest: the session's next login reaches a target (the same
+// LUN, the same name) configured without the digest the session requires. Under a
+// bounded policy that ends the session at once with the refusal; under the unbounded
+// one (a root device) the session keeps trying, and the I/O waiting on it completes
+// once the target that offers the digest is back.
+func TestReconnectRefusedDigest(t *testing.T) {
+	const iqn = "iqn.2026-01.org.isboot.test:digests"
+	good := startTgtd(t, testtarget.TgtdOptions{IQN: iqn, Params: [][2]string{{"HeaderDigest", "CRC32C"}}})
+	bad := startTgtd(t, testtarget.TgtdOptions{IQN: iqn, Backing: good.Backing(), Params: [][2]string{{"HeaderDigest", "None"}}})
+	start := func(t *testing.T, bounded bool) (*Session, *faultProxy) {
+		p := newFaultProxy(t, good.Addr())
+		cfg := faultConfig(good, p.Addr())
+		cfg.HeaderDigest = DigestCRC32C
+		if bounded {
+			cfg.Retry.MaxElapsed = time.Minute
+		}
+		s := dial(t, cfg)
+		p.SetUpstream(bad.Addr())
+		p.CutAll()
+		return s, p
+	}
+	t.Run("bounded", func(t *testing.T) {
+		s, _ := start(t, true)
+		t0 := time.Now()
+		_, err := s.LUN().ReadAt(make([]byte, 4096), 0)
+		t.Logf("read failed after %v: %v", time.Since(t0).Round(time.Millisecond), err)
+		if err == nil || !strings.Contains(err.Error(), "target refused HeaderDigest=CRC32C (answered None)") {
+			t.Fatalf("read: %v", err)
+		}
+		if el := time.Since(t0); el > 5*time.Second {
+			t.Errorf("failed after %v", el)
+		}
+	})
+	t.Run("forever", func(t *testing.T) {
+		s, p := start(t, false)
+		done := make(chan error, 1)
+		go func() { _, err := s.LUN().ReadAt(make([]byte, 4096), 0); done <- err }()
+		select {
+		case err := <-done:
+			t.Fatalf("read ended while the target refuses the digest: %v", err)
+		case <-time.After(2 * time.Second):
+		}
+		if st := s.State(); st != "reconnecting" {
+			t.Fatalf("state %s, want reconnecting", st)
+		}
+		p.SetUpstream(good.Addr())
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("read after the target came back: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("no recovery 20 s after the target offered CRC32C again")
+		}
+	})
 }
 
 // TestCloseWhileReconnecting: Close ends a session that is retrying forever, and

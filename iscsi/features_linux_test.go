@@ -89,12 +89,53 @@ func TestTgtdCHAP(t *testing.T) {
 func TestTgtdDigests(t *testing.T) {
 	d := startTgtd(t, testtarget.TgtdOptions{Params: [][2]string{{"HeaderDigest", "CRC32C"}, {"DataDigest", "CRC32C"}}})
 	cfg := testConfig(d)
-	cfg.HeaderDigest, cfg.DataDigest = true, true
+	cfg.HeaderDigest, cfg.DataDigest = DigestCRC32C, DigestCRC32C
 	s := dial(t, cfg)
 	if p := paramMap(s); p["HeaderDigest"] != "CRC32C" || p["DataDigest"] != "CRC32C" {
 		t.Fatalf("digests not negotiated: %v", p)
 	}
 	exerciseLUN(t, s, d.Backing())
+}
+
+// TestTgtdRequiredDigestRefused: tgtd configured without digests answers None to a
+// required CRC32C. The login fails at once, for good, naming the key, although the
+// policy retries forever; a digest the initiator only prefers is dropped.
+func TestTgtdRequiredDigestRefused(t *testing.T) {
+	d := startTgtd(t, testtarget.TgtdOptions{Params: [][2]string{{"HeaderDigest", "None"}, {"DataDigest", "None"}}})
+	for _, c := range []struct {
+		header, data Digest
+		want         string
+	}{
+		{DigestCRC32C, DigestAuto, "iscsi: target refused HeaderDigest=CRC32C (answered None)"},
+		{DigestAuto, DigestCRC32C, "iscsi: target refused DataDigest=CRC32C (answered None)"},
+	} {
+		cfg := testConfig(d)
+		cfg.HeaderDigest, cfg.DataDigest = c.header, c.data
+		cfg.Retry = RetryPolicy{} // forever
+		cfg.Logf = t.Logf
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		start := time.Now()
+		s, err := Dial(ctx, cfg)
+		took := time.Since(start)
+		cancel()
+		if err == nil {
+			s.Close()
+			t.Fatalf("login succeeded with a required digest tgtd does not do")
+		}
+		t.Logf("failed in %v: %v", took.Round(time.Millisecond), err)
+		if err.Error() != c.want || !IsPermanent(err) {
+			t.Errorf("error %q (permanent %v), want %q", err, IsPermanent(err), c.want)
+		}
+		if took > 5*time.Second {
+			t.Errorf("took %v to fail", took)
+		}
+	}
+	cfg := testConfig(d)
+	cfg.HeaderDigest, cfg.DataDigest = DigestPreferCRC32C, DigestPreferCRC32C
+	s := dial(t, cfg)
+	if p := paramMap(s); p["HeaderDigest"] != "None" || p["DataDigest"] != "None" {
+		t.Fatalf("preferred digests: %v", p)
+	}
 }
 
 // TestTgtdSolicitedOnly forces every byte of a write through R2Ts: no immediate or

@@ -32,6 +32,15 @@ const (
 	faultWindowInvalid         // MaxCmdSN < ExpCmdSN-1 on every response (must be ignored)
 	faultWindowClosed          // MaxCmdSN = ExpCmdSN-1 forever: the window never opens
 	faultReflectCHAP           // mutual CHAP: echo the initiator's last challenge back as ours
+	// Login faults: the first five are permanent, the last two may heal.
+	faultDigestNone       // answer HeaderDigest=None and DataDigest=None whatever was offered
+	faultDigestReject     // answer Reject to the digests
+	faultDigestIrrelevant // answer Irrelevant to the digests
+	faultDigestSilent     // never answer the digest keys
+	faultLoginGarbage     // an operational-stage response whose text is no key=value
+	faultLoginVersion     // a login response with Version-active 5
+	faultLoginBusy        // status 0x0301, service unavailable, on every login
+	faultLoginNoResources // status 0x0302, out of resources, on every login
 )
 
 const (
@@ -277,6 +286,18 @@ func (c *hconn) login() bool {
 					if h.digest {
 						v = "CRC32C"
 					}
+					switch {
+					case kv.Value != "CRC32C":
+						// The digest faults refuse only a required CRC32C.
+					case h.fault == faultDigestNone:
+						v = "None"
+					case h.fault == faultDigestReject:
+						v = "Reject"
+					case h.fault == faultDigestIrrelevant:
+						v = "Irrelevant"
+					case h.fault == faultDigestSilent:
+						continue
+					}
 				case "MaxRecvDataSegmentLength":
 					v = "262144"
 				}
@@ -296,6 +317,20 @@ func (c *hconn) login() bool {
 		}
 		r.setU32(16, req.itt())
 		text := encodeText(answer)
+		switch {
+		case h.fault == faultLoginGarbage && csg == stageOperational:
+			text = []byte("MaxBurstLength\x00")
+		case h.fault == faultLoginVersion:
+			r[3] = 5
+		case h.fault == faultLoginBusy, h.fault == faultLoginNoResources:
+			r[1] = csg << 2
+			r[36], r[37] = 3, 1
+			if h.fault == faultLoginNoResources {
+				r[37] = 2
+			}
+			c.send(&r, nil, true)
+			return false
+		}
 		if h.fault == faultLoginOversize {
 			r.setU32(24, c.statSN)
 			r.setDataLen(0xffffff)
@@ -383,8 +418,8 @@ func hostileDial(t *testing.T, h *hostileTarget, mutate func(*Config)) (*Session
 		Portals:        []string{h.addr()},
 		TargetName:     hostileIQN,
 		LUN:            0,
-		HeaderDigest:   h.digest,
-		DataDigest:     h.digest,
+		HeaderDigest:   digestIf(h.digest),
+		DataDigest:     digestIf(h.digest),
 		Retry:          RetryPolicy{MaxAttempts: 3, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond},
 		NopInterval:    time.Second,
 		NopTimeout:     2 * time.Second,
@@ -399,6 +434,13 @@ func hostileDial(t *testing.T, h *hostileTarget, mutate func(*Config)) (*Session
 	t0 := time.Now()
 	s, err := Dial(ctx, cfg)
 	return s, err, time.Since(t0)
+}
+
+func digestIf(on bool) Digest {
+	if on {
+		return DigestCRC32C
+	}
+	return DigestAuto
 }
 
 // heapInUse is the live heap after a collection.
@@ -512,5 +554,75 @@ func TestHostileReflectedCHAP(t *testing.T) {
 		if !bytes.Equal(s.sentChallenge, prev.gotChallenge) {
 			t.Errorf("connection %d: the fake did not reflect the previous challenge", i)
 		}
+	}
+}
+
+// TestHostileLoginPermanent: a login the target refuses for good (a required digest
+// answered None, Reject, Irrelevant or nothing; a malformed login response) ends Dial
+// at the first connection, within seconds, with one line naming the problem, even
+// under the policy that retries forever.
+func TestHostileLoginPermanent(t *testing.T) {
+	cases := []struct {
+		name  string
+		fault fault
+		want  string
+	}{
+		{"digest answered None", faultDigestNone, "iscsi: target refused HeaderDigest=CRC32C (answered None)"},
+		{"digest rejected", faultDigestReject, "iscsi: target refused HeaderDigest=CRC32C (answered Reject)"},
+		{"digest irrelevant", faultDigestIrrelevant, "iscsi: target refused HeaderDigest=CRC32C (answered Irrelevant)"},
+		{"digest unanswered", faultDigestSilent, "iscsi: target refused HeaderDigest=CRC32C (no answer)"},
+		{"login text without '='", faultLoginGarbage, "iscsi: protocol error: text key without value"},
+		{"unknown iSCSI version", faultLoginVersion, "iscsi: protocol error: target chose iSCSI version 5"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			h := startHostile(t, c.fault, false)
+			_, err, took := hostileDial(t, h, func(cfg *Config) {
+				cfg.HeaderDigest = DigestCRC32C
+				cfg.Retry = RetryPolicy{} // forever: only permanence ends it
+			})
+			t.Logf("failed after %v and %d connection(s): %v", took.Round(time.Millisecond), h.conns.Load(), err)
+			if err == nil || err.Error() != c.want && !strings.HasPrefix(err.Error(), c.want) {
+				t.Fatalf("error %v, want %q", err, c.want)
+			}
+			if !IsPermanent(err) {
+				t.Errorf("IsPermanent(%v) = false", err)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("error is not one line: %q", err)
+			}
+			if n := h.conns.Load(); n != 1 {
+				t.Errorf("%d connections: a permanent refusal was retried", n)
+			}
+			if took > 3*time.Second {
+				t.Errorf("took %v to fail", took)
+			}
+		})
+	}
+}
+
+// TestHostileLoginBusy: a target busy or out of resources (status 0x0301, 0x0302)
+// may recover, so the login is retried until the policy or the context ends.
+func TestHostileLoginBusy(t *testing.T) {
+	for _, c := range []struct {
+		fault fault
+		want  string
+	}{{faultLoginBusy, "service unavailable (status 0x0301)"}, {faultLoginNoResources, "out of resources (status 0x0302)"}} {
+		t.Run(c.want, func(t *testing.T) {
+			h := startHostile(t, c.fault, false)
+			_, err, took := hostileDial(t, h, func(cfg *Config) {
+				cfg.Retry = RetryPolicy{MaxAttempts: 5, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond}
+			})
+			t.Logf("after %v and %d connections: %v", took.Round(time.Millisecond), h.conns.Load(), err)
+			if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "giving up after 5 attempts") {
+				t.Fatalf("error %v, want %q after 5 attempts", err, c.want)
+			}
+			if IsPermanent(err) {
+				t.Errorf("IsPermanent(%v) = true", err)
+			}
+			if n := h.conns.Load(); n != 5 {
+				t.Errorf("%d connections, want 5 (one per attempt)", n)
+			}
+		})
 	}
 }

@@ -2,8 +2,11 @@ package iscsi
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -40,12 +43,21 @@ type loginConn struct {
 }
 
 // login runs the security and operational stages and returns the negotiated session
-// parameters. Secrets never appear in its errors.
+// parameters. Secrets never appear in its errors. A protocol violation is permanent
+// (IsPermanent): a target that sends a malformed login response sends it again.
 func login(nc net.Conn, cfg *Config, isid [6]byte, tsih uint16, cmdSN uint32) (*loginResult, error) {
 	l := &loginConn{cfg: cfg, nc: nc, isid: isid, tsih: tsih, cmdSN: cmdSN,
 		buf: make([]byte, 64<<10), params: map[string]string{}}
 	l.r = pduReader{r: nc, maxData: len(l.buf)}
 	l.w = pduWriter{w: nc}
+	res, err := l.run()
+	if pe := (*ProtocolError)(nil); errors.As(err, &pe) {
+		err = permanentError{err}
+	}
+	return res, err
+}
+
+func (l *loginConn) run() (*loginResult, error) {
 	resp, err := l.security()
 	if err != nil {
 		return nil, err
@@ -53,6 +65,13 @@ func login(nc net.Conn, cfg *Config, isid [6]byte, tsih uint16, cmdSN uint32) (*
 	if resp.flags()&0x80 == 0 || resp.flags()&3 != stageFullFeature {
 		if resp, err = l.operational(); err != nil {
 			return nil, err
+		}
+	} else {
+		// The target skipped the operational stage: every key keeps its default.
+		for _, k := range []string{"HeaderDigest", "DataDigest"} {
+			if l.required(k) {
+				return nil, &NegotiationError{Key: k, Offered: l.offer(k)}
+			}
 		}
 	}
 	res := &loginResult{
@@ -261,15 +280,9 @@ func (l *loginConn) declaratives(m map[string]string) {
 
 // offers are our operational keys, in the order we send them.
 func (l *loginConn) offers() []KV {
-	digest := func(on bool) string {
-		if on {
-			return "CRC32C"
-		}
-		return "None,CRC32C"
-	}
 	return []KV{
-		{"HeaderDigest", digest(l.cfg.HeaderDigest)},
-		{"DataDigest", digest(l.cfg.DataDigest)},
+		{"HeaderDigest", l.cfg.HeaderDigest.offer()},
+		{"DataDigest", l.cfg.DataDigest.offer()},
 		{"MaxConnections", "1"},
 		{"InitialR2T", "No"},
 		{"ImmediateData", "Yes"},
@@ -303,6 +316,7 @@ func (l *loginConn) operational() (bhs, error) {
 		ours[kv.Key] = kv.Value
 	}
 	negotiated := map[string]string{}
+	theirs := map[string]string{} // what the target said for each key, for errors
 	send := offers
 	var resp bhs
 	for round := 0; ; round++ {
@@ -317,10 +331,13 @@ func (l *loginConn) operational() (bhs, error) {
 		}
 		l.declaratives(m)
 		send = nil
-		for k, v := range m {
+		// In a fixed order, so that of several bad answers the same one is reported.
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			v := m[k]
 			if _, done := negotiated[k]; done {
 				continue
 			}
+			theirs[k] = v
 			switch {
 			case k == "MaxRecvDataSegmentLength":
 				// Declarative: the most the target accepts from us.
@@ -334,8 +351,11 @@ func (l *loginConn) operational() (bhs, error) {
 					return resp, err
 				}
 				negotiated[k] = r
-			case keyRules[k] != (keyRule{}) || k == "HeaderDigest" || k == "DataDigest":
+			case keyRules[k] != (keyRule{}):
 				a := answer(k, v, ours[k])
+				if a == "Reject" && l.required(k) {
+					return resp, &NegotiationError{Key: k, Offered: ours[k], Answered: v}
+				}
 				negotiated[k] = a
 				send = append(send, KV{k, a})
 			case k == "TargetAlias" || k == "TargetPortalGroupTag" || k == "TargetAddress":
@@ -345,6 +365,12 @@ func (l *loginConn) operational() (bhs, error) {
 		}
 		if transited(resp) && resp.flags()&3 == stageFullFeature && len(send) == 0 {
 			break
+		}
+	}
+	// A required digest the target left unanswered would default to None.
+	for _, k := range []string{"HeaderDigest", "DataDigest"} {
+		if l.required(k) && negotiated[k] != ours[k] {
+			return resp, &NegotiationError{Key: k, Offered: ours[k], Answered: theirs[k]}
 		}
 	}
 	for k, v := range rfcDefaults {
@@ -360,6 +386,27 @@ func (l *loginConn) operational() (bhs, error) {
 		l.params[k] = v
 	}
 	return resp, nil
+}
+
+// offer is our offer for key k.
+func (l *loginConn) offer(k string) string {
+	for _, kv := range l.offers() {
+		if kv.Key == k {
+			return kv.Value
+		}
+	}
+	return ""
+}
+
+// required reports whether key k is a digest the configuration requires.
+func (l *loginConn) required(k string) bool {
+	switch k {
+	case "HeaderDigest":
+		return l.cfg.HeaderDigest.Required()
+	case "DataDigest":
+		return l.cfg.DataDigest.Required()
+	}
+	return false
 }
 
 func offered(kvs []KV, k string) bool {

@@ -1,6 +1,45 @@
 package iscsi
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+)
+
+// IsPermanent reports whether err is one that retrying the same login cannot cure:
+// a refusal by status (LoginError.Permanent: authentication, unknown target), a key
+// the target will not negotiate (NegotiationError), a protocol violation during the
+// login. Everything else may heal and is retried: a refused or dropped connection,
+// a timeout, the target busy or out of resources (status 0x0301, 0x0302).
+//
+// It finds any error in err's chain with a Permanent() bool method, as errors.As does.
+func IsPermanent(err error) bool {
+	var p interface{ Permanent() bool }
+	return errors.As(err, &p) && p.Permanent()
+}
+
+// permanentError marks an error as permanent (IsPermanent) without changing its text.
+type permanentError struct{ error }
+
+func (e permanentError) Permanent() bool { return true }
+func (e permanentError) Unwrap() error   { return e.error }
+
+// NegotiationError is an operational key the target will not agree to, e.g. a required
+// digest it answers None, Reject or Irrelevant to. The same target answers the same on
+// the next login, so it is permanent.
+type NegotiationError struct {
+	Key      string
+	Offered  string
+	Answered string // "" when the target never answered the key
+}
+
+func (e *NegotiationError) Error() string {
+	if e.Answered == "" {
+		return fmt.Sprintf("iscsi: target refused %s=%s (no answer)", e.Key, e.Offered)
+	}
+	return fmt.Sprintf("iscsi: target refused %s=%s (answered %s)", e.Key, e.Offered, e.Answered)
+}
+
+func (e *NegotiationError) Permanent() bool { return true }
 
 // LoginError is a login the target refused, with its status class and detail.
 type LoginError struct {

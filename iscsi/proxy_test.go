@@ -13,8 +13,8 @@ import (
 type faultProxy struct {
 	t        testing.TB
 	l        net.Listener
-	upstream string
 	mu       sync.Mutex
+	upstream string // guarded by mu
 	links    map[*link]bool
 	cutAfter atomic.Int64 // >0: cut a link once it forwarded this many initiator bytes
 	accepted atomic.Int64
@@ -53,6 +53,13 @@ func newFaultProxy(t testing.TB, upstream string) *faultProxy {
 
 func (p *faultProxy) Addr() string { return p.l.Addr().String() }
 
+// SetUpstream sends the connections accepted from now on to addr.
+func (p *faultProxy) SetUpstream(addr string) {
+	p.mu.Lock()
+	p.upstream = addr
+	p.mu.Unlock()
+}
+
 func (p *faultProxy) accept() {
 	defer p.wg.Done()
 	for {
@@ -60,7 +67,10 @@ func (p *faultProxy) accept() {
 		if err != nil {
 			return
 		}
-		s, err := net.Dial("tcp", p.upstream)
+		p.mu.Lock()
+		upstream := p.upstream
+		p.mu.Unlock()
+		s, err := net.Dial("tcp", upstream)
 		if err != nil {
 			c.Close()
 			continue

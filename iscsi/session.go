@@ -62,8 +62,10 @@ type Session struct {
 }
 
 // Dial connects to the first portal that answers, logs in, checks the LUN and
-// returns a session ready for I/O. Permanent login errors (authentication, unknown
-// target) return at once; transient ones are retried under cfg.Retry until ctx ends.
+// returns a session ready for I/O. Permanent login errors (IsPermanent: refused
+// credentials, unknown target, a required digest refused, a malformed response)
+// return as soon as every portal has given one, whatever cfg.Retry says; the others
+// are retried under cfg.Retry until ctx ends.
 func Dial(ctx context.Context, cfg Config) (*Session, error) {
 	c, err := cfg.withDefaults()
 	if err != nil {

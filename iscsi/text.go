@@ -35,18 +35,18 @@ func parseText(b []byte) ([]KV, error) {
 		}
 		eq := bytes.IndexByte(pair, '=')
 		if eq <= 0 {
-			return nil, fmt.Errorf("iscsi: text key without value: %q", trunc(pair))
+			return nil, protoErr("text key without value: %q", trunc(pair))
 		}
 		key, val := pair[:eq], pair[eq+1:]
 		if len(key) > maxKeyLen {
-			return nil, fmt.Errorf("iscsi: text key longer than %d bytes: %q", maxKeyLen, trunc(key))
+			return nil, protoErr("text key longer than %d bytes: %q", maxKeyLen, trunc(key))
 		}
 		if len(val) > maxValueLen {
-			return nil, fmt.Errorf("iscsi: value of %s longer than %d bytes", key, maxValueLen)
+			return nil, protoErr("value of %s longer than %d bytes", key, maxValueLen)
 		}
 		for _, c := range key {
 			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '+' || c == '@' || c == '_') {
-				return nil, fmt.Errorf("iscsi: bad character in text key %q", trunc(key))
+				return nil, protoErr("bad character in text key %q", trunc(key))
 			}
 		}
 		kvs = append(kvs, KV{string(key), string(val)})
@@ -125,7 +125,9 @@ var keyRules = map[string]keyRule{
 
 // negotiate computes the outcome of key k when we offered ours and the target
 // answered theirs. It returns the value both sides now use, or an error when the
-// answer is not one the rules allow.
+// answer is not one the rules allow: a NegotiationError when the target refuses
+// (Reject, Irrelevant, NotUnderstood, or a list value we did not offer, such as None
+// to a required CRC32C), a ProtocolError when the answer is malformed.
 func negotiate(k, ours, theirs string) (string, error) {
 	rule, ok := keyRules[k]
 	if !ok {
@@ -133,7 +135,7 @@ func negotiate(k, ours, theirs string) (string, error) {
 	}
 	switch theirs {
 	case "Reject", "Irrelevant", "NotUnderstood":
-		return "", fmt.Errorf("iscsi: target answered %s=%s", k, theirs)
+		return "", &NegotiationError{Key: k, Offered: ours, Answered: theirs}
 	}
 	switch rule.kind {
 	case kindList:
@@ -142,41 +144,41 @@ func negotiate(k, ours, theirs string) (string, error) {
 				return theirs, nil
 			}
 		}
-		return "", fmt.Errorf("iscsi: target chose %s=%s, not among offered %s", k, theirs, ours)
+		return "", &NegotiationError{Key: k, Offered: ours, Answered: theirs}
 	case kindAnd, kindOr:
 		if theirs != "Yes" && theirs != "No" {
-			return "", fmt.Errorf("iscsi: %s=%q is not Yes or No", k, theirs)
+			return "", protoErr("%s=%q is not Yes or No", k, theirs)
 		}
 		if rule.kind == kindAnd && ours == "No" && theirs == "Yes" {
-			return "", fmt.Errorf("iscsi: target answered %s=Yes to our No (AND)", k)
+			return "", protoErr("target answered %s=Yes to our No (AND)", k)
 		}
 		if rule.kind == kindOr && ours == "Yes" && theirs == "No" {
-			return "", fmt.Errorf("iscsi: target answered %s=No to our Yes (OR)", k)
+			return "", protoErr("target answered %s=No to our Yes (OR)", k)
 		}
 		return theirs, nil
 	case kindMin, kindMax:
 		t, err := parseNumber(k, theirs)
 		if err != nil {
-			return "", err
+			return "", protoErr("%s=%q is not a number", k, theirs)
 		}
 		if t < rule.lo || t > rule.hi {
-			return "", fmt.Errorf("iscsi: %s=%d out of range %d-%d", k, t, rule.lo, rule.hi)
+			return "", protoErr("%s=%d out of range %d-%d", k, t, rule.lo, rule.hi)
 		}
 		o, err := parseNumber(k, ours)
 		if err != nil {
 			return "", err
 		}
 		if rule.kind == kindMin && t > o || rule.kind == kindMax && t < o {
-			return "", fmt.Errorf("iscsi: target answered %s=%d to our offer %d", k, t, o)
+			return "", protoErr("target answered %s=%d to our offer %d", k, t, o)
 		}
 		return strconv.FormatUint(t, 10), nil
 	}
 	n, err := parseNumber(k, theirs)
 	if err != nil {
-		return "", err
+		return "", protoErr("%s=%q is not a number", k, theirs)
 	}
 	if n < rule.lo || n > rule.hi {
-		return "", fmt.Errorf("iscsi: %s=%d out of range %d-%d", k, n, rule.lo, rule.hi)
+		return "", protoErr("%s=%d out of range %d-%d", k, n, rule.lo, rule.hi)
 	}
 	return theirs, nil
 }

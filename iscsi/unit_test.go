@@ -2,10 +2,13 @@ package iscsi
 
 import (
 	"bytes"
+	"context"
 	"crypto/md5"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -138,6 +141,66 @@ func TestNegotiate(t *testing.T) {
 	}
 	if a := answer("X-Vendor", "1", ""); a != "NotUnderstood" {
 		t.Errorf("answer unknown: %s", a)
+	}
+}
+
+// The digest offers: flag and command-line spellings, case-insensitive.
+func TestParseDigest(t *testing.T) {
+	for in, want := range map[string]Digest{
+		"none": DigestNone, "None": DigestNone, "crc32c": DigestCRC32C, "CRC32C": DigestCRC32C,
+		"CRC32C,None": DigestPreferCRC32C, "crc32c, none": DigestPreferCRC32C, "None,CRC32C": DigestAuto,
+	} {
+		if got, err := ParseDigest(in); err != nil || got != want {
+			t.Errorf("ParseDigest(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "md5", "crc32c,crc32c", "none,", "CRC32"} {
+		if got, err := ParseDigest(bad); err == nil {
+			t.Errorf("ParseDigest(%q) = %q, want an error", bad, got)
+		}
+	}
+	for d, want := range map[Digest]string{DigestAuto: "None,CRC32C", DigestNone: "None", DigestCRC32C: "CRC32C", DigestPreferCRC32C: "CRC32C,None"} {
+		if d.offer() != want || d.Required() != !strings.Contains(want, ",") {
+			t.Errorf("%q: offer %q, required %v", d, d.offer(), d.Required())
+		}
+	}
+	cfg := Config{Portals: []string{"a:1"}, TargetName: "t", HeaderDigest: "md5"}
+	if _, err := cfg.withDefaults(); err == nil {
+		t.Error("a config with HeaderDigest md5 was accepted")
+	}
+}
+
+// IsPermanent sorts errors into what retrying cannot cure and what may heal.
+func TestIsPermanent(t *testing.T) {
+	refusedDigest := &NegotiationError{Key: "HeaderDigest", Offered: "CRC32C", Answered: "None"}
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{&LoginError{Class: 2, Detail: 1}, true},  // authentication failed
+		{&LoginError{Class: 2, Detail: 3}, true},  // target not found
+		{&LoginError{Class: 2, Detail: 6}, false}, // too many connections
+		{&LoginError{Class: 3, Detail: 1}, false}, // service unavailable
+		{&LoginError{Class: 3, Detail: 2}, false}, // out of resources
+		{refusedDigest, true},
+		{fmt.Errorf("iscsi: giving up after 3 attempts: %w", refusedDigest), true},
+		{permanentError{protoErr("target chose iSCSI version 5")}, true},
+		{protoErr("unexpected R2T in full-feature phase"), false}, // recovered by a reconnect
+		{&net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}, false},
+		{&net.OpError{Op: "read", Err: syscall.ENETUNREACH}, false},
+		{context.DeadlineExceeded, false},
+		{&redirectError{addr: "a:1", permanent: true}, false},
+		{nil, false},
+	} {
+		if got := IsPermanent(c.err); got != c.want {
+			t.Errorf("IsPermanent(%v) = %v, want %v", c.err, got, c.want)
+		}
+	}
+	if got := refusedDigest.Error(); got != "iscsi: target refused HeaderDigest=CRC32C (answered None)" {
+		t.Errorf("message %q", got)
+	}
+	if _, err := negotiate("HeaderDigest", "CRC32C", "Irrelevant"); !IsPermanent(err) || !strings.Contains(err.Error(), "refused HeaderDigest=CRC32C (answered Irrelevant)") {
+		t.Errorf("negotiate Irrelevant: %v", err)
 	}
 }
 

@@ -89,8 +89,8 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveConfig, *cl
 	fl.StringVar(&chapFile, "chap-secret-file", "", "file holding the CHAP secret")
 	fl.StringVar(&cfg.iscsi.RevCHAPUser, "rev-chap-user", "", "mutual (reverse) CHAP user name")
 	fl.StringVar(&revFile, "rev-chap-secret-file", "", "file holding the mutual CHAP secret")
-	fl.StringVar(&headerDigest, "header-digest", "none", "none or crc32c")
-	fl.StringVar(&dataDigest, "data-digest", "none", "none or crc32c")
+	fl.StringVar(&headerDigest, "header-digest", "", "none or crc32c, required: a target that refuses it ends serve (default: the target chooses)")
+	fl.StringVar(&dataDigest, "data-digest", "", "none or crc32c, required: a target that refuses it ends serve (default: the target chooses)")
 	fl.StringVar(&cfg.listen, "listen", "", "serve NBD on unix:PATH or tcp:HOST:PORT (tcp: NO AUTHENTICATION: whoever reaches the port reads and writes the LUN)")
 	fl.StringVar(&cfg.attach, "attach", "", "attach to the kernel: /dev/nbdN, or no value for the first free device")
 	fl.IntVar(&cfg.connections, "connections", 1, "sockets to the kernel (--attach)")
@@ -149,12 +149,20 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveConfig, *cl
 	case src.RevCHAPUser != "" && src.CHAPUser == "":
 		return usage("mutual CHAP needs --chap-user as well")
 	}
-	for _, d := range []string{headerDigest, dataDigest} {
-		if d != "none" && d != "crc32c" {
-			return usage("digest %q: want none or crc32c", d)
+	for _, d := range []struct {
+		flag, value string
+		dst         *iscsi.Digest
+	}{{"--header-digest", headerDigest, &src.HeaderDigest}, {"--data-digest", dataDigest, &src.DataDigest}} {
+		if d.value == "" {
+			continue
 		}
+		// One value only: a digest given is required (a list would let the target choose).
+		v, err := iscsi.ParseDigest(d.value)
+		if err != nil || !v.Required() {
+			return usage("%s %q: want none or crc32c", d.flag, d.value)
+		}
+		*d.dst = v
 	}
-	src.HeaderDigest, src.DataDigest = headerDigest == "crc32c", dataDigest == "crc32c"
 	var err error
 	if src.CHAPSecret, err = readSecret(chapFile); err != nil {
 		return usage("%v", err)
@@ -398,7 +406,12 @@ func (cfg *serveConfig) fromIBFT(logf func(string, ...any)) error {
 		cfg.iscsi.CHAPUser, cfg.iscsi.CHAPSecret = flags.CHAPUser, flags.CHAPSecret
 		cfg.iscsi.RevCHAPUser, cfg.iscsi.RevCHAPSecret = flags.RevCHAPUser, flags.RevCHAPSecret
 	}
-	cfg.iscsi.HeaderDigest, cfg.iscsi.DataDigest = flags.HeaderDigest, flags.DataDigest
+	if flags.HeaderDigest != iscsi.DigestAuto {
+		cfg.iscsi.HeaderDigest = flags.HeaderDigest
+	}
+	if flags.DataDigest != iscsi.DigestAuto {
+		cfg.iscsi.DataDigest = flags.DataDigest
+	}
 	return nil
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/isboot/isboot/internal/testkit/testenv"
 	"github.com/isboot/isboot/internal/testkit/testlog"
 	"github.com/isboot/isboot/internal/testkit/testtarget"
+	"github.com/isboot/isboot/iscsi"
 )
 
 func TestServeFlags(t *testing.T) {
@@ -46,6 +47,8 @@ func TestServeFlags(t *testing.T) {
 		{[]string{"--mem", "1M", "--listen", "unix:/x", "--chap-user", "u"}, "go together"},
 		{[]string{"--mem", "1M", "--listen", "unix:/x", "--chap-user", "u", "--chap-secret-file", filepath.Join(dir, "nope")}, "secret file"},
 		{[]string{"--mem", "1M", "--listen", "unix:/x", "--header-digest", "md5"}, "want none or crc32c"},
+		{[]string{"--mem", "1M", "--listen", "unix:/x", "--data-digest", "crc32c,none"}, "--data-digest \"crc32c,none\": want none or crc32c"},
+		{[]string{"--mem", "1M", "--listen", "unix:/x", "--header-digest", "CRC32C", "--data-digest", "None"}, ""},
 		{[]string{"--mem", "12Q", "--listen", "unix:/x"}, "--mem"},
 	} {
 		var stderr bytes.Buffer
@@ -66,6 +69,13 @@ func TestServeFlags(t *testing.T) {
 	cfg, _, _ := parseServeFlags([]string{"--mem", "1M", "--listen", "unix:/x", "--chap-user", "u", "--chap-secret-file", secret}, io.Discard, io.Discard)
 	if cfg.iscsi.CHAPSecret != "s3cr3t-value" {
 		t.Errorf("secret read as %q", cfg.iscsi.CHAPSecret)
+	}
+	cfg, _, _ = parseServeFlags([]string{"--mem", "1M", "--listen", "unix:/x", "--header-digest", "CRC32C", "--data-digest", "None"}, io.Discard, io.Discard)
+	if cfg.iscsi.HeaderDigest != iscsi.DigestCRC32C || cfg.iscsi.DataDigest != iscsi.DigestNone {
+		t.Errorf("digests %q %q, want CRC32C and None (required)", cfg.iscsi.HeaderDigest, cfg.iscsi.DataDigest)
+	}
+	if cfg, _, _ := parseServeFlags([]string{"--mem", "1M", "--listen", "unix:/x"}, io.Discard, io.Discard); cfg.iscsi.HeaderDigest != iscsi.DigestAuto {
+		t.Errorf("no --header-digest: %q, want the target's choice", cfg.iscsi.HeaderDigest)
 	}
 	if cfg, _, _ := parseServeFlags([]string{"--mem", "1M", "--attach", "/dev/nbd7"}, io.Discard, io.Discard); cfg.kernel.Index != 7 {
 		t.Errorf("--attach /dev/nbd7: index %d", cfg.kernel.Index)
@@ -155,6 +165,7 @@ const (
 	ctlGatewayCHAP = 41
 	ctlBench       = 42
 	ctlIBFT        = 44 // 43: the iSCSI VM test in internal/nbd
+	ctlDigest      = 45
 )
 
 func randomFile(t testing.TB, path string, size int) []byte {
@@ -265,6 +276,48 @@ func TestServeFromIBFT(t *testing.T) {
 	sock := startServe(t, "--ibft", file)
 	if got := strings.TrimSpace(mustRun(t, "nbdinfo", "--size", "nbd+unix:///?socket="+sock)); got != fmt.Sprint(size) {
 		t.Errorf("nbdinfo --size through an iBFT-configured gateway: %s, want %d", got, size)
+	}
+}
+
+// A digest given is required: `serve --header-digest CRC32C` against a target
+// configured without digests ends within seconds, exit 1, its last line naming the
+// key, and the status file says so too.
+func TestServeRequiredDigestRefused(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary: skipped under -short")
+	}
+	testenv.Require(t, "integration test", "tgtd")
+	d := testtarget.StartTgtd(t, testtarget.TgtdOptions{Port: testtarget.FreePort(t, portLo, portHi),
+		ControlPort: ctlDigest, Size: 8 << 20, Params: [][2]string{{"HeaderDigest", "None"}, {"DataDigest", "None"}}})
+	bin := buildIsboot(t, "isboot")
+	dir := t.TempDir()
+	st := filepath.Join(dir, "status")
+	for _, c := range []struct{ flag, value, want string }{
+		{"--header-digest", "CRC32C", "isboot serve: iscsi: target refused HeaderDigest=CRC32C (answered None)"},
+		{"--data-digest", "crc32c", "isboot serve: iscsi: target refused DataDigest=CRC32C (answered None)"},
+	} {
+		cmd := exec.Command(bin, "serve", "--portal", d.Addr(), "--target", d.IQN, "--lun", "1", c.flag, c.value,
+			"--listen", "unix:"+filepath.Join(dir, "nbd.sock"), "--status", st)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		start := time.Now()
+		err := cmd.Run()
+		took := time.Since(start)
+		lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+		t.Logf("%s %s: exit after %v: %v; last line: %s", c.flag, c.value, took.Round(time.Millisecond), err, lines[len(lines)-1])
+		if code := cmd.ProcessState.ExitCode(); code != 1 {
+			t.Errorf("exit code %d, want 1\n%s", code, stderr.String())
+		}
+		if lines[len(lines)-1] != c.want {
+			t.Errorf("last line %q, want %q", lines[len(lines)-1], c.want)
+		}
+		if took > 5*time.Second {
+			t.Errorf("serve took %v to give up", took)
+		}
+		kv, _ := status.ReadFile(st)
+		if status.Value(kv, "net.isboot.state") != "failed" || !strings.HasSuffix(c.want, status.Value(kv, "net.isboot.last_error")) {
+			t.Errorf("status: state %q, last_error %q", status.Value(kv, "net.isboot.state"), status.Value(kv, "net.isboot.last_error"))
+		}
 	}
 }
 

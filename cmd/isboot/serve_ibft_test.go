@@ -12,6 +12,7 @@ import (
 	"github.com/isboot/isboot/ibft"
 	"github.com/isboot/isboot/internal/cmdline"
 	"github.com/isboot/isboot/internal/initproc"
+	"github.com/isboot/isboot/iscsi"
 )
 
 // `isboot serve --ibft FILE` and PID 1 pick the same portals, target, LUN, initiator
@@ -98,7 +99,7 @@ func TestServeIBFTFlagsWin(t *testing.T) {
 	os.WriteFile(secret, []byte("flag-secret-123\n"), 0o600)
 	cfg, _, code := parseServeFlags([]string{"--ibft", "../../testdata/ibft/chap-mutual.bin", "--listen", "unix:/nowhere",
 		"--initiator", "iqn.2026-01.org.isboot:flag", "--chap-user", "flag-user", "--chap-secret-file", secret,
-		"--header-digest", "crc32c"}, io.Discard, os.Stderr)
+		"--header-digest", "CRC32C"}, io.Discard, os.Stderr)
 	if code >= 0 {
 		t.Fatal("flags rejected")
 	}
@@ -107,7 +108,7 @@ func TestServeIBFTFlagsWin(t *testing.T) {
 	}
 	c := cfg.iscsi
 	if c.InitiatorName != "iqn.2026-01.org.isboot:flag" || c.CHAPUser != "flag-user" || c.CHAPSecret != "flag-secret-123" ||
-		c.RevCHAPUser != "" || c.RevCHAPSecret != "" || !c.HeaderDigest || c.DataDigest || c.TargetName == "" {
+		c.RevCHAPUser != "" || c.RevCHAPSecret != "" || c.HeaderDigest != iscsi.DigestCRC32C || c.DataDigest != iscsi.DigestAuto || c.TargetName == "" {
 		t.Errorf("config %v (digests %v %v)", c, c.HeaderDigest, c.DataDigest)
 	}
 

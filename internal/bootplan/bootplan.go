@@ -56,7 +56,8 @@ func (p *Plan) String() string {
 }
 
 // Make merges the iBFT (t, possibly nil) with the command line, which wins:
-// netroot= replaces the target (and its CHAP), rd.iscsi.initiator= the initiator name.
+// netroot= replaces the target (and its CHAP), rd.iscsi.initiator= the initiator name;
+// rd.iscsi.param= sets the digests.
 func Make(c *cmdline.CmdLine, t *ibft.Table) (*Plan, error) {
 	p := &Plan{NIC: -1}
 	d := &p.ISCSI
@@ -130,6 +131,18 @@ func Make(c *cmdline.CmdLine, t *ibft.Table) (*Plan, error) {
 	}
 	if p.NIC < 0 {
 		return nil, errors.New("no usable NIC in the iBFT: isboot configures the network from the iBFT, which netroot= alone does not replace")
+	}
+	// The iBFT has no digest fields; rd.iscsi.param= asks for them.
+	d.HeaderDigest, d.DataDigest = c.HeaderDigest, c.DataDigest
+	for _, dg := range []struct {
+		key string
+		d   iscsi.Digest
+	}{{"HeaderDigest", c.HeaderDigest}, {"DataDigest", c.DataDigest}} {
+		if dg.d.Required() {
+			p.Notes = append(p.Notes, fmt.Sprintf("rd.iscsi.param: %s=%s is required: a target that refuses it fails the boot", dg.key, dg.d))
+		} else if dg.d != iscsi.DigestAuto {
+			p.Notes = append(p.Notes, fmt.Sprintf("rd.iscsi.param: %s=%s offered", dg.key, dg.d))
+		}
 	}
 	return p, nil
 }

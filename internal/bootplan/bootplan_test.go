@@ -8,6 +8,7 @@ import (
 
 	"github.com/isboot/isboot/ibft"
 	"github.com/isboot/isboot/internal/cmdline"
+	"github.com/isboot/isboot/iscsi"
 )
 
 func table() *ibft.Table {
@@ -86,6 +87,24 @@ func TestMakeOverrides(t *testing.T) {
 	}
 	if len(p.Notes) != 2 {
 		t.Errorf("notes %q", p.Notes)
+	}
+}
+
+// rd.iscsi.param= digests reach the login; without them the target chooses.
+func TestMakeDigests(t *testing.T) {
+	p, err := Make(parse(t, "rd.iscsi.param=HeaderDigest=CRC32C rd.iscsi.param=node.conn[0].iscsi.DataDigest=CRC32C,None"), table())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.ISCSI.HeaderDigest != iscsi.DigestCRC32C || p.ISCSI.DataDigest != iscsi.DigestPreferCRC32C {
+		t.Errorf("digests %q %q", p.ISCSI.HeaderDigest, p.ISCSI.DataDigest)
+	}
+	if s := p.String(); !strings.Contains(s, "HeaderDigest=CRC32C is required") || !strings.Contains(s, "HeaderDigest=CRC32C, DataDigest=CRC32C,None)") {
+		t.Errorf("plan does not show the digests:\n%s", s)
+	}
+	p, err = Make(parse(t, ""), table())
+	if err != nil || p.ISCSI.HeaderDigest != iscsi.DigestAuto || p.ISCSI.DataDigest != iscsi.DigestAuto {
+		t.Errorf("no rd.iscsi.param: %q %q, %v", p.ISCSI.HeaderDigest, p.ISCSI.DataDigest, err)
 	}
 }
 

@@ -1,6 +1,6 @@
 // Package cmdline parses the kernel command line keys isboot understands: its own
 // (isboot.*, ibft.*), the generic root ones (root=, rootfstype=, ro/rw, init=) and
-// dracut's iSCSI keys (netroot=iscsi:..., rd.iscsi.initiator=).
+// dracut's iSCSI keys (netroot=iscsi:..., rd.iscsi.initiator=, rd.iscsi.param=).
 //
 // CHAP secrets given in netroot= are visible to anyone who reads /proc/cmdline; that
 // is the user's choice, but nothing here ever formats them into a message.
@@ -13,6 +13,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/isboot/isboot/iscsi"
 )
 
 // CmdLine is what the boot needs from the kernel command line. Zero values mean
@@ -34,6 +36,10 @@ type CmdLine struct {
 	Netroot   *Netroot
 	Initiator string   // rd.iscsi.initiator=
 	InitArgs  []string // everything after "--", passed to init
+	// HeaderDigest and DataDigest come from rd.iscsi.param=HeaderDigest=CRC32C (or
+	// open-iscsi's name, node.conn[0].iscsi.HeaderDigest=): one value is required.
+	HeaderDigest iscsi.Digest
+	DataDigest   iscsi.Digest
 }
 
 // RootKind says how root= names the root filesystem.
@@ -215,8 +221,35 @@ func (c *CmdLine) set(key, val string, hasVal bool) error {
 			return errors.New("empty initiator name")
 		}
 		c.Initiator = val
+	case "rd.iscsi.param":
+		err = c.setISCSIParam(val)
 	}
 	return err
+}
+
+// setISCSIParam takes one rd.iscsi.param= value. dracut hands it to iscsistart as
+// --param, which names open-iscsi's node settings (node.conn[0].iscsi.HeaderDigest);
+// the bare iSCSI key (HeaderDigest) is accepted too. Only the digests are supported.
+func (c *CmdLine) setISCSIParam(v string) error {
+	key, val, ok := strings.Cut(v, "=")
+	if !ok || val == "" {
+		return fmt.Errorf("%q: want Key=Value", v)
+	}
+	var dst *iscsi.Digest
+	switch strings.ToLower(strings.TrimPrefix(key, "node.conn[0].iscsi.")) {
+	case "headerdigest":
+		dst = &c.HeaderDigest
+	case "datadigest":
+		dst = &c.DataDigest
+	default:
+		return fmt.Errorf("%s: not supported (isboot takes HeaderDigest= and DataDigest=)", key)
+	}
+	d, err := iscsi.ParseDigest(val)
+	if err != nil {
+		return fmt.Errorf("%s: %v", key, err)
+	}
+	*dst = d
+	return nil
 }
 
 // split cuts the command line into words the way the kernel does: on white space,

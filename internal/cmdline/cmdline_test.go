@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/isboot/isboot/iscsi"
 )
 
 func TestParse(t *testing.T) {
@@ -37,6 +39,10 @@ func TestParse(t *testing.T) {
 			CmdLine{Netroot: &Netroot{User: "user", Secret: "pw", Server: "fd00::2", Port: 3260, LUN: 1, Target: "iqn.2024-01.org.example:disk"}}},
 		{"netroot hostname", "netroot=iscsi:san.example.org:::0:iqn.t",
 			CmdLine{Netroot: &Netroot{Server: "san.example.org", Target: "iqn.t"}}},
+		{"digests", "rd.iscsi.param=HeaderDigest=CRC32C rd.iscsi.param=node.conn[0].iscsi.DataDigest=crc32c,none",
+			CmdLine{HeaderDigest: iscsi.DigestCRC32C, DataDigest: iscsi.DigestPreferCRC32C}},
+		{"last digest wins", "rd.iscsi.param=DataDigest=CRC32C rd.iscsi.param=datadigest=None",
+			CmdLine{DataDigest: iscsi.DigestNone}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -83,6 +89,9 @@ func TestParseErrors(t *testing.T) {
 		{"netroot=iscsi:[fd00::1]x::::iqn.x", "netroot: server: want ':'"},
 		{"netroot=iscsi:onlyuser@1.2.3.4::::iqn.x", "netroot: credentials: want user:secret"},
 		{"netroot=iscsi:u:@1.2.3.4::::iqn.x", "netroot: credentials: empty"},
+		{"rd.iscsi.param=HeaderDigest=MD5", `rd.iscsi.param: HeaderDigest: digest "MD5": want None, CRC32C`},
+		{"rd.iscsi.param=HeaderDigest", `rd.iscsi.param: "HeaderDigest": want Key=Value`},
+		{"rd.iscsi.param=node.session.timeo.replacement_timeout=30", "rd.iscsi.param: node.session.timeo.replacement_timeout: not supported"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
@@ -165,6 +174,7 @@ func TestSplitWarningsFromFatal(t *testing.T) {
 			[]string{"isboot.debug:", "isboot.timeout:", "ibft.verbose:"}},
 		{"init=sbin/init rd.iscsi.initiator= ibft.acpi_table=0", "",
 			[]string{"init:", "rd.iscsi.initiator:", "ibft.acpi_table:"}},
+		{"rd.iscsi.param=HeaderDigest=sha1 root=LABEL=r", "", []string{"rd.iscsi.param:"}},
 		{"isboot.debug=9 root=sda1", `cmdline: root: "sda1": want UUID=`, []string{"isboot.debug:"}},
 		{"netroot=iscsi:1.2.3.4 isboot.shell=2", "cmdline: netroot: too few fields", []string{"isboot.shell:"}},
 		{"root= netroot=nfs:x", "root: empty value", nil},

@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"crypto/sha256"
-	"errors"
 	"strconv"
 	"time"
 
@@ -26,8 +25,7 @@ func DialISCSI(ctx context.Context, cfg *Config, logf func(string, ...any)) (Ses
 	c.ISID = stableISID(c.InitiatorName, c.TargetName)
 	s, err := iscsi.Dial(actx, c)
 	if err != nil {
-		var le *iscsi.LoginError
-		if errors.As(err, &le) && le.Permanent() {
+		if iscsi.IsPermanent(err) {
 			return nil, permanent{err}
 		}
 		return nil, err

@@ -6,14 +6,16 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/isboot/isboot/internal/testkit/testtarget"
 	"github.com/isboot/isboot/iscsi"
 )
 
 // Against tgtd with CHAP: a login gives the session identity and negotiated keys for
-// the status file; an unknown target or a wrong secret is a permanent failure (the
-// boot stops at once), a closed port a transient one (the daemon retries).
+// the status file; an unknown target, a wrong secret or a refused digest is a
+// permanent failure (the boot stops at once), a closed port a transient one (the
+// daemon retries).
 //
 // Ports are this package's slice of the shared ranges (see internal/testkit/testtarget):
 // TCP 13530-13539 and control port 60; 13390-13399 and 31 were internal/initproc's.
@@ -57,6 +59,20 @@ func TestDialISCSI(t *testing.T) {
 	_, err = DialISCSI(context.Background(), &wrong, t.Logf)
 	if !errors.Is(err, ErrPermanent) || !strings.Contains(err.Error(), "authentication") {
 		t.Errorf("wrong secret: %v, want a permanent authentication failure", err)
+	}
+
+	// tgtd's default offers no digest: a required one ends the boot at once (the
+	// daemon's attempt would otherwise last attemptTimeout and repeat forever).
+	digest := *cfg
+	digest.HeaderDigest = iscsi.DigestCRC32C
+	start := time.Now()
+	_, err = DialISCSI(context.Background(), &digest, t.Logf)
+	t.Logf("required digest: failed in %v: %v", time.Since(start).Round(time.Millisecond), err)
+	if !errors.Is(err, ErrPermanent) || err.Error() != "iscsi: target refused HeaderDigest=CRC32C (answered None)" {
+		t.Errorf("required digest: %v, want a permanent refusal naming HeaderDigest", err)
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Errorf("required digest: failed after %v", el)
 	}
 
 	closed := *cfg

@@ -216,6 +216,9 @@ func (d *Tgtd) Restart() {
 // SetLUNParams changes the LUN parameters used from the next Restart on.
 func (d *Tgtd) SetLUNParams(p string) { d.opts.LUNParams = p }
 
+// SetParams changes the target parameters used from the next Restart on.
+func (d *Tgtd) SetParams(p [][2]string) { d.opts.Params = p }
+
 // Pause freezes tgtd (SIGSTOP): the TCP connection stays up but nothing answers.
 func (d *Tgtd) Pause() { d.signal(syscall.SIGSTOP) }
 
