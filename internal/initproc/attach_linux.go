@@ -90,21 +90,26 @@ func Attach(version string, opts AttachOptions) (*Attached, error) {
 	}
 	b.log.Infof("isboot %s in %s initramfs (pid %d) on Linux %s (kernel up %s)", version, host, os.Getpid(), kernelRelease(), kernelUptime())
 	var failed error
+	moved := false
 	for _, s := range b.attachSteps(opts.FindRoot) {
 		t0 := time.Now()
 		b.log.Debugf(1, "step: %s", s)
-		if err := s.run(); err != nil {
+		err := s.run()
+		if b.child != nil && !moved {
+			// At once, before the daemon starts processes of its own: they inherit it.
+			moved = true
+			if err := leaveCgroup(b.child.Cmd.Process.Pid); err != nil {
+				b.log.Warnf("daemon: %v (a service manager stopping this unit may stop the daemon)", err)
+			}
+		}
+		if err != nil {
 			failed = fmt.Errorf("%s: %w", s, err)
 			break
 		}
 		b.log.Debugf(2, "step: %s done in %v", s, time.Since(t0).Round(time.Millisecond))
 	}
-	if b.child != nil {
-		if !b.sent {
-			b.child.Cancel() // nothing to serve: it exits
-		} else if err := leaveCgroup(b.child.Cmd.Process.Pid); err != nil {
-			b.log.Warnf("daemon: %v (a service manager stopping this unit may stop the daemon)", err)
-		}
+	if b.child != nil && !b.sent {
+		b.child.Cancel() // nothing to serve: it exits
 	}
 	if failed != nil {
 		b.setState(status.Failed, failed.Error())
@@ -147,16 +152,35 @@ func leaveCgroup(pid int) error {
 		if _, err := os.Stat(procs); err != nil {
 			continue
 		}
-		if err := os.WriteFile(procs, []byte(strconv.Itoa(pid)+"\n"), 0); err != nil {
-			errs = append(errs, fmt.Errorf("move pid %d to %s: %w", pid, root, err))
-			continue
+		// The daemon and the serving process it already started: later ones are
+		// born where the daemon is.
+		for _, p := range append([]int{pid}, childPids(pid)...) {
+			if err := os.WriteFile(procs, []byte(strconv.Itoa(p)+"\n"), 0); err != nil {
+				errs = append(errs, fmt.Errorf("move pid %d to %s: %w", p, root, err))
+				continue
+			}
+			moved = true
 		}
-		moved = true
 	}
 	if !moved && len(errs) == 0 {
 		return errors.New("no cgroup hierarchy under /sys/fs/cgroup to move it to")
 	}
 	return errors.Join(errs...)
+}
+
+// childPids lists pid's children: each thread's, as a Go process forks from any.
+func childPids(pid int) []int {
+	files, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	var out []int
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		for _, w := range strings.Fields(string(b)) {
+			if n, err := strconv.Atoi(w); err == nil {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
 }
 
 // inChildCgroup reports whether /proc/self/cgroup names a group below the root in
