@@ -474,6 +474,10 @@ func TestHostileTarget(t *testing.T) {
 			h := startHostile(t, c.fault, c.digest)
 			s, err, took := hostileDial(t, h, nil)
 			if err == nil {
+				want := Inquiry{Vendor: "ISBOOT", Product: "HOSTILE", Revision: "0001", Serial: "HOSTILE1", ID: "t10.HOSTILE1", BlockSize: hostileBlock}
+				if got := s.LUN().Inquiry(); got != want {
+					t.Errorf("Inquiry %+v, want %+v", got, want)
+				}
 				buf := make([]byte, 8*hostileBlock)
 				_, err = s.LUN().ReadAt(buf, 4096)
 				s.Close()

@@ -28,6 +28,7 @@ type LUN struct {
 	lbaStatus atomic.Bool
 	lbprz     bool
 	zero      []byte
+	inquiry   Inquiry
 }
 
 // The LUN's refusals, recognisable by errors.Is against these or the errno they wrap.
@@ -48,7 +49,14 @@ func (s *Session) openLUN() (*LUN, error) {
 		return nil, err
 	} else if n < 1 || buf[0]&0x1f != 0 {
 		return nil, fmt.Errorf("iscsi: LUN %d of %s is not a disk (peripheral type 0x%02x)", s.cfg.LUN, s.cfg.TargetName, buf[0]&0x1f)
+	} else {
+		l.inquiry.parseStandardInquiry(buf[:n])
 	}
+	// VPD 0x80 and 0x83 were read at login for the identity check.
+	s.mu.Lock()
+	l.inquiry.Serial = printable([]byte(s.ident.serial))
+	l.inquiry.ID = designatorID([]byte(s.ident.devID))
+	s.mu.Unlock()
 	n, err := s.exec("READ CAPACITY(16)", cdbReadCapacity16(), true, buf[:32])
 	if err == nil && n >= 12 {
 		l.blocks = binary.BigEndian.Uint64(buf[0:]) + 1
@@ -84,8 +92,13 @@ func (s *Session) openLUN() (*LUN, error) {
 		l.readOnly = buf[2]&0x80 != 0 // WP in the device-specific parameter
 	}
 	l.zero = make([]byte, l.blockSize)
+	l.inquiry.BlockSize = l.blockSize
 	return l, nil
 }
+
+// Inquiry describes the disk: vendor, product, revision, serial number, device
+// identifier and block size, as read when the session opened the LUN.
+func (l *LUN) Inquiry() Inquiry { return l.inquiry }
 
 func (l *LUN) Size() int64    { return int64(l.blocks) * int64(l.blockSize) }
 func (l *LUN) BlockSize() int { return l.blockSize }

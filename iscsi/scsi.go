@@ -1,7 +1,9 @@
 package iscsi
 
 import (
+	"bytes"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"strings"
 )
@@ -285,4 +287,87 @@ func parseBlockLimits(b []byte) blockLimits {
 		l.maxWriteSame = binary.BigEndian.Uint64(p[32:])
 	}
 	return l
+}
+
+// Inquiry is what a LUN says about itself, as FreeBSD's `camcontrol inquiry` shows it.
+// Text fields are trimmed and hold printable ASCII only; a field the LUN does not
+// report is "".
+type Inquiry struct {
+	Vendor   string // T10 vendor identification (standard INQUIRY), e.g. "IET"
+	Product  string // product identification, e.g. "VIRTUAL-DISK"
+	Revision string // product revision level, e.g. "0001"
+	Serial   string // unit serial number (VPD page 0x80)
+	// ID is the LUN's preferred designator (VPD page 0x83), spelled as Linux's
+	// wwid attribute: naa.<hex> before eui.<hex> before t10.<text>.
+	ID        string
+	BlockSize int
+}
+
+// parseStandardInquiry fills Vendor, Product and Revision from a standard INQUIRY
+// answer (SPC-4 §6.6.2: bytes 8-15, 16-31, 32-35).
+func (q *Inquiry) parseStandardInquiry(b []byte) {
+	field := func(lo, hi int) string {
+		if len(b) <= lo {
+			return ""
+		}
+		return printable(b[lo:min(hi, len(b))])
+	}
+	q.Vendor, q.Product, q.Revision = field(8, 16), field(16, 32), field(32, 36)
+}
+
+// Designator types and code sets of VPD page 0x83 (SPC-4 §7.8.6).
+const (
+	designatorT10    = 1
+	designatorEUI64  = 2
+	designatorNAA    = 3
+	codeSetBinary    = 1
+	associationLUN   = 0
+	designatorHeader = 4
+)
+
+// designatorID picks the preferred logical-unit designator from the body of VPD page
+// 0x83 (NAA, then EUI-64, then T10 vendor ID; the longest of a type) and spells it
+// naa.<hex>, eui.<hex> or t10.<text>. A malformed list yields what came before the
+// fault; none at all, "".
+func designatorID(page []byte) string {
+	rank := map[byte]int{designatorNAA: 3, designatorEUI64: 2, designatorT10: 1}
+	prefix := map[byte]string{designatorNAA: "naa.", designatorEUI64: "eui.", designatorT10: "t10."}
+	best, bestRank, bestLen := "", 0, 0
+	for d := page; len(d) >= designatorHeader; {
+		n := int(d[3])
+		if designatorHeader+n > len(d) {
+			break
+		}
+		codeSet, assoc, typ := d[0]&0x0f, d[1]>>4&3, d[1]&0x0f
+		body := d[designatorHeader : designatorHeader+n]
+		d = d[designatorHeader+n:]
+		r := rank[typ]
+		if assoc != associationLUN || r == 0 || n == 0 || r < bestRank || r == bestRank && n <= bestLen {
+			continue
+		}
+		var v string
+		if codeSet == codeSetBinary {
+			v = hex.EncodeToString(body)
+		} else {
+			v = printable(body)
+		}
+		if v != "" {
+			best, bestRank, bestLen = prefix[typ]+v, r, n
+		}
+	}
+	return best
+}
+
+// printable trims spaces and NULs from b and replaces what is not printable ASCII
+// with '?', so a target's bytes cannot break a status line or a terminal.
+func printable(b []byte) string {
+	b = bytes.Trim(b, " \x00")
+	out := make([]byte, len(b))
+	for i, c := range b {
+		if c < 0x20 || c > 0x7e {
+			c = '?'
+		}
+		out[i] = c
+	}
+	return string(out)
 }

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -161,4 +162,24 @@ func TestGotgtReadWrite(t *testing.T) {
 	g := testtarget.StartGotgt(t, testtarget.GotgtOptions{Port: testtarget.FreePort(t, 13280, 13284)})
 	s := dial(t, testConfig(g))
 	exerciseLUN(t, s, g.Backing())
+	want := Inquiry{Vendor: "GOSTOR", Product: "GOTGT", Serial: "gotgt-1000", ID: "naa.30000000000003e8", BlockSize: 512}
+	if got := s.LUN().Inquiry(); got != want {
+		t.Errorf("Inquiry:\n got %+v\nwant %+v", got, want)
+	}
+}
+
+// The disk as tgtd describes it: its defaults (vendor IET, serial beaf<tid><lun>, an
+// NAA designator), then what the LUN parameters set.
+func TestTgtdInquiry(t *testing.T) {
+	d := startTgtd(t, testtarget.TgtdOptions{})
+	want := Inquiry{Vendor: "IET", Product: "VIRTUAL-DISK", Revision: "0001", Serial: "beaf11",
+		ID: "naa.60000000000000000e00000000010001", BlockSize: 512}
+	if got := dial(t, testConfig(d)).LUN().Inquiry(); got != want {
+		t.Errorf("tgtd defaults:\n got %+v\nwant %+v", got, want)
+	}
+	d2 := startTgtd(t, testtarget.TgtdOptions{LUNParams: "vendor_id=ISBOOT,product_id=ROOT DISK,product_rev=4.2,scsi_sn=SN-0042"})
+	got := dial(t, testConfig(d2)).LUN().Inquiry()
+	if got.Vendor != "ISBOOT" || got.Product != "ROOT DISK" || got.Revision != "4.2" || got.Serial != "SN-0042" || !strings.HasPrefix(got.ID, "naa.6") {
+		t.Errorf("tgtd with LUN parameters: %+v", got)
+	}
 }

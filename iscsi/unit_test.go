@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/md5"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -483,5 +484,52 @@ func TestAbortEscalation(t *testing.T) {
 				t.Fatalf("TMFs %v, requeued %v, dropped %v", fns, requeued, fc.isDead())
 			}
 		})
+	}
+}
+
+// The disk's description: standard INQUIRY fields, and the preferred designator of
+// VPD page 0x83 (NAA before EUI-64 before T10, the longest of a kind, only the
+// logical unit's), from the answers tgtd and gotgt give and from odd ones.
+func TestInquiryParsing(t *testing.T) {
+	std := make([]byte, 96)
+	copy(std[8:], "IET     VIRTUAL-DISK    0001")
+	var q Inquiry
+	q.parseStandardInquiry(std)
+	if q.Vendor != "IET" || q.Product != "VIRTUAL-DISK" || q.Revision != "0001" {
+		t.Errorf("standard INQUIRY: %+v", q)
+	}
+	q = Inquiry{}
+	q.parseStandardInquiry(std[:20]) // cut short in the product field
+	if q.Vendor != "IET" || q.Product != "VIRT" || q.Revision != "" {
+		t.Errorf("short INQUIRY: %+v", q)
+	}
+	unhex := func(s string) []byte {
+		b, err := hex.DecodeString(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	desc := func(codeSet, assocType byte, body string) string {
+		return string(append([]byte{codeSet, assocType, 0, byte(len(body))}, body...))
+	}
+	naa8 := desc(1, 0x03, "\x30\x00\x00\x00\x00\x00\x03\xe8")
+	for _, c := range []struct {
+		name, page, want string
+	}{
+		{"tgtd: T10, NAA 3, NAA 6", string(unhex("020100244945542020202020303030313030303100000000000000000000000000000000000000000103000830000001000000010103001060000000000000000e00000000010001")),
+			"naa.60000000000000000e00000000010001"},
+		{"gotgt: iSCSI name and ports, then NAA", string(unhex("5290002169716e2e323032362d30312e6f72672e6973626f6f742e746573743a676f7467745183000830000000000003e8519500040000000051940004000000015398002c69716e2e323032362d30312e6f72672e6973626f6f742e746573743a676f7467742c742c3078303100000000")),
+			"naa.30000000000003e8"},
+		{"EUI-64 beats T10", desc(2, 0x01, "VENDOR  disk-7") + desc(1, 0x02, "\x00\x11\x22\x33\x44\x55\x66\x77"), "eui.0011223344556677"},
+		{"T10 alone, spaces kept inside", desc(2, 0x01, "IET     00010001  "), "t10.IET     00010001"},
+		{"NAA of the target port ignored", desc(1, 0x13, "\x50\x01") + desc(2, 0x01, "X"), "t10.X"},
+		{"truncated descriptor after a good one", naa8 + "\x01\x03\x00\x10\x60", "naa.30000000000003e8"},
+		{"control characters", desc(2, 0x01, "A\nB\x7f"), "t10.A?B?"},
+		{"empty page", "", ""},
+	} {
+		if got := designatorID([]byte(c.page)); got != c.want {
+			t.Errorf("%s: %q, want %q", c.name, got, c.want)
+		}
 	}
 }
