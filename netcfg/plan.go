@@ -53,13 +53,15 @@ type Overrides struct {
 }
 
 // PCIAddr is a PCI bus/device/function as the iBFT stores it: bus<<8 | dev<<3 | fn.
-// The iBFT has no PCI segment; segment 0 is assumed.
+// The iBFT has no PCI domain (segment): the NIC is found by its MAC, and when its driver
+// must be loaded first, by this bus/device/function in any domain, 0000 first.
 type PCIAddr uint16
 
 // String is the lspci form, "00:03.0".
 func (p PCIAddr) String() string { return ibft.BDFString(uint16(p)) }
 
-// SysfsName is the device's directory name under /sys/bus/pci/devices.
+// SysfsName is the device's directory name under /sys/bus/pci/devices if it is in
+// domain 0000, as the kernel's iscsi_ibft assumes.
 func (p PCIAddr) SysfsName() string { return "0000:" + p.String() }
 
 func findNIC(t *ibft.Table, index int) (*ibft.NIC, error) {

@@ -1,7 +1,9 @@
 // Command mkinitramfs builds isboot's initramfs: isboot as /init, u-root's core
 // commands for a rescue shell, and the kernel modules a boot from an iSCSI LUN needs
-// (NIC drivers, nbd, root filesystems) with their modules.dep and modules.alias.
-// The same inputs give the same bytes.
+// (NIC drivers, nbd, root filesystems) with their modules.dep and modules.alias, and
+// the firmware those modules declare that the build host has (-firmware-dir). The same
+// inputs give the same bytes. It prints the image's size and warns when it is over the
+// budget (docs/fleet.md).
 //
 //	mkinitramfs -isboot build/isboot -o build/isboot-initramfs.cpio.gz
 package main
@@ -21,23 +23,32 @@ import (
 )
 
 // defaultModules are loaded by name or modalias at boot; dependencies come along.
+// docs/fleet.md lists the NICs and why each is here; keep the two in step.
 var defaultModules = []string{
-	// NICs (the iBFT NIC's driver is found by its PCI modalias)
-	"virtio_pci", "virtio_net", "e1000", "e1000e", "igb", "ixgbe", "i40e", "tg3", "bnxt_en", "r8169",
+	// NICs (the iBFT NIC's driver is found by its PCI modalias): virtual machines ...
+	"virtio_pci", "virtio_net", "e1000", "ena", "vmxnet3", "hv_netvsc",
+	// ... and servers and workstations
+	"mlx5_core", "ice", "i40e", "ixgbe", "igb", "e1000e", "bnxt_en", "tg3", "qede", "be2net", "r8169",
 	// the LUN, and what ext4/jbd2 want from the crypto API
 	"nbd", "crc32c_generic", "crc32c-intel",
 	// root filesystems
 	"ext4", "xfs", "btrfs", "vfat",
 }
 
+// sizeBudget bounds the gzipped image: the boot loader (PXE, UEFI, iPXE over HTTP or
+// TFTP) fetches it and holds it in memory next to the kernel, and the kernel unpacks it
+// into RAM as well.
+const sizeBudget = 16 << 20
+
 type options struct {
-	isboot    string
-	out       string
-	kernelDir string // holds lib/modules/<kver>
-	kver      string
-	modules   []string
-	rescue    string // "uroot", "busybox" or "none"
-	bbCache   string
+	isboot      string
+	out         string
+	kernelDir   string // holds lib/modules/<kver>
+	kver        string
+	modules     []string
+	firmwareDir string // "": no firmware
+	rescue      string // "uroot", "busybox" or "none"
+	bbCache     string
 }
 
 func main() {
@@ -53,6 +64,7 @@ func main() {
 	flag.StringVar(&o.kver, "kver", "", "kernel version (default: the contents of $ISBOOT_CACHE/kernel/current)")
 	flag.StringVar(&o.kernelDir, "kernel-dir", "", "directory holding lib/modules/<kver> (default: $ISBOOT_CACHE/kernel/<kver>)")
 	flag.StringVar(&extra, "modules", "", "comma-separated extra modules")
+	flag.StringVar(&o.firmwareDir, "firmware-dir", "/lib/firmware", "where the firmware the modules declare is looked up (\"\": carry none)")
 	flag.StringVar(&o.rescue, "rescue", "uroot", "rescue shell: uroot (u-root's gosh and core commands), busybox (the host's static busybox) or none")
 	flag.Parse()
 	if o.kver == "" {
@@ -68,7 +80,7 @@ func main() {
 	o.modules = append(append([]string{}, defaultModules...), splitList(extra)...)
 	o.bbCache = filepath.Join(cache, "uroot-bb")
 
-	a, err := build(&o)
+	a, fw, err := build(&o)
 	if err != nil {
 		fatal(err)
 	}
@@ -82,8 +94,58 @@ func main() {
 	if err != nil {
 		fatal(err)
 	}
-	fmt.Printf("%s: %d bytes (%.1f MiB), %d modules for %s, rescue shell: %s\n",
-		o.out, st.Size(), float64(st.Size())/(1<<20), len(a.Modules(o.kver)), o.kver, o.rescue)
+	fmt.Printf("%s: %d bytes (%.1f MiB of the %d MiB budget), %d modules for %s, rescue shell: %s\n",
+		o.out, st.Size(), float64(st.Size())/(1<<20), sizeBudget>>20, len(a.Modules(o.kver)), o.kver, o.rescue)
+	fmt.Print(firmwareSummary(fw, o.firmwareDir))
+	if w := budgetWarning(st.Size()); w != "" {
+		fmt.Fprintln(os.Stderr, w)
+	}
+}
+
+// budgetWarning is the line to print when a gzipped image of size bytes is over budget.
+func budgetWarning(size int64) string {
+	if size <= sizeBudget {
+		return ""
+	}
+	return fmt.Sprintf("mkinitramfs: warning: the image is %.1f MiB, over the %d MiB budget by %d bytes (docs/fleet.md)",
+		float64(size)/(1<<20), sizeBudget>>20, size-sizeBudget)
+}
+
+// firmwareSummary says which declared firmware went in and which the firmware directory
+// lacks, by module: a NIC whose firmware is missing may not come up.
+func firmwareSummary(fw []initramfs.Firmware, dir string) string {
+	var b strings.Builder
+	if dir == "" {
+		fmt.Fprintf(&b, "firmware: none carried (-firmware-dir \"\"); the modules declare %d files\n", len(fw))
+		return b.String()
+	}
+	var found []string
+	var missing []initramfs.Firmware
+	for _, f := range fw {
+		if len(f.Files) > 0 {
+			found = append(found, f.Files...)
+		} else {
+			missing = append(missing, f)
+		}
+	}
+	fmt.Fprintf(&b, "firmware: %d of %d declared files found in %s", len(fw)-len(missing), len(fw), dir)
+	if len(found) > 0 {
+		fmt.Fprintf(&b, ": %s", strings.Join(found, " "))
+	}
+	b.WriteString("\n")
+	if len(missing) > 0 {
+		b.WriteString("firmware missing (install the firmware packages on the build host to carry it):\n")
+		for i, f := range missing {
+			if i == 0 || missing[i-1].Module != f.Module {
+				fmt.Fprintf(&b, "  %s:", f.Module)
+			}
+			b.WriteString(" " + f.Name)
+			if i == len(missing)-1 || missing[i+1].Module != f.Module {
+				b.WriteString("\n")
+			}
+		}
+	}
+	return b.String()
 }
 
 func fatal(err error) {
@@ -101,9 +163,11 @@ func splitList(s string) []string {
 	return out
 }
 
-// build assembles the archive.
-func build(o *options) (*initramfs.Archive, error) {
+// build assembles the archive. It also returns the firmware the modules declare, found
+// or not.
+func build(o *options) (*initramfs.Archive, []initramfs.Firmware, error) {
 	a := initramfs.New()
+	var fw []initramfs.Firmware
 	add := func(err error) {
 		if err != nil {
 			panic(err)
@@ -129,9 +193,12 @@ func build(o *options) (*initramfs.Archive, error) {
 			add(a.AddDir(d, 0o755))
 		}
 		add(a.AddModules(o.kernelDir, o.kver, o.modules...))
+		var ferr error
+		fw, ferr = a.AddFirmware(o.firmwareDir, o.kver)
+		add(ferr)
 		add(addRescue(a, o))
 	}()
-	return a, err
+	return a, fw, err
 }
 
 // addRescue puts the rescue shell in. u-root's commands are built once per u-root
