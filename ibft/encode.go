@@ -65,9 +65,9 @@ func Encode(t *Table) ([]byte, error) {
 	}
 	for i := range t.Targets {
 		tg := &t.Targets[i]
-		raw, err := tg.lunBytes(i)
+		raw, err := tg.LUNBytes()
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("ibft: encode: %w", err)
 		}
 		if tg.Index < 0 || tg.Index > 255 || tg.NIC < 0 || tg.NIC > 255 {
 			return nil, fmt.Errorf("ibft: encode target%d: index %d or nic %d outside 0..255", i, tg.Index, tg.NIC)
@@ -100,18 +100,19 @@ func (n *NIC) check(i int) error {
 	return nil
 }
 
-// lunBytes gives the SAM LUN to store: LUNRaw, or the single-level form of LUN when
-// LUNRaw was left zero. The two must agree.
-func (tg *Target) lunBytes(i int) ([8]byte, error) {
+// LUNBytes is the 8-byte SAM LUN of the target, as the table stores it and as
+// commands carry it: LUNRaw, or the single-level form of LUN when LUNRaw was left
+// zero (a table built by hand). The two must agree.
+func (tg *Target) LUNBytes() ([8]byte, error) {
 	if tg.LUNRaw == [8]byte{} && tg.LUN != 0 {
 		raw, err := SAMLUN(tg.LUN)
 		if err != nil {
-			return raw, fmt.Errorf("ibft: encode target%d: %v; set LUNRaw", i, err)
+			return raw, fmt.Errorf("ibft: target%d: %v; set LUNRaw", tg.Index, err)
 		}
 		return raw, nil
 	}
 	if got := LUNNumber(tg.LUNRaw); got != tg.LUN {
-		return tg.LUNRaw, fmt.Errorf("ibft: encode target%d: lun %d, but lun_raw %x is lun %d", i, tg.LUN, tg.LUNRaw, got)
+		return tg.LUNRaw, fmt.Errorf("ibft: target%d: lun %d, but lun_raw %x is lun %d", tg.Index, tg.LUN, tg.LUNRaw, got)
 	}
 	return tg.LUNRaw, nil
 }

@@ -9,7 +9,7 @@ import "fmt"
 // LUN 1 again). Both give the plain number. Anything else (a bus number, a second level,
 // logical-unit or extended addressing) has no plain number; it gets the kernel's
 // scsilun_to_int value, which is unique, so it still names one LUN. Commands carry the
-// raw 8 bytes either way (Target.LUNRaw).
+// 8 bytes as stored either way (Target.LUNBytes), never a form rebuilt from this number.
 func LUNNumber(raw [8]byte) uint64 {
 	singleLevel := allZero(raw[2:])
 	switch method := raw[0] >> 6; {

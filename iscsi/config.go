@@ -18,6 +18,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -27,7 +28,12 @@ type Config struct {
 	Portals       []string // "host:port", tried in turn
 	TargetName    string
 	InitiatorName string // default: a generated iqn
+	// LUN is the logical unit number, sent in its single-level SAM form (0-16383).
+	// LUNAddr, when not zero, is the 8-byte SAM LUN itself, sent as is (the form the
+	// iBFT stores); LUN is then its number, or 0 when it has none (a bus number,
+	// several levels).
 	LUN           uint64
+	LUNAddr       LUNAddr
 	CHAPUser      string
 	CHAPSecret    string
 	RevCHAPUser   string // mutual CHAP: the name the target must answer with
@@ -74,7 +80,28 @@ func (c Config) String() string {
 			auth += ", " + d.key + "=" + d.d.offer()
 		}
 	}
-	return fmt.Sprintf("%s LUN %d at %s (initiator %s, %s)", c.TargetName, c.LUN, strings.Join(c.Portals, ","), c.InitiatorName, auth)
+	return fmt.Sprintf("%s LUN %s at %s (initiator %s, %s)", c.TargetName, c.LUNString(), strings.Join(c.Portals, ","), c.InitiatorName, auth)
+}
+
+// lunAddr is the address commands carry: LUNAddr, or the single-level form of LUN.
+func (c *Config) lunAddr() (LUNAddr, error) {
+	if c.LUNAddr == (LUNAddr{}) {
+		return SingleLevelLUN(c.LUN)
+	}
+	if n, ok := c.LUNAddr.Number(); ok && c.LUN != 0 && c.LUN != n {
+		return c.LUNAddr, fmt.Errorf("LUN %d, but the 8-byte LUN %x is LUN %d", c.LUN, c.LUNAddr[:], n)
+	}
+	return c.LUNAddr, nil
+}
+
+// LUNString names the LUN for logs and the status file: its number, or its 8 bytes
+// in hex when it has no number (LUNAddr.String).
+func (c *Config) LUNString() string {
+	a, err := c.lunAddr()
+	if err != nil {
+		return strconv.FormatUint(c.LUN, 10)
+	}
+	return a.String()
 }
 
 // Digest is an offer for HeaderDigest or DataDigest (RFC 7143 §13.1): the digests
@@ -153,6 +180,12 @@ func (c *Config) withDefaults() (Config, error) {
 			return cfg, fmt.Errorf("iscsi: config: %w", err)
 		}
 	}
+	addr, err := cfg.lunAddr()
+	if err != nil {
+		return cfg, fmt.Errorf("iscsi: config: %w", err)
+	}
+	cfg.LUNAddr = addr
+	cfg.LUN, _ = addr.Number()
 	if cfg.InitiatorName == "" {
 		cfg.InitiatorName = "iqn.2026-01.org.isboot:initiator"
 	}

@@ -12,6 +12,7 @@ import (
 	"encoding/binary"
 	"net"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -64,6 +65,8 @@ type hostileTarget struct {
 	lastID        string
 	lastChallenge []byte
 	reflected     []chapSeen
+	// luns: every distinct LUN field of the SCSI commands received, in order.
+	luns []LUNAddr
 }
 
 // chapSeen is one connection's CHAP exchange as the attacker saw it.
@@ -350,6 +353,11 @@ func (c *hconn) login() bool {
 // reads (zeros). Writes are acknowledged.
 func (c *hconn) scsi(req *bhs, immediate []byte) bool {
 	c.expCmdSN = req.u32(24) + 1
+	c.h.mu.Lock()
+	if lun := LUNAddr(req[8:16]); !slices.Contains(c.h.luns, lun) {
+		c.h.luns = append(c.h.luns, lun)
+	}
+	c.h.mu.Unlock()
 	cdb := req[32:48]
 	itt := req.itt()
 	alloc := int(req.u32(20))

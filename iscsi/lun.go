@@ -48,7 +48,7 @@ func (s *Session) openLUN() (*LUN, error) {
 	if n, err := s.exec("INQUIRY", cdbInquiry(0, false, 96), true, buf[:96]); err != nil {
 		return nil, err
 	} else if n < 1 || buf[0]&0x1f != 0 {
-		return nil, fmt.Errorf("iscsi: LUN %d of %s is not a disk (peripheral type 0x%02x)", s.cfg.LUN, s.cfg.TargetName, buf[0]&0x1f)
+		return nil, fmt.Errorf("iscsi: LUN %s of %s is not a disk (peripheral type 0x%02x)", s.cfg.LUNAddr, s.cfg.TargetName, buf[0]&0x1f)
 	} else {
 		l.inquiry.parseStandardInquiry(buf[:n])
 	}
@@ -291,7 +291,8 @@ func (l *LUN) noLBAStatus(why error) {
 	}
 }
 
-// ReportLUNs lists the LUNs the target exposes to this initiator.
+// ReportLUNs lists the LUNs the target exposes to this initiator: the number of a
+// single-level LUN (LUNAddr.Number), the 8 bytes read big-endian for any other.
 func (s *Session) ReportLUNs() ([]uint64, error) {
 	buf := make([]byte, 8+8*256)
 	n, err := s.exec("REPORT LUNS", cdbReportLUNs(len(buf)), true, buf)
@@ -304,14 +305,11 @@ func (s *Session) ReportLUNs() ([]uint64, error) {
 	listLen := min(int(binary.BigEndian.Uint32(buf)), n-8)
 	var luns []uint64
 	for i := 8; i+8 <= 8+listLen; i += 8 {
-		e := buf[i : i+8]
-		switch e[0] >> 6 {
-		case 0: // peripheral device addressing
-			luns = append(luns, uint64(e[1]))
-		case 1: // flat space addressing
-			luns = append(luns, uint64(e[0]&0x3f)<<8|uint64(e[1]))
-		default:
-			luns = append(luns, binary.BigEndian.Uint64(e))
+		a := LUNAddr(buf[i : i+8])
+		if n, ok := a.Number(); ok {
+			luns = append(luns, n)
+		} else {
+			luns = append(luns, binary.BigEndian.Uint64(a[:]))
 		}
 	}
 	return luns, nil

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -73,20 +74,86 @@ func parseSense(b []byte) (key, asc, ascq byte, ok bool) {
 	return 0, 0, 0, false
 }
 
-// encodeLUN renders a LUN in the 8-byte SAM form: peripheral addressing below 256,
-// flat space addressing up to 16383 (SAM-5 §4.7).
-func encodeLUN(lun uint64) [8]byte {
-	var b [8]byte
+// LUNAddr is a logical unit address as commands carry it: the 8-byte SAM LUN
+// structure (SAM-5 §4.7), first level first. The iBFT stores the same form, which is
+// used as is: a bus number, a second level or extended addressing has no plain LUN
+// number, and a number rebuilt from one would address another LUN.
+type LUNAddr [8]byte
+
+// SingleLevelLUN is the address of LUN n on bus 0: peripheral device addressing
+// below 256 (LUN 1 is 00 01 00 ...), flat space addressing up to 16383 (LUN 300 is
+// 41 2c 00 ...).
+func SingleLevelLUN(n uint64) (LUNAddr, error) {
+	var a LUNAddr
 	switch {
-	case lun < 256:
-		b[1] = byte(lun)
-	case lun < 16384:
-		b[0] = 0x40 | byte(lun>>8)
-		b[1] = byte(lun)
+	case n < 256:
+		a[1] = byte(n)
+	case n < 1<<14:
+		a[0] = 0x40 | byte(n>>8)
+		a[1] = byte(n)
 	default:
-		binary.BigEndian.PutUint64(b[:], lun)
+		return a, fmt.Errorf("LUN %d has no single-level SAM form (0-16383)", n)
 	}
-	return b
+	return a, nil
+}
+
+// Number is the LUN number of a single-level address on bus 0 (peripheral device or
+// flat space addressing); ok is false for any other address.
+func (a LUNAddr) Number() (n uint64, ok bool) {
+	if a[2]|a[3]|a[4]|a[5]|a[6]|a[7] != 0 {
+		return 0, false
+	}
+	switch a[0] >> 6 {
+	case 0:
+		if a[0] != 0 {
+			return 0, false // a bus number: no plain LUN
+		}
+		return uint64(a[1]), true
+	case 1:
+		return uint64(a[0]&0x3f)<<8 | uint64(a[1]), true
+	}
+	return 0, false
+}
+
+// String is the LUN number when a is the single-level form of one (SingleLevelLUN),
+// else the 8 bytes in hex, as the iBFT's lun_raw prints them: 0105000000000000.
+func (a LUNAddr) String() string {
+	if n, ok := a.Number(); ok {
+		if canon, _ := SingleLevelLUN(n); canon == a {
+			return strconv.FormatUint(n, 10)
+		}
+	}
+	return hex.EncodeToString(a[:])
+}
+
+// ParseLUNAddr reads what String writes: a LUN number (0-16383), or 16 hex digits
+// for the 8-byte form itself.
+func ParseLUNAddr(s string) (LUNAddr, error) {
+	var a LUNAddr
+	if len(s) == 2*len(a) {
+		if _, err := hex.Decode(a[:], []byte(s)); err != nil {
+			return a, fmt.Errorf("LUN %q: want a number 0-16383 or 16 hex digits", s)
+		}
+		return a, nil
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return a, fmt.Errorf("LUN %q: want a number 0-16383 or 16 hex digits", s)
+	}
+	return SingleLevelLUN(n)
+}
+
+// MarshalText and UnmarshalText make a LUNAddr read as its String in JSON (the
+// daemon's configuration).
+func (a LUNAddr) MarshalText() ([]byte, error) { return []byte(a.String()), nil }
+
+func (a *LUNAddr) UnmarshalText(b []byte) error {
+	v, err := ParseLUNAddr(string(b))
+	if err != nil {
+		return err
+	}
+	*a = v
+	return nil
 }
 
 // cdb is a command descriptor block with its length.

@@ -27,7 +27,7 @@ type Stats struct {
 // Session is a logged-in iSCSI session to one LUN. It is safe for concurrent use.
 type Session struct {
 	cfg      Config
-	lunBytes [8]byte
+	lunBytes LUNAddr
 	tasks    []task // QueueDepth user slots, then one internal slot
 	free     chan int
 	cmdCh    chan taskRef
@@ -89,7 +89,7 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 func newSession(c Config) *Session {
 	s := &Session{
 		cfg:      c,
-		lunBytes: encodeLUN(c.LUN),
+		lunBytes: c.LUNAddr, // withDefaults resolved it
 		tasks:    make([]task, c.QueueDepth+1),
 		free:     make(chan int, c.QueueDepth),
 		cmdCh:    make(chan taskRef, 2*c.QueueDepth),
@@ -195,7 +195,7 @@ func (s *Session) Params() []KV {
 		{"portal", s.portal},
 		{"target", s.cfg.TargetName},
 		{"initiator", s.cfg.InitiatorName},
-		{"lun", strconv.FormatUint(s.cfg.LUN, 10)},
+		{"lun", s.cfg.LUNAddr.String()},
 	}
 	if s.prevTSIH != 0 {
 		kv = append(kv, KV{"previous_tsih", strconv.Itoa(int(s.prevTSIH))})

@@ -168,6 +168,37 @@ func TestGotgtReadWrite(t *testing.T) {
 	}
 }
 
+// LUN 300 needs flat space addressing (41 2c ...): tgtd decodes it, and a LUN sent in
+// peripheral addressing (01 2c: bus 1, LUN 44, as libiscsi sends it) would not reach
+// it. The same LUN given as its 8-byte form works the same.
+func TestTgtdFlatSpaceLUN(t *testing.T) {
+	d := startTgtd(t, testtarget.TgtdOptions{LUN: 300})
+	s := dial(t, testConfig(d))
+	exerciseLUN(t, s, d.Backing())
+	if p := paramMap(s); p["lun"] != "300" {
+		t.Errorf("session lun %q", p["lun"])
+	}
+	if luns, err := s.ReportLUNs(); err != nil || !slices.Contains(luns, 300) {
+		t.Errorf("REPORT LUNS: %v, %v", luns, err)
+	}
+	cfg := testConfig(d)
+	cfg.LUN, cfg.LUNAddr = 0, LUNAddr{0x41, 0x2c}
+	if _, err := dial(t, cfg).LUN().ReadAt(make([]byte, 512), 0); err != nil {
+		t.Errorf("LUN 300 as 412c000000000000: %v", err)
+	}
+	// Bus 1, LUN 44 is no LUN of tgtd's: the login works, the LUN does not open.
+	cfg.LUNAddr = LUNAddr{0x01, 0x2c}
+	cfg.Retry = RetryPolicy{MaxAttempts: 1}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if s, err := Dial(ctx, cfg); err == nil {
+		s.Close()
+		t.Error("LUN 012c000000000000 (bus 1, LUN 44) opened on a target with LUN 300 only")
+	} else {
+		t.Logf("bus 1, LUN 44: %v", err)
+	}
+}
+
 // The disk as tgtd describes it: its defaults (vendor IET, serial beaf<tid><lun>, an
 // NAA designator), then what the LUN parameters set.
 func TestTgtdInquiry(t *testing.T) {

@@ -272,13 +272,72 @@ func TestConfigSecretsDiffer(t *testing.T) {
 	}
 }
 
-func TestEncodeLUNAndSense(t *testing.T) {
-	if b := encodeLUN(1); b != [8]byte{0, 1} {
-		t.Errorf("LUN 1: %x", b)
+// LUN addresses: a single-level LUN prints and parses as its number, any other
+// address as its 8 bytes, and both ways are lossless.
+func TestLUNAddr(t *testing.T) {
+	for _, c := range []struct {
+		addr   LUNAddr
+		str    string
+		number uint64
+		ok     bool
+	}{
+		{LUNAddr{}, "0", 0, true},
+		{LUNAddr{0, 1}, "1", 1, true},
+		{LUNAddr{0, 255}, "255", 255, true},
+		{LUNAddr{0x41, 0x2c}, "300", 300, true},                            // flat space
+		{LUNAddr{0x7f, 0xff}, "16383", 16383, true},                        // flat space, the last
+		{LUNAddr{0x40, 0x05}, "4005000000000000", 5, true},                 // flat space for a small LUN: kept as is
+		{LUNAddr{0x01, 0x05}, "0105000000000000", 0, false},                // bus 1, LUN 5
+		{LUNAddr{0, 1, 0, 2}, "0001000200000000", 0, false},                // two levels
+		{LUNAddr{0xd2, 0, 0, 0, 0, 0, 0, 1}, "d200000000000001", 0, false}, // extended
+	} {
+		if got := c.addr.String(); got != c.str {
+			t.Errorf("%x: String %q, want %q", c.addr[:], got, c.str)
+		}
+		if n, ok := c.addr.Number(); n != c.number || ok != c.ok {
+			t.Errorf("%x: Number %d %v, want %d %v", c.addr[:], n, ok, c.number, c.ok)
+		}
+		if back, err := ParseLUNAddr(c.str); err != nil || back != c.addr {
+			t.Errorf("ParseLUNAddr(%q) = %x, %v; want %x", c.str, back[:], err, c.addr[:])
+		}
+		if text, _ := c.addr.MarshalText(); string(text) != c.str {
+			t.Errorf("%x: MarshalText %q", c.addr[:], text)
+		}
 	}
-	if b := encodeLUN(300); b != [8]byte{0x41, 0x2c} {
-		t.Errorf("LUN 300: %x", b)
+	for _, bad := range []string{"16384", "-1", "0x12c", "01050000000000zz", "01050000"} {
+		if a, err := ParseLUNAddr(bad); err == nil {
+			t.Errorf("ParseLUNAddr(%q) = %x, want an error", bad, a[:])
+		}
 	}
+	// The config: LUNAddr wins and names LUN; without it, LUN's single-level form.
+	for _, c := range []struct {
+		lun     uint64
+		addr    LUNAddr
+		wantLUN uint64
+		want    LUNAddr
+		err     string
+	}{
+		{300, LUNAddr{}, 300, LUNAddr{0x41, 0x2c}, ""},
+		{0, LUNAddr{0x41, 0x2c}, 300, LUNAddr{0x41, 0x2c}, ""},
+		{261, LUNAddr{0x01, 0x05}, 0, LUNAddr{0x01, 0x05}, ""}, // the iBFT's scsilun number is dropped
+		{7, LUNAddr{0, 5}, 0, LUNAddr{}, "LUN 7, but the 8-byte LUN 0005000000000000 is LUN 5"},
+		{20000, LUNAddr{}, 0, LUNAddr{}, "LUN 20000 has no single-level SAM form"},
+	} {
+		cfg := Config{Portals: []string{"a:1"}, TargetName: "t", LUN: c.lun, LUNAddr: c.addr}
+		got, err := cfg.withDefaults()
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("LUN %d, %x: %v, want %q", c.lun, c.addr[:], err, c.err)
+			}
+			continue
+		}
+		if err != nil || got.LUN != c.wantLUN || got.LUNAddr != c.want || newSession(got).lunBytes != c.want {
+			t.Errorf("LUN %d, %x: LUN %d, LUNAddr %x, %v", c.lun, c.addr[:], got.LUN, got.LUNAddr[:], err)
+		}
+	}
+}
+
+func TestSense(t *testing.T) {
 	fixed := make([]byte, 18)
 	fixed[0], fixed[2], fixed[12], fixed[13] = 0x70, 0x06, 0x29, 0x00
 	if k, asc, _, ok := parseSense(fixed); !ok || k != senseUnitAttention || asc != 0x29 {

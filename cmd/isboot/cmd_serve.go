@@ -83,7 +83,7 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveConfig, *cl
 	fl.StringVar(&cfg.ibftFile, "ibft", "", "take portal, target, LUN, initiator and CHAP from this iBFT file")
 	fl.StringVar(&portals, "portal", "", "iSCSI portal(s) HOST:PORT[,HOST:PORT]")
 	fl.StringVar(&cfg.iscsi.TargetName, "target", "", "target IQN")
-	fl.StringVar(&lun, "lun", "", "LUN number")
+	fl.StringVar(&lun, "lun", "", "LUN number (0-16383), or its 8-byte SAM form in 16 hex digits (0105000000000000: bus 1, LUN 5)")
 	fl.StringVar(&cfg.iscsi.InitiatorName, "initiator", "", "initiator IQN (default: the iBFT's with --ibft, else a generated one)")
 	fl.StringVar(&cfg.iscsi.CHAPUser, "chap-user", "", "CHAP user name")
 	fl.StringVar(&chapFile, "chap-secret-file", "", "file holding the CHAP secret")
@@ -113,11 +113,12 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveConfig, *cl
 		cfg.iscsi.Portals = strings.Split(portals, ",")
 	}
 	if lun != "" {
-		n, err := strconv.ParseUint(lun, 0, 64)
+		a, err := iscsi.ParseLUNAddr(lun)
 		if err != nil {
-			return usage("--lun %q: not a number", lun)
+			return usage("--lun: %v", err)
 		}
-		cfg.iscsi.LUN = n
+		cfg.iscsi.LUNAddr = a
+		cfg.iscsi.LUN, _ = a.Number()
 	}
 	if mem != "" {
 		n, err := parseSize(mem)
@@ -424,7 +425,7 @@ func dialISCSI(ctx context.Context, cfg *serveConfig, logf func(string, ...any))
 		return nil, err
 	}
 	lun := s.LUN()
-	logf("logged in to %s LUN %d at %s: %d bytes, %d-byte blocks", c.TargetName, c.LUN,
+	logf("logged in to %s LUN %s at %s: %d bytes, %d-byte blocks", c.TargetName, c.LUNString(),
 		strings.Join(c.Portals, ","), lun.Size(), lun.BlockSize())
 	return &backend{
 		dev:   lun,

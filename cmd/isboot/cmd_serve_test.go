@@ -50,6 +50,9 @@ func TestServeFlags(t *testing.T) {
 		{[]string{"--mem", "1M", "--listen", "unix:/x", "--data-digest", "crc32c,none"}, "--data-digest \"crc32c,none\": want none or crc32c"},
 		{[]string{"--mem", "1M", "--listen", "unix:/x", "--header-digest", "CRC32C", "--data-digest", "None"}, ""},
 		{[]string{"--mem", "12Q", "--listen", "unix:/x"}, "--mem"},
+		{[]string{"--portal", "a:1", "--target", "iqn.x:t", "--lun", "0105000000000000", "--listen", "unix:/x"}, ""},
+		{[]string{"--portal", "a:1", "--target", "iqn.x:t", "--lun", "20000", "--listen", "unix:/x"}, "--lun: LUN 20000 has no single-level SAM form"},
+		{[]string{"--portal", "a:1", "--target", "iqn.x:t", "--lun", "0x12c", "--listen", "unix:/x"}, `--lun: LUN "0x12c": want a number 0-16383 or 16 hex digits`},
 	} {
 		var stderr bytes.Buffer
 		cfg, _, code := parseServeFlags(c.args, io.Discard, &stderr)
@@ -166,6 +169,7 @@ const (
 	ctlBench       = 42
 	ctlIBFT        = 44 // 43: the iSCSI VM test in internal/nbd
 	ctlDigest      = 45
+	ctlLUN300      = 46
 )
 
 func randomFile(t testing.TB, path string, size int) []byte {
@@ -253,30 +257,39 @@ func TestServeFromIBFT(t *testing.T) {
 	d := testtarget.StartTgtd(t, testtarget.TgtdOptions{Port: testtarget.FreePort(t, portLo, portHi),
 		ControlPort: ctlIBFT, Size: size,
 		CHAP: testtarget.CHAP{User: "ibft-user", Secret: "ibft-secret-123"}})
+	lun, _ := ibft.SAMLUN(1)
+	file := writeIBFT(t, d, ibft.Target{LUN: 1, LUNRaw: lun, CHAPType: ibft.CHAPOneWay,
+		CHAPName: "ibft-user", CHAPSecret: "ibft-secret-123"})
+	sock := startServe(t, "--ibft", file)
+	if got := strings.TrimSpace(mustRun(t, "nbdinfo", "--size", "nbd+unix:///?socket="+sock)); got != fmt.Sprint(size) {
+		t.Errorf("nbdinfo --size through an iBFT-configured gateway: %s, want %d", got, size)
+	}
+}
+
+// writeIBFT writes an iBFT file whose one NIC is on loopback and whose one target
+// is tg at d's portal and name.
+func writeIBFT(t *testing.T, d *testtarget.Tgtd, tg ibft.Target) string {
+	t.Helper()
 	_, portStr, _ := strings.Cut(d.Addr(), ":")
 	port, _ := strconv.Atoi(portStr)
 	mac, _ := net.ParseMAC("52:54:00:12:34:56")
-	lun, _ := ibft.SAMLUN(1)
-	tbl := &ibft.Table{
+	tg.Flags, tg.IP, tg.Port, tg.Name = 3, netip.MustParseAddr("127.0.0.1"), uint16(port), d.IQN
+	b, err := ibft.Encode(&ibft.Table{
 		Revision:  1,
 		OEMID:     "ISBOOT",
 		Initiator: ibft.Initiator{Flags: 3, Name: "iqn.2026-01.org.isboot:ibft-initiator"},
 		NICs: []ibft.NIC{{Flags: 3, IP: netip.MustParseAddr("127.0.0.1"), Prefix: 8,
 			Origin: ibft.OriginManual, MAC: mac}},
-		Targets: []ibft.Target{{Flags: 3, IP: netip.MustParseAddr("127.0.0.1"), Port: uint16(port),
-			LUN: 1, LUNRaw: lun, CHAPType: ibft.CHAPOneWay, Name: d.IQN,
-			CHAPName: "ibft-user", CHAPSecret: "ibft-secret-123"}},
-	}
-	b, err := ibft.Encode(tbl)
+		Targets: []ibft.Target{tg},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	file := filepath.Join(t.TempDir(), "ibft.bin")
-	os.WriteFile(file, b, 0o600)
-	sock := startServe(t, "--ibft", file)
-	if got := strings.TrimSpace(mustRun(t, "nbdinfo", "--size", "nbd+unix:///?socket="+sock)); got != fmt.Sprint(size) {
-		t.Errorf("nbdinfo --size through an iBFT-configured gateway: %s, want %d", got, size)
+	if err := os.WriteFile(file, b, 0o600); err != nil {
+		t.Fatal(err)
 	}
+	return file
 }
 
 // A digest given is required: `serve --header-digest CRC32C` against a target
@@ -317,6 +330,30 @@ func TestServeRequiredDigestRefused(t *testing.T) {
 		kv, _ := status.ReadFile(st)
 		if status.Value(kv, "net.isboot.state") != "failed" || !strings.HasSuffix(c.want, status.Value(kv, "net.isboot.last_error")) {
 			t.Errorf("status: state %q, last_error %q", status.Value(kv, "net.isboot.state"), status.Value(kv, "net.isboot.last_error"))
+		}
+	}
+}
+
+// LUN 300 (flat space addressing, 41 2c in the iBFT) is served from an iBFT file and
+// from --lun, by number or in its 8-byte form.
+func TestServeFlatSpaceLUN(t *testing.T) {
+	testenv.Require(t, "integration test", "nbdinfo", "tgtd")
+	const size = 8 << 20
+	d := testtarget.StartTgtd(t, testtarget.TgtdOptions{Port: testtarget.FreePort(t, portLo, portHi),
+		ControlPort: ctlLUN300, Size: size, LUN: 300})
+	file := writeIBFT(t, d, ibft.Target{LUN: 300, LUNRaw: [8]byte{0x41, 0x2c}})
+	for _, args := range [][]string{
+		{"--ibft", file},
+		{"--portal", d.Addr(), "--target", d.IQN, "--lun", "300"},
+		{"--portal", d.Addr(), "--target", d.IQN, "--lun", "412c000000000000"},
+	} {
+		sock := startServe(t, args...)
+		if got := strings.TrimSpace(mustRun(t, "nbdinfo", "--size", "nbd+unix:///?socket="+sock)); got != fmt.Sprint(size) {
+			t.Errorf("%q: nbdinfo --size %s, want %d", args, got, size)
+		}
+		kv, _ := status.ReadFile(filepath.Join(filepath.Dir(sock), "status"))
+		if got := status.Value(kv, "net.isboot.lun"); got != "300" {
+			t.Errorf("%q: net.isboot.lun %q, want 300", args, got)
 		}
 	}
 }

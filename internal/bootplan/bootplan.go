@@ -97,17 +97,25 @@ func Make(c *cmdline.CmdLine, t *ibft.Table) (*Plan, error) {
 		if tg.Name == "" {
 			return nil, fmt.Errorf("ibft: target%d has no name (use netroot= to give one)", tg.Index)
 		}
+		// Commands carry the LUN in the 8-byte form the iBFT stores, as is: a bus
+		// number or a second level has no plain number to rebuild it from.
+		lun, err := tg.LUNBytes()
+		if err != nil {
+			return nil, err
+		}
 		d.Portals = []string{portal(tg)}
 		// The other valid targets naming the same LUN are paths to it: the initiator
 		// fails over to them in turn (iBFT target0, then target1).
 		for _, o := range t.Targets {
-			if o.Index != tg.Index && o.Flags&ibft.FlagValid != 0 && o.Name == tg.Name && o.LUN == tg.LUN &&
+			olun, err := o.LUNBytes()
+			if o.Index != tg.Index && o.Flags&ibft.FlagValid != 0 && o.Name == tg.Name && err == nil && olun == lun &&
 				o.IP.IsValid() && !o.IP.IsUnspecified() && !slices.Contains(d.Portals, portal(o)) {
 				d.Portals = append(d.Portals, portal(o))
 				p.Notes = append(p.Notes, fmt.Sprintf("target%d (%s) is another path to the LUN", o.Index, portal(o)))
 			}
 		}
-		d.TargetName, d.LUN = tg.Name, tg.LUN
+		d.TargetName, d.LUNAddr = tg.Name, iscsi.LUNAddr(lun)
+		d.LUN, _ = d.LUNAddr.Number()
 		if tg.CHAPType >= ibft.CHAPOneWay {
 			d.CHAPUser, d.CHAPSecret = tg.CHAPName, tg.CHAPSecret
 		}

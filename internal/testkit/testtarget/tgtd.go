@@ -17,7 +17,7 @@ import (
 	"github.com/isboot/isboot/internal/testkit/testenv"
 )
 
-// TgtdOptions configures one tgtd instance with one target and LUN 1.
+// TgtdOptions configures one tgtd instance with one target and one LUN (1 unless LUN says).
 type TgtdOptions struct {
 	Port        int    // TCP port on 127.0.0.1 (from the caller's range)
 	ControlPort int    // tgtd -C N (from the caller's range)
@@ -31,6 +31,10 @@ type TgtdOptions struct {
 	Params [][2]string
 	// ReadOnly exports the LUN write-protected.
 	ReadOnly bool
+	// LUN is the LUN number (tgtd takes up to 2^64-1, and decodes peripheral and
+	// flat space addressing: 0-16383 reach it); 0 means 1 (tgtd's LUN 0 is its
+	// controller).
+	LUN uint64
 	// LUNParams are extra `tgtadm --mode logicalunit --op update --params` values,
 	// e.g. "scsi_sn=abc" to give the LUN another identity.
 	LUNParams string
@@ -67,7 +71,10 @@ func StartTgtd(t testing.TB, opts TgtdOptions) *Tgtd {
 		}
 		opts.Backing = CreateBacking(t, t.TempDir(), size)
 	}
-	d := &Tgtd{t: t, opts: opts, IQN: opts.IQN, LUN: 1, log: filepath.Join(t.TempDir(), "tgtd.log")}
+	if opts.LUN == 0 {
+		opts.LUN = 1
+	}
+	d := &Tgtd{t: t, opts: opts, IQN: opts.IQN, LUN: opts.LUN, log: filepath.Join(t.TempDir(), "tgtd.log")}
 	t.Cleanup(d.kill)
 	if err := d.start(); err != nil {
 		t.Fatalf("testtarget: tgtd: %v", err)
@@ -145,17 +152,18 @@ func (d *Tgtd) configure() error {
 	if err != nil {
 		return err
 	}
-	lu := []string{"--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", d.opts.Backing}
+	lun := strconv.FormatUint(d.opts.LUN, 10)
+	lu := []string{"--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", lun, "-b", d.opts.Backing}
 	if err := d.tgtadm(lu...); err != nil {
 		return err
 	}
 	if d.opts.LUNParams != "" {
-		if err := d.tgtadm("--op", "update", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "--params", d.opts.LUNParams); err != nil {
+		if err := d.tgtadm("--op", "update", "--mode", "logicalunit", "--tid", "1", "--lun", lun, "--params", d.opts.LUNParams); err != nil {
 			return err
 		}
 	}
 	if d.opts.ReadOnly {
-		if err := d.tgtadm("--op", "update", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "--params", "readonly=1"); err != nil {
+		if err := d.tgtadm("--op", "update", "--mode", "logicalunit", "--tid", "1", "--lun", lun, "--params", "readonly=1"); err != nil {
 			return err
 		}
 	}
