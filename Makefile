@@ -40,7 +40,7 @@ test-unit:
 # All tiers: unit, integration (root: tgtd, istgt, libnbd, netns) and VM (QEMU/TCG).
 # CI=1 turns a missing tool or root (a skip elsewhere) into a failure.
 # ISBOOT_LONG=1 adds the slow fault tests (60 s target freeze, 5 min at 256 MiB,
-# iBFT target failover, daemon kill): about 15 more minutes. CI runs them all.
+# iBFT target failover): about 15 more minutes. CI runs them all.
 # The pure stages must stay portable (Linux-only code lives in _linux.go files).
 PURE := ./ibft ./iscsi ./internal/blockdev ./internal/nbd ./internal/cmdline ./internal/status ./internal/bootplan
 

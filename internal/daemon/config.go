@@ -36,6 +36,18 @@ type Config struct {
 	IBFT      []status.KV // hw.ibft.* lines, secrets masked
 	Debug     int
 	Version   string
+
+	// Root is a directory in which the daemon builds a root of its own from RAM
+	// filesystems (proc, sys, dev, the status directory and a link to its own
+	// executable) and chroots into it, before switch_root, so that nothing it does
+	// by path reaches the root filesystem it serves, and a serving process started
+	// after switch_root finds everything it needs. "" keeps the current root.
+	Root string `json:",omitempty"`
+
+	// Set by the supervisor for each serving process it starts: its own pid and how
+	// many serving processes it restarted before this one (for the status file).
+	Supervisor int    `json:",omitempty"`
+	Restarts   uint64 `json:",omitempty"`
 }
 
 func (c *Config) encode(w io.Writer) error {

@@ -224,3 +224,33 @@ func waitState(t *testing.T, dir, want string) string {
 	}
 	return s
 }
+
+// SIGTERM while the target does not answer ends the daemon at once, as a stop:
+// nothing is served yet, so nothing waits for it.
+func TestRunStopWhileLoggingIn(t *testing.T) {
+	dir := t.TempDir()
+	sigs := make(chan os.Signal, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(context.Background(), testConfig(dir), Options{
+			Dial: func(ctx context.Context, c *Config, _ func(string, ...any)) (Session, error) {
+				<-ctx.Done() // a target that never answers
+				return nil, ctx.Err()
+			},
+			Signals: sigs,
+		})
+	}()
+	time.Sleep(50 * time.Millisecond)
+	sigs <- syscall.SIGTERM
+	select {
+	case err := <-done:
+		if !errors.As(err, new(stopError)) {
+			t.Errorf("Run = %v, want a stop", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("SIGTERM did not end a daemon still logging in")
+	}
+	if m := readStatus(t, dir); m["net.isboot.last_error"] != "stopped" {
+		t.Errorf("status %v", m)
+	}
+}

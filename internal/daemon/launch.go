@@ -25,6 +25,10 @@ const (
 	EventReady EventKind = "ready" // Text: the device, e.g. "nbd0"
 	EventRetry EventKind = "retry" // Text: why the last attempt failed; it tries again
 	EventFatal EventKind = "fatal" // Text: why it gave up (or a permanent error, like a refused login)
+
+	// eventUp is between the serving process and its supervisor only: its signal
+	// handlers are in place, so a signal forwarded now no longer kills it.
+	eventUp EventKind = "up"
 )
 
 // Event is one report line from the daemon.
@@ -47,6 +51,10 @@ type Child struct {
 // the network is up hides that start-up behind the network's. console receives the
 // daemon's stdout and stderr.
 func Start(exe string, console *os.File) (*Child, error) {
+	return start(exe, console, &syscall.SysProcAttr{Setsid: true})
+}
+
+func start(exe string, console *os.File, sys *syscall.SysProcAttr) (*Child, error) {
 	cfgR, cfgW, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("daemon: pipe: %w", err)
@@ -64,7 +72,7 @@ func Start(exe string, console *os.File) (*Child, error) {
 		Stdout:      console,
 		Stderr:      console,
 		ExtraFiles:  []*os.File{cfgR, evW}, // fds 3 and 4
-		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
+		SysProcAttr: sys,
 	}
 	err = cmd.Start()
 	cfgR.Close()

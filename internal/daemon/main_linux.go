@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/isboot/isboot/internal/klog"
+	"github.com/isboot/isboot/internal/nbd"
 )
 
 // prctl options (linux/prctl.h) that x/sys does not name yet.
@@ -20,9 +21,17 @@ const (
 	prGetIOFlusher = 58
 )
 
-// Main is the "@isboot" role: it prepares the process to serve the root device, reads
-// its configuration from fd 3 and serves until shut down. It returns the exit code.
+// Main is the "@isboot" role, in either of its two processes. PID 1 starts the
+// supervisor (argv "@isboot"), which starts the serving process ("@isboot serve")
+// and a new one whenever that one dies (supervise_linux.go). Both prepare
+// themselves the same way to live on under the root they serve. It returns the exit
+// code.
 func Main(dial Dialer, version string) int {
+	return mainWith(dial, version, nil)
+}
+
+// mainWith is Main with the NBD attachment replaceable (nil: nbd.Attach), for tests.
+func mainWith(dial Dialer, version string, attach func(*nbd.Server, nbd.AttachConfig) (Attachment, error)) int {
 	if err := prepareProcess(); err != nil {
 		// Without PR_SET_IO_FLUSHER, memory reclaim may wait on writeback to our own
 		// device: a deadlock under pressure, but not a reason to leave the root
@@ -34,33 +43,52 @@ func Main(dial Dialer, version string) int {
 	if err := unix.Mlockall(unix.MCL_CURRENT | unix.MCL_FUTURE | unix.MCL_ONFAULT); err != nil {
 		fmt.Fprintf(os.Stderr, "isboot: warning: mlockall: %v\n", err)
 	}
+	// Inherited by the serving processes, which set it again where /proc allows.
 	if err := os.WriteFile("/proc/self/oom_score_adj", []byte("-1000\n"), 0); err != nil {
 		fmt.Fprintf(os.Stderr, "isboot: warning: oom_score_adj: %v\n", err)
 	}
+	if len(os.Args) > 1 && os.Args[1] == ServeArg {
+		return serveMain(dial, version, attach)
+	}
+	return superviseMain(version)
+}
+
+// serveMain is the serving process: it reads its configuration from fd 3 and serves
+// until shut down. It exits 0 after a requested stop, exitGaveUp when it never
+// served and cannot (a refused login), anything else on failure.
+func serveMain(dial Dialer, version string, attach func(*nbd.Server, nbd.AttachConfig) (Attachment, error)) int {
+	rep := newReporter(reportFD)
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, ShutdownSignals...)
+	// systemd's shutdown SIGSTOPs and SIGCONTs everything; SIGHUP comes when the
+	// console session ends. Neither should end the daemon.
+	signal.Ignore(unix.SIGHUP, unix.SIGPIPE)
+	rep.send(eventUp, "") // signals now reach Run: the supervisor may forward them
 	cfg, err := decodeConfig(os.NewFile(configFD, "config"))
 	unix.Close(configFD)
-	rep := newReporter(reportFD)
 	if err == errNoConfig {
 		return 0
 	}
 	if err != nil {
 		rep.send(EventFatal, err.Error())
 		fmt.Fprintf(os.Stderr, "isboot: %v\n", err)
-		return 1
+		return exitGaveUp
 	}
 	if cfg.Version == "" {
 		cfg.Version = version
 	}
+	if cfg.Root != "" {
+		// The supervisor started us before it built its root: join it.
+		if err := joinRoot(cfg.Root); err != nil {
+			fmt.Fprintf(os.Stderr, "isboot: warning: daemon root %s: %v\n", cfg.Root, err)
+		}
+	}
 	log := klog.Open("isboot", cfg.Debug)
 	devDir, _ := os.Open("/dev") // held: switch_root moves /dev away from our root
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, ShutdownSignals...)
-	// systemd's shutdown SIGSTOPs and SIGCONTs everything; SIGHUP comes when the
-	// console session ends. Neither should end the daemon.
-	signal.Ignore(unix.SIGHUP, unix.SIGPIPE)
 	err = Run(context.Background(), cfg, Options{
-		Dial: dial,
-		Logf: log.Printf,
+		Dial:   dial,
+		Attach: attach,
+		Logf:   log.Printf,
 		Report: func(e Event) {
 			rep.send(e.Kind, e.Text)
 			if e.Kind != EventRetry {
@@ -70,11 +98,16 @@ func Main(dial Dialer, version string) int {
 		Signals: sigs,
 		InUse:   func(dev string) bool { return devDir != nil && inUse(devDir, dev) },
 	})
-	if err != nil {
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, new(stopError)):
 		log.Errorf("%v", err)
-		return 1
+		return 0 // asked to stop: the supervisor must not start another
+	default:
+		log.Errorf("%v", err)
+		return exitGaveUp
 	}
-	return 0
 }
 
 // prepareProcess makes every thread an I/O flusher named Name, re-exec'ing once if

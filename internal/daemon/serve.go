@@ -106,7 +106,7 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 		return errors.New("daemon: no dialer")
 	}
 	st := status.Status{
-		Version: cfg.Version, PID: o.Pid, NIC: cfg.NIC, Debug: cfg.Debug, Target: cfg.TargetName,
+		Version: cfg.Version, PID: o.Pid, Supervisor: cfg.Supervisor, Restarts: cfg.Restarts, NIC: cfg.NIC, Debug: cfg.Debug, Target: cfg.TargetName,
 		LUN: cfg.LUN, IBFT: cfg.IBFT, State: status.LoggingIn,
 	}
 	if len(cfg.Portals) > 0 {
@@ -119,7 +119,7 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 	d := &daemon{cfg: cfg, o: o, pub: NewPublisher(statusPath, st, o.StatusInterval, o.Logf)}
 	defer d.pub.Close()
 
-	sess, err := d.login(ctx)
+	sess, err := d.loginOrStop(ctx)
 	if err != nil {
 		return err
 	}
@@ -202,6 +202,52 @@ func (d *daemon) login(ctx context.Context) (Session, error) {
 	}
 }
 
+// loginOrStop is login, given up when SIGTERM or SIGINT comes first: nothing is
+// served yet, so there is nothing to hand back (a reboot from the rescue path, or
+// `isboot stop`, need not wait for a target that does not answer).
+func (d *daemon) loginOrStop(ctx context.Context) (Session, error) {
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		s   Session
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		s, err := d.login(lctx)
+		done <- result{s, err}
+	}()
+	for {
+		select {
+		case r := <-done:
+			return r.s, r.err
+		case sig := <-d.o.Signals:
+			if !isStop(sig) {
+				continue
+			}
+			cancel()
+			if r := <-done; r.err == nil {
+				lctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				r.s.Logout(lctx)
+				cancel()
+			}
+			d.o.Logf("%v while logging in: stopping", sig)
+			d.pub.Stopped()
+			return nil, stopError{fmt.Errorf("daemon: %v while logging in: stopped", sig)}
+		}
+	}
+}
+
+// isStop reports a signal that asks the daemon to stop (ShutdownSignals).
+func isStop(sig os.Signal) bool {
+	for _, s := range ShutdownSignals {
+		if sig == s {
+			return true
+		}
+	}
+	return false
+}
+
 func (d *daemon) fail(err error) {
 	d.pub.Failed(err)
 	d.o.Logf("%v", err)
@@ -217,6 +263,12 @@ func (d *daemon) refresh(sess Session, srv *nbd.Server, att Attachment, force bo
 	}, force)
 }
 
+// stopError is an error on the way out of a requested stop: the daemon ended on
+// purpose, so its supervisor starts no other.
+type stopError struct{ error }
+
+func (e stopError) Unwrap() error { return e.error }
+
 // stop disconnects the device (the kernel flushes and sends DISC), then logs out.
 func (d *daemon) stop(sess Session, att Attachment) error {
 	err := att.Close()
@@ -226,7 +278,7 @@ func (d *daemon) stop(sess Session, att Attachment) error {
 	d.pub.Stopped()
 	if err != nil {
 		d.o.Logf("stop: %v", err)
-		return fmt.Errorf("daemon: stop: %w", err)
+		return stopError{fmt.Errorf("daemon: stop: %w", err)}
 	}
 	d.o.Logf("stopped: /dev/%s disconnected, logged out", att.Device())
 	return nil

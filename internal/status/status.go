@@ -43,20 +43,24 @@ const (
 // Status is everything the file shows. It has no field for a secret, and Lines drops
 // any extra key that names one.
 type Status struct {
-	Version   string
-	PID       int
-	Device    string // "nbd0"
-	NIC       string // "eth0"
-	Debug     int
-	State     State
-	Target    string // target IQN
-	Portal    string // "10.0.2.2:3260"
-	LUN       uint64
-	Size      int64 // bytes
-	LastError string
-	Session   Session
-	Counters  Counters
-	IBFT      []KV // hw.ibft.* lines as the ibft package prints them
+	Version string
+	PID     int // the serving process
+	// Supervisor is the pid of the process that restarts the serving one when it
+	// dies (0: none, as under `isboot serve`); Restarts counts those restarts.
+	Supervisor int
+	Restarts   uint64
+	Device     string // "nbd0"
+	NIC        string // "eth0"
+	Debug      int
+	State      State
+	Target     string // target IQN
+	Portal     string // "10.0.2.2:3260"
+	LUN        uint64
+	Size       int64 // bytes
+	LastError  string
+	Session    Session
+	Counters   Counters
+	IBFT       []KV // hw.ibft.* lines as the ibft package prints them
 }
 
 // Session is the logged-in iSCSI session.
@@ -93,6 +97,12 @@ func (s *Status) Lines() []KV {
 	kv := []KV{
 		{p + "version", s.Version},
 		{p + "pid", strconv.Itoa(s.PID)},
+	}
+	if s.Supervisor != 0 {
+		kv = append(kv, KV{p + "supervisor_pid", strconv.Itoa(s.Supervisor)},
+			KV{p + "restarts", strconv.FormatUint(s.Restarts, 10)})
+	}
+	kv = append(kv, []KV{
 		{p + "state", string(s.State)},
 		{p + "device", s.Device},
 		{p + "nic", s.NIC},
@@ -104,7 +114,7 @@ func (s *Status) Lines() []KV {
 		{p + "last_error", s.LastError},
 		{p + "session.isid", s.Session.ISID},
 		{p + "session.tsih", strconv.Itoa(int(s.Session.TSIH))},
-	}
+	}...)
 	for _, e := range s.Session.Params {
 		kv = append(kv, KV{p + "session." + e.Key, e.Value})
 	}

@@ -144,3 +144,16 @@ func TestWriterAtomicAndFollowsMovedDir(t *testing.T) {
 		t.Errorf("writer recreated the old path: %v", err)
 	}
 }
+
+// The supervisor's pid and the restart count follow net.isboot.pid when there is a
+// supervisor (the boot daemon), and are absent under `isboot serve`.
+func TestSupervisorKeys(t *testing.T) {
+	s := &Status{PID: 412, Supervisor: 83, Restarts: 2}
+	m := s.Marshal()
+	if !bytes.Contains(m, []byte("net.isboot.pid: 412\nnet.isboot.supervisor_pid: 83\nnet.isboot.restarts: 2\n")) {
+		t.Errorf("file:\n%s", m)
+	}
+	if m := (&Status{PID: 412}).Marshal(); bytes.Contains(m, []byte("supervisor")) || bytes.Contains(m, []byte("restarts")) {
+		t.Errorf("without a supervisor:\n%s", m)
+	}
+}
