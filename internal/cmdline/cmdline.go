@@ -33,6 +33,7 @@ type CmdLine struct {
 	// Timeout is isboot.timeout=SECONDS: how long the boot waits for the LUN before
 	// the rescue shell (the daemon keeps trying). -1: not given; 0: forever.
 	Timeout   int
+	OnFail    OnFail // isboot.onfail=shell|reboot[:SECONDS]
 	Netroot   *Netroot
 	Initiator string   // rd.iscsi.initiator=
 	InitArgs  []string // everything after "--", passed to init
@@ -199,6 +200,8 @@ func (c *CmdLine) set(key, val string, hasVal bool) error {
 		c.DHCP, err = boolValue(val, hasVal)
 	case "isboot.timeout":
 		c.Timeout, err = intIn(val, 0, 1<<20)
+	case "isboot.onfail":
+		c.OnFail, err = parseOnFail(val)
 	case "root":
 		c.Root, err = parseRoot(val)
 	case "rootfstype":

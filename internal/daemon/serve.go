@@ -120,6 +120,9 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 	defer d.pub.Close()
 
 	sess, err := d.loginOrStop(ctx)
+	if err == errStoppedEarly {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -231,12 +234,14 @@ func (d *daemon) loginOrStop(ctx context.Context) (Session, error) {
 				r.s.Logout(lctx)
 				cancel()
 			}
-			d.o.Logf("%v while logging in: stopping", sig)
+			d.o.Logf("%v while logging in: stopped", sig)
 			d.pub.Stopped()
-			return nil, stopError{fmt.Errorf("daemon: %v while logging in: stopped", sig)}
+			return nil, errStoppedEarly
 		}
 	}
 }
+
+var errStoppedEarly = errors.New("daemon: stopped while logging in")
 
 // isStop reports a signal that asks the daemon to stop (ShutdownSignals).
 func isStop(sig os.Signal) bool {

@@ -120,7 +120,10 @@ func Run(version string) {
 		t0 := time.Now()
 		b.log.Debugf(1, "step: %s", s)
 		if err := s.run(); err != nil {
-			b.rescue(fmt.Errorf("%s: %w", s, err))
+			err = fmt.Errorf("%s: %w", s, err)
+			if !b.resume(err) {
+				b.rescue(err)
+			}
 		}
 		b.log.Debugf(2, "step: %s done in %v", s, time.Since(t0).Round(time.Millisecond))
 	}
@@ -330,7 +333,7 @@ func (b *boot) waitDevice() error {
 		case <-tick.C:
 			b.log.Infof("waiting for %s: %.0f s so far; last: %s", what, time.Since(t0).Seconds(), orNothing(last))
 		case <-deadline:
-			return fmt.Errorf("no login to %s in %v (isboot.timeout=); last error: %s", what, timeout, orNothing(last))
+			return &loginTimeout{fmt.Sprintf("no login to %s in %v (isboot.timeout=); last error: %s", what, timeout, orNothing(last))}
 		}
 	}
 }

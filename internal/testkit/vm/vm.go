@@ -129,6 +129,10 @@ type Config struct {
 
 	// ExtraArgs are appended to QEMU's command line (drives, devices, ...).
 	ExtraArgs []string
+
+	// ConsoleInput lets the test type on the serial console (VM.Type); without
+	// it the console has no input.
+	ConsoleInput bool
 }
 
 // NIC is a network card model and MAC address.
@@ -167,6 +171,7 @@ type VM struct {
 	stderr  lockedBuffer
 	started time.Time
 	done    chan struct{}
+	input   io.WriteCloser // the console's input (Config.ConsoleInput)
 }
 
 // Start boots a VM and arranges for it to be killed when the test ends. Setup
@@ -222,6 +227,11 @@ func start(t testing.TB, cfg Config) (*VM, error) {
 	v.cmd.Dir = v.dir
 	v.cmd.Stdout = v.con
 	v.cmd.Stderr = &v.stderr
+	if cfg.ConsoleInput {
+		if v.input, err = v.cmd.StdinPipe(); err != nil {
+			return nil, err
+		}
+	}
 	// Own process group, so the kill reaches anything QEMU spawns; and die
 	// with the test binary even if it is killed before t.Cleanup runs (childproc
 	// starts it so that this happens then and only then).
@@ -385,6 +395,15 @@ func (v *VM) Wait(ctx context.Context, timeout time.Duration) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// Type writes s to the serial console, as if typed (Config.ConsoleInput).
+func (v *VM) Type(s string) error {
+	if v.input == nil {
+		return fmt.Errorf("vm: no console input (Config.ConsoleInput)")
+	}
+	_, err := io.WriteString(v.input, s)
+	return err
 }
 
 // Kill stops QEMU (and its process group) and waits for it to be reaped.
