@@ -1,0 +1,255 @@
+package nbd
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/isboot/isboot/internal/blockdev"
+)
+
+// The transmission phase: requests are read, checked and run here (or on the
+// asynchronous path, async.go); reply.go writes the answers.
+
+type request struct {
+	flags  uint16
+	typ    uint16
+	cookie uint64
+	off    uint64
+	length uint32
+}
+
+// decodeRequest parses one request header from the (untrusted) client.
+func decodeRequest(hdr *[requestSize]byte) (request, error) {
+	if m := binary.BigEndian.Uint32(hdr[0:]); m != magicRequest {
+		return request{}, fmt.Errorf("bad request magic %#x", m)
+	}
+	return request{
+		flags:  binary.BigEndian.Uint16(hdr[4:]),
+		typ:    binary.BigEndian.Uint16(hdr[6:]),
+		cookie: binary.BigEndian.Uint64(hdr[8:]),
+		off:    binary.BigEndian.Uint64(hdr[16:]),
+		length: binary.BigEndian.Uint32(hdr[24:]),
+	}, nil
+}
+
+// payload is the buffer a request needs: its write data or its read reply. A write
+// above MaxRequest is an error (its data cannot be skipped safely); a read above it
+// needs no buffer, since do rejects it with EINVAL.
+func (s *Server) payload(req request) (int64, error) {
+	if req.typ != cmdRead && req.typ != cmdWrite {
+		return 0, nil
+	}
+	if int64(req.length) > int64(s.opts.MaxRequest) {
+		if req.typ == cmdWrite {
+			return 0, fmt.Errorf("write of %d bytes exceeds the %d-byte maximum", req.length, s.opts.MaxRequest)
+		}
+		return 0, nil
+	}
+	return int64(req.length), nil
+}
+
+type conn struct {
+	s     *Server
+	c     net.Conn
+	r     *bufio.Reader
+	neg   negotiated
+	slots chan struct{}
+	wg    sync.WaitGroup
+	wmu   sync.Mutex
+	w     *bufio.Writer // replies, guarded by wmu
+	// hdr is scratch for reply headers, guarded by wmu: replies are built in place,
+	// so answering a request allocates nothing.
+	hdr  [chunkSize + 8]byte
+	werr error // first reply write error, guarded by wmu
+	// deadlineSet is when the write deadline was last moved, guarded by wmu.
+	deadlineSet time.Time
+	last        bool // the holder of wmu is the last reply queued: it flushes
+	// waiting counts replies queued for wmu. The last writer flushes, so replies that
+	// complete together leave in one system call.
+	waiting atomic.Int32
+	// gone is set when the peer vanished without NBD_CMD_DISC. Requests not yet
+	// started are then dropped: nobody can receive their replies, and the kernel
+	// resends them on another socket, where a late copy of a write could overwrite
+	// newer data.
+	gone atomic.Bool
+	// async is the device's asynchronous path (see async.go); ops keeps its request
+	// records for reuse, finished holds the completed ones for the flusher.
+	async    blockdev.Async
+	ops      chan *asyncOp
+	kick     chan struct{} // wakes the flusher: replies wait in w or in finished
+	doneMu   sync.Mutex
+	finished []*asyncOp // guarded by doneMu
+}
+
+func (s *Server) transmit(ctx context.Context, c net.Conn, br *bufio.Reader, neg negotiated) error {
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	cn := &conn{s: s, c: c, r: br, neg: neg, w: bufio.NewWriterSize(c, 64<<10), slots: make(chan struct{}, s.opts.QueueDepth)}
+	if a, ok := s.dev.(blockdev.Async); ok {
+		cn.async, cn.ops = a, make(chan *asyncOp, s.opts.QueueDepth)
+		cn.kick = make(chan struct{}, 1)
+		stopFlusher := cn.startFlusher()
+		defer stopFlusher()
+	}
+	defer cn.wg.Wait()
+	err := cn.readRequests(ctx)
+	if err != nil || ctx.Err() != nil {
+		cn.gone.Store(true)
+	}
+	if errors.Is(err, io.EOF) || ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// readRequests reads and dispatches requests until NBD_CMD_DISC (nil) or an error.
+func (cn *conn) readRequests(ctx context.Context) error {
+	s, br := cn.s, cn.r
+	var hdr [requestSize]byte
+	for {
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+			if errors.Is(err, io.EOF) {
+				return err
+			}
+			return fmt.Errorf("read request: %w", err)
+		}
+		req, err := decodeRequest(&hdr)
+		if err != nil {
+			return err
+		}
+		if req.typ == cmdDisc {
+			return nil // deferred Wait lets requests in flight finish replying
+		}
+		payload, err := s.payload(req)
+		if err != nil {
+			return err
+		}
+		cn.slots <- struct{}{}
+		if err := s.budget.Acquire(ctx, payload); err != nil {
+			<-cn.slots
+			return err
+		}
+		// Payload buffers come from the pool and go back to it after the reply, so
+		// steady-state reads and writes allocate nothing.
+		var buf []byte
+		if payload > 0 {
+			buf = s.bufs.get(int(payload))
+		}
+		if req.typ == cmdWrite {
+			if _, err := io.ReadFull(br, buf); err != nil {
+				cn.release(buf, payload)
+				return fmt.Errorf("read write payload: %w", err)
+			}
+		}
+		cn.wg.Add(1)
+		if cn.startAsync(req, buf, payload) {
+			continue
+		}
+		go func() {
+			defer cn.wg.Done()
+			defer cn.release(buf, payload)
+			if cn.gone.Load() {
+				return
+			}
+			if req.typ == cmdBlockStatus {
+				cn.blockStatus(req)
+				return
+			}
+			errno, good := s.do(req, buf, cn.neg)
+			s.commands.Add(1)
+			if errno != 0 {
+				s.errs.Add(1)
+			}
+			cn.reply(req, errno, buf[:good])
+		}()
+	}
+}
+
+func (cn *conn) release(buf []byte, payload int64) {
+	if buf != nil {
+		cn.s.bufs.put(buf)
+	}
+	cn.s.budget.Release(payload)
+	<-cn.slots
+}
+
+// do executes one request and returns the NBD error value (0 for success) and, for a
+// read, how many bytes of buf hold data.
+func (s *Server) do(req request, buf []byte, neg negotiated) (errno uint32, good int) {
+	known := uint16(cmdFlagFUA | cmdFlagNoHole)
+	if req.typ == cmdRead && neg.structured {
+		known |= cmdFlagDF
+	}
+	if req.flags&^known != 0 {
+		return errInval, 0
+	}
+	size := uint64(s.dev.Size())
+	off, n := req.off, uint64(req.length)
+	if req.typ != cmdFlush && (off > size || n > size-off) {
+		return errInval, 0
+	}
+	fua := req.flags&cmdFlagFUA != 0
+	var err error
+	switch req.typ {
+	case cmdRead:
+		if n > uint64(s.opts.MaxRequest) {
+			return errInval, 0
+		}
+		good, err = s.read(buf, int64(off))
+		if err == nil {
+			s.readBytes.Add(n)
+		}
+	case cmdWrite, cmdTrim, cmdWriteZeroes:
+		if s.dev.ReadOnly() {
+			return errPerm, 0
+		}
+		switch req.typ {
+		case cmdWrite:
+			err = s.write(buf, int64(off), fua)
+			if err == nil {
+				s.writeBytes.Add(n)
+			}
+		case cmdTrim:
+			err = s.trim(int64(off), int64(n))
+		default:
+			// NO_HOLE needs nothing extra: WriteZeroes never promises to deallocate.
+			err = s.writeZeroes(int64(off), int64(n))
+		}
+		if err == nil && fua && req.typ != cmdWrite {
+			err = s.dev.Flush()
+		}
+	case cmdFlush:
+		err = s.dev.Flush()
+	default:
+		return errInval, 0
+	}
+	errno = s.errno(req, err)
+	if errno == 0 {
+		good = len(buf)
+	}
+	return errno, good
+}
+
+var cmdNames = map[uint16]string{cmdRead: "read", cmdWrite: "write", cmdFlush: "flush",
+	cmdTrim: "trim", cmdWriteZeroes: "write-zeroes", cmdBlockStatus: "block-status"}
+
+func (s *Server) errno(req request, err error) uint32 {
+	switch {
+	case err == nil:
+		return 0
+	case blockdev.IsOutOfRange(err):
+		return errInval
+	case blockdev.IsReadOnly(err):
+		return errPerm
+	}
+	s.opts.Logf("nbd: %s at %d+%d: %v", cmdNames[req.typ], req.off, req.length, err)
+	return errIO
+}
