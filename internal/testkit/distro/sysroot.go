@@ -203,7 +203,7 @@ func buildImage(ctx context.Context, baseTree, imgDir string, fl Flavour, deb st
 	}
 	tree := filepath.Join(imgDir, "tree")
 	logPath := filepath.Join(imgDir, "build.log")
-	defer os.RemoveAll(tree) // the disk holds it
+	defer removeTree(tree) // the disk holds it
 	if err := run(ctx, logPath, "cp", "-a", "--reflink=auto", baseTree, tree); err != nil {
 		return err
 	}
@@ -357,7 +357,7 @@ func prune(dir string, keep ...string) {
 			kept = kept || stem == k
 		}
 		if !kept {
-			os.RemoveAll(filepath.Join(dir, n))
+			removeTree(filepath.Join(dir, n))
 		}
 	}
 }
@@ -429,4 +429,19 @@ func tail(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// removeTree deletes a tree unless something is still mounted in it: through a
+// leftover bind mount of /dev, RemoveAll would delete the host's device nodes.
+func removeTree(path string) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && (f[4] == path || strings.HasPrefix(f[4], path+"/")) {
+			return
+		}
+	}
+	os.RemoveAll(path)
 }
