@@ -54,6 +54,7 @@ func (s *Session) asyncDone(t *task) {
 		s.finishAsync(t, len(t.buf), nil)
 		return
 	}
+	s.noteError(err)
 	retry, wait := retryable(err, t.attempt, &t.backoff)
 	if !retry {
 		s.finishAsync(t, 0, err)

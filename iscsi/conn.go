@@ -52,6 +52,14 @@ type conn struct {
 	release    chan struct{}
 	tmfResp    chan byte
 	logoutResp chan byte
+	// logoutWait: the Logout Response's Time2Wait and Time2Retain, in seconds,
+	// stored before its response code goes to logoutResp.
+	logoutWait, logoutRetain atomic.Uint32
+	// draining: a Logout is coming; the writer sends no new command (Idle,
+	// logoutAsked). logoutAsked: the target asked for a Logout within this long
+	// (Async Message event 1); run does it.
+	draining    atomic.Bool
+	logoutAsked chan time.Duration
 
 	hdr     bhs // writer scratch
 	nopData [4096]byte
@@ -71,19 +79,20 @@ func newConn(s *Session, nc net.Conn, res *loginResult, gen uint64) (*conn, erro
 	}
 	c := &conn{
 		s: s, gen: gen, nc: nc, params: p,
-		maxSend:    num("TargetMaxRecvDataSegmentLength"),
-		firstBurst: num("FirstBurstLength"),
-		maxBurst:   num("MaxBurstLength"),
-		immediate:  p["ImmediateData"] == "Yes",
-		initialR2T: p["InitialR2T"] == "Yes",
-		cmdSN:      res.expCmdSN,
-		dataOut:    make(chan r2tReq, s.cfg.QueueDepth*16+16),
-		ctrl:       make(chan ctrlReq, s.cfg.QueueDepth+16),
-		windowOpen: make(chan struct{}, 1),
-		flushKick:  make(chan struct{}, 1),
-		release:    make(chan struct{}),
-		tmfResp:    make(chan byte, 1),
-		logoutResp: make(chan byte, 1),
+		maxSend:     num("TargetMaxRecvDataSegmentLength"),
+		firstBurst:  num("FirstBurstLength"),
+		maxBurst:    num("MaxBurstLength"),
+		immediate:   p["ImmediateData"] == "Yes",
+		initialR2T:  p["InitialR2T"] == "Yes",
+		cmdSN:       res.expCmdSN,
+		dataOut:     make(chan r2tReq, s.cfg.QueueDepth*16+16),
+		ctrl:        make(chan ctrlReq, s.cfg.QueueDepth+16),
+		windowOpen:  make(chan struct{}, 1),
+		flushKick:   make(chan struct{}, 1),
+		release:     make(chan struct{}),
+		tmfResp:     make(chan byte, 1),
+		logoutResp:  make(chan byte, 1),
+		logoutAsked: make(chan time.Duration, 1),
 		// Any segment up to our MaxRecvDataSegmentLength may land here.
 		scratch: make([]byte, s.cfg.MaxRecvDataSegmentLength),
 		dead:    make(chan struct{}),

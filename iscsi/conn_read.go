@@ -3,7 +3,6 @@ package iscsi
 import (
 	"bytes"
 	"encoding/binary"
-	"fmt"
 )
 
 func (c *conn) readLoop() {
@@ -37,17 +36,11 @@ func (c *conn) readOne() error {
 		return c.nopIn(h)
 	case opAsyncMsg:
 		c.statusSeen(h)
-		if err := c.rd.discardData(c.scratch); err != nil {
+		n := h.dataLen()
+		if err := c.rd.readData(c.scratch[:n]); err != nil {
 			return err
 		}
-		switch ev := h[36]; ev {
-		case 0, 4: // SCSI async event, parameter renegotiation: nothing to do at ERL 0
-			return nil
-		case 1:
-			return fmt.Errorf("iscsi: target requests logout (async event 1)")
-		default:
-			return fmt.Errorf("iscsi: target drops the connection (async event %d)", ev)
-		}
+		return c.asyncEvent(h, c.scratch[:n])
 	case opReject:
 		c.statusSeen(h)
 		c.rd.discardData(c.scratch)
@@ -65,6 +58,8 @@ func (c *conn) readOne() error {
 	case opLogoutResp:
 		c.statusSeen(h)
 		c.rd.discardData(c.scratch)
+		c.logoutWait.Store(uint32(binary.BigEndian.Uint16(h[40:])))
+		c.logoutRetain.Store(uint32(binary.BigEndian.Uint16(h[42:])))
 		select {
 		case c.logoutResp <- h[2]:
 		default:

@@ -63,8 +63,9 @@ func (c *conn) writeRun() error {
 	for {
 		var cmdCh chan taskRef
 		var release chan struct{}
+		draining := c.draining.Load() // a Logout is coming: no new command
 		next := internal
-		if next == nil && released && head < len(pending) {
+		if next == nil && released && head < len(pending) && !draining {
 			next = pending[head]
 		}
 		if next != nil {
@@ -87,7 +88,7 @@ func (c *conn) writeRun() error {
 			}
 		}
 		if released {
-			if head == len(pending) {
+			if head == len(pending) && !draining {
 				cmdCh = s.cmdCh
 			}
 		} else {
@@ -95,7 +96,7 @@ func (c *conn) writeRun() error {
 		}
 		// Callers may send for themselves only when nothing older waits here, so a
 		// reissued or window-blocked command is never overtaken.
-		c.direct = released && next == nil
+		c.direct = released && next == nil && !draining
 		// About to wait: send what is queued unless more work is already here, so
 		// back-to-back PDUs share one write. A caller waiting for wmu flushes after
 		// its own command, so the writer leaves the flush to it.

@@ -52,6 +52,7 @@ func (s *Session) execSlot(t *task, op string, cd cdb, read bool, buf []byte) (i
 		if err == nil {
 			return t.transferred(), nil
 		}
+		s.noteError(err)
 		retry, wait := retryable(err, attempt, &backoff)
 		if !retry {
 			return 0, err

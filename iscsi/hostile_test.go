@@ -85,24 +85,11 @@ func startHostile(t *testing.T, f fault, digest bool) *hostileTarget {
 		t.Fatal(err)
 	}
 	h := &hostileTarget{t: t, l: l, fault: f, digest: digest}
-	h.wg.Add(1)
-	go func() {
-		defer h.wg.Done()
-		for {
-			nc, err := l.Accept()
-			if err != nil {
-				return
-			}
-			h.conns.Add(1)
-			h.wg.Add(1)
-			go func() {
-				defer h.wg.Done()
-				defer nc.Close()
-				nc.SetDeadline(time.Now().Add(60 * time.Second))
-				h.serve(nc)
-			}()
-		}
-	}()
+	serveConns(l, &h.wg, func(nc net.Conn) {
+		h.conns.Add(1)
+		nc.SetDeadline(time.Now().Add(60 * time.Second))
+		h.serve(nc)
+	})
 	t.Cleanup(func() { l.Close(); h.wg.Wait() })
 	return h
 }
@@ -129,17 +116,13 @@ func (h *hostileTarget) serve(nc net.Conn) {
 	c.hdrDigest, c.dataDigs = h.digest, h.digest
 	c.r.hdrDigest, c.r.dataDigest = h.digest, h.digest
 	for {
-		if err := c.r.readHeader(); err != nil {
-			return
-		}
-		req := c.r.hdr
-		n := req.dataLen()
-		if err := c.r.readData(c.buf[:n]); err != nil {
+		req, data, ok := c.next()
+		if !ok {
 			return
 		}
 		switch req.opcode() {
 		case opSCSICmd:
-			if !c.scsi(&req, c.buf[:n]) {
+			if !c.scsi(&req, data) {
 				return
 			}
 		case opNOPOut:

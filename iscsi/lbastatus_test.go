@@ -118,7 +118,8 @@ func TestLUNExtentsTargetAnswers(t *testing.T) {
 				}
 			}()
 			defer close(s.cmdCh)
-			l := &LUN{s: s, blockSize: 512, blocks: 2048, lbprz: true}
+			l := &LUN{s: s, blockSize: 512, lbprz: true}
+			l.blocks.Store(2048)
 			l.lbaStatus.Store(true)
 			for i := range 2 {
 				got, err := l.Extents(nil, 0, 1<<20)
@@ -145,7 +146,8 @@ func TestLUNExtentsTargetAnswers(t *testing.T) {
 		})
 	}
 	// Misaligned or out-of-range queries are refused before anything is sent.
-	l := &LUN{blockSize: 512, blocks: 2048}
+	l := &LUN{blockSize: 512}
+	l.blocks.Store(2048)
 	if _, err := l.Extents(nil, 100, 512); err == nil {
 		t.Error("unaligned query accepted")
 	}

@@ -17,7 +17,7 @@ import (
 type LUN struct {
 	s         *Session
 	blockSize int
-	blocks    uint64
+	blocks    atomic.Uint64 // Refresh changes it while I/O runs
 	readOnly  bool
 	maxXfer   int // bytes per READ/WRITE command
 	limits    blockLimits
@@ -59,7 +59,7 @@ func (s *Session) openLUN() (*LUN, error) {
 	s.mu.Unlock()
 	n, err := s.exec("READ CAPACITY(16)", cdbReadCapacity16(), true, buf[:32])
 	if err == nil && n >= 12 {
-		l.blocks = binary.BigEndian.Uint64(buf[0:]) + 1
+		l.blocks.Store(binary.BigEndian.Uint64(buf[0:]) + 1)
 		l.blockSize = int(binary.BigEndian.Uint32(buf[8:]))
 		if n >= 15 {
 			l.lbaStatus.Store(buf[14]&0x80 != 0) // LBPME: logical block provisioning
@@ -69,7 +69,7 @@ func (s *Session) openLUN() (*LUN, error) {
 		if _, err := s.exec("READ CAPACITY(10)", cdbReadCapacity10(), true, buf[:8]); err != nil {
 			return nil, err
 		}
-		l.blocks = uint64(binary.BigEndian.Uint32(buf[0:])) + 1
+		l.blocks.Store(uint64(binary.BigEndian.Uint32(buf[0:])) + 1)
 		l.blockSize = int(binary.BigEndian.Uint32(buf[4:]))
 	}
 	if l.blockSize < 512 || l.blockSize > 64<<10 || l.blockSize&(l.blockSize-1) != 0 {
@@ -100,7 +100,7 @@ func (s *Session) openLUN() (*LUN, error) {
 // identifier and block size, as read when the session opened the LUN.
 func (l *LUN) Inquiry() Inquiry { return l.inquiry }
 
-func (l *LUN) Size() int64    { return int64(l.blocks) * int64(l.blockSize) }
+func (l *LUN) Size() int64    { return int64(l.blocks.Load()) * int64(l.blockSize) }
 func (l *LUN) BlockSize() int { return l.blockSize }
 func (l *LUN) ReadOnly() bool { return l.readOnly }
 

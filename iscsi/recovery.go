@@ -27,6 +27,13 @@ func (s *Session) run() {
 		s.mu.Unlock()
 		select {
 		case <-c.dead:
+		case within := <-c.logoutAsked:
+			// Event 1: log out (before the target's deadline), then in again.
+			ctx, cancel := context.WithTimeout(context.Background(), max(within-time.Second, time.Second))
+			if err := s.logoutConn(ctx, c, errTargetLogout); err != nil {
+				s.logf("%v", err)
+			}
+			cancel()
 		case <-s.closing:
 			return
 		}
@@ -37,6 +44,22 @@ func (s *Session) run() {
 		default:
 		}
 		if s.progress.Swap(false) {
+			rs = retryState{start: time.Now()}
+		}
+		if s.waitIfIdle() {
+			return
+		}
+		if wait := s.takeReconnectWait(); wait > 0 {
+			s.logf("iscsi: waiting Time2Wait %v before logging in to %s again", wait, s.cfg.TargetName)
+			s.setState("reconnecting")
+			select {
+			case <-time.After(wait):
+			case <-s.closing:
+				return
+			}
+		}
+		if errors.Is(c.err, errIdle) || errors.Is(c.err, errTargetLogout) {
+			// Ended on purpose: no failure to count or back off from.
 			rs = retryState{start: time.Now()}
 		}
 		if rs.exhausted(s.cfg.Retry) {

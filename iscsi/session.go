@@ -47,6 +47,11 @@ type Session struct {
 	haveID   bool
 	failed   error
 	closed   bool
+	// idle: logged out on purpose (Idle); run waits for a command before it logs
+	// in again. reconnectWait: the Time2Wait the target asked for before the next
+	// login (a Logout Response, an Async Message).
+	idle          bool
+	reconnectWait time.Duration
 
 	internalMu sync.Mutex
 	tmfMu      sync.Mutex
@@ -54,6 +59,8 @@ type Session struct {
 	failedCh   chan struct{} // closed when the session gives up
 	runDone    chan struct{}
 	lun        *LUN
+	wake       chan struct{} // a command registered while idle
+	capacity   chan struct{} // the target reported a capacity change
 
 	progress    atomic.Bool   // a user command completed since the last connection loss
 	targetPings atomic.Uint64 // NOP-In pings answered
@@ -98,6 +105,8 @@ func newSession(c Config) *Session {
 		closing:  make(chan struct{}),
 		failedCh: make(chan struct{}),
 		runDone:  make(chan struct{}),
+		wake:     make(chan struct{}, 1),
+		capacity: make(chan struct{}, 1),
 	}
 	for i := range s.tasks {
 		s.tasks[i].slot = i
@@ -121,7 +130,8 @@ func (s *Session) setState(st string) {
 	s.mu.Unlock()
 }
 
-// State is one of logging-in, serving, reconnecting, failed, closed.
+// State is one of logging-in, serving, reconnecting, idle (logged out by Idle until
+// the next command), failed, closed.
 func (s *Session) State() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()

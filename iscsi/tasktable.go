@@ -26,6 +26,7 @@ func (s *Session) register(t *task) (*conn, error) {
 	t.itt = uint32(t.slot) | (s.ittGen&0x7fff)<<16
 	t.gen = 0
 	s.active[t.slot] = true
+	s.wakeLocked()
 	return s.conn, nil
 }
 

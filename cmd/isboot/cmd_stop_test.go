@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -69,6 +70,26 @@ func TestStop(t *testing.T) {
 	defer other.Process.Kill()
 	out, code = runSelf(t, "stop", "--file", writeStatus(t, other.Process.Pid))
 	if code != 1 || !strings.Contains(out, "no @isboot daemon running") {
+		t.Errorf("exit %d: %s", code, out)
+	}
+}
+
+// --final: the daemon's SIGUSR1 answer is a logged-out status with the device kept
+// (the root still mounted read-only), or its exit (an unused device).
+func TestStopFinal(t *testing.T) {
+	st := filepath.Join(t.TempDir(), "status")
+	d := startFakeDaemon(t, `trap 'printf "net.isboot.pid: %s\nnet.isboot.device: nbd3\nnet.isboot.state: logged-out\n" $$ > `+st+`' USR1; : >$READY; sleep 30 & wait; sleep 30 & wait`)
+	if err := os.WriteFile(st, []byte(fmt.Sprintf("net.isboot.pid: %d\nnet.isboot.device: nbd3\nnet.isboot.state: serving\n", d.Process.Pid)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, code := runSelf(t, "stop", "--final", "--file", st, "--wait", "5s")
+	if code != 0 || !strings.Contains(out, "logged out; /dev/nbd3 stays attached") {
+		t.Errorf("exit %d: %s", code, out)
+	}
+	// A daemon whose device is unused stops (it exits).
+	d = startFakeDaemon(t, "trap 'exit 0' USR1; : >$READY; sleep 30 & wait; sleep 30")
+	out, code = runSelf(t, "stop", "--final", "--file", writeStatus(t, d.Process.Pid), "--wait", "5s")
+	if code != 0 || !strings.Contains(out, "stopped: /dev/nbd3") {
 		t.Errorf("exit %d: %s", code, out)
 	}
 }

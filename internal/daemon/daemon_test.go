@@ -22,25 +22,37 @@ import (
 type fakeSession struct {
 	lun      blockdev.Device
 	loggedIn atomic.Bool
+	idled    atomic.Int32
 	info     SessionInfo
 }
 
 func (s *fakeSession) LUN() blockdev.Device { return s.lun }
-func (s *fakeSession) Info() SessionInfo    { return s.info }
+func (s *fakeSession) Info() SessionInfo {
+	i := s.info
+	i.Idle = s.idled.Load() > 0 && !s.loggedIn.Load()
+	return i
+}
 func (s *fakeSession) Logout(context.Context) error {
 	s.loggedIn.Store(false)
 	return nil
 }
+func (s *fakeSession) Idle(context.Context) error {
+	s.loggedIn.Store(false)
+	s.idled.Add(1)
+	return nil
+}
 
 type fakeAttachment struct {
-	closed atomic.Bool
-	live   atomic.Int32
+	closed  atomic.Bool
+	live    atomic.Int32
+	resized atomic.Int64
 }
 
 func (a *fakeAttachment) Device() string       { return "nbd7" }
 func (a *fakeAttachment) Reconfigures() uint64 { return 2 }
 func (a *fakeAttachment) Live() int            { return int(a.live.Load()) }
 func (a *fakeAttachment) Close() error         { a.closed.Store(true); return nil }
+func (a *fakeAttachment) Resize(n int64) error { a.resized.Store(n); return nil }
 
 const secret = "Secr3t-Never-Shown"
 

@@ -66,12 +66,18 @@ func (i *iscsiSession) Logout(ctx context.Context) error {
 
 func (i *iscsiSession) Info() SessionInfo { return ISCSIInfo(i.s) }
 
+func (i *iscsiSession) Idle(ctx context.Context) error { return i.s.Idle(ctx) }
+
+// CapacityChanged tells when the target reports a new capacity (capacityChanges).
+func (i *iscsiSession) CapacityChanged() <-chan struct{} { return i.s.CapacityChanged() }
+
 // ISCSIInfo describes a native iSCSI session for the status file: it splits the
 // session's parameters into the identity the file shows as its own keys and the
 // negotiated keys it lists under net.isboot.session.
 func ISCSIInfo(s *iscsi.Session) SessionInfo {
 	st := s.Stats()
-	info := SessionInfo{Reconnects: st.Reconnects, Errors: st.Errors, Recovering: s.State() == "reconnecting"}
+	state := s.State()
+	info := SessionInfo{Reconnects: st.Reconnects, Errors: st.Errors, Recovering: state == "reconnecting", Idle: state == "idle"}
 	for _, kv := range s.Params() {
 		switch kv.Key {
 		case "isid":

@@ -59,7 +59,7 @@ func mainWith(dial Dialer, version string, attach func(*nbd.Server, nbd.AttachCo
 func serveMain(dial Dialer, version string, attach func(*nbd.Server, nbd.AttachConfig) (Attachment, error)) int {
 	rep := newReporter(reportFD)
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, ShutdownSignals...)
+	signal.Notify(sigs, append([]os.Signal{FinalSignal}, ShutdownSignals...)...)
 	// systemd's shutdown SIGSTOPs and SIGCONTs everything; SIGHUP comes when the
 	// console session ends. Neither should end the daemon.
 	signal.Ignore(unix.SIGHUP, unix.SIGPIPE)

@@ -80,7 +80,9 @@ func (p *Publisher) Observe(s Sample, force bool) {
 			Commands:   s.NBD.Commands, ReadBytes: s.NBD.ReadBytes, WriteBytes: s.NBD.WriteBytes,
 			Errors: s.LoginErrors + s.NBD.Errors + info.Errors,
 		}
-		if info.Recovering || (s.Attached && s.Live == 0) {
+		if info.Idle {
+			st.State = status.LoggedOut
+		} else if info.Recovering || (s.Attached && s.Live == 0) {
 			st.State = status.Reconnecting
 		} else {
 			st.State = status.Serving

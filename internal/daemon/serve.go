@@ -22,6 +22,8 @@ type Session interface {
 	Info() SessionInfo
 	// Logout ends the session (after the last flush).
 	Logout(ctx context.Context) error
+	// Idle logs out but keeps the session usable: the next command logs in again.
+	Idle(ctx context.Context) error
 }
 
 // SessionInfo is the iSCSI side of the status file.
@@ -33,6 +35,7 @@ type SessionInfo struct {
 	Reconnects uint64
 	Errors     uint64 // iSCSI-level errors
 	Recovering bool   // the session is down and being re-established
+	Idle       bool   // logged out on purpose (Session.Idle) until the next command
 	LastError  string
 }
 
@@ -70,6 +73,7 @@ type Attachment interface {
 	Device() string
 	Reconfigures() uint64
 	Live() int
+	Resize(size int64) error
 	Close() error
 }
 
@@ -153,13 +157,22 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 
 	tick := time.NewTicker(d.pub.Tick())
 	defer tick.Stop()
+	capacity := capacityChanges(sess)
 	for {
 		select {
 		case <-ctx.Done():
 			return d.stop(sess, att)
 		case <-tick.C:
 			d.refresh(sess, srv, att, false)
+		case <-capacity:
+			d.resize(lun, att)
 		case sig := <-o.Signals:
+			if sig == FinalSignal {
+				if d.final(sess, att) {
+					return d.stop(sess, att)
+				}
+				continue
+			}
 			if o.InUse != nil && o.InUse(att.Device()) {
 				o.Logf("%v: /dev/%s is still in use: serving on", sig, att.Device())
 				continue

@@ -47,7 +47,7 @@ const (
 
 // forwardSignals are passed on to the serving process: stop (SIGTERM, SIGINT) and
 // the shutdown's final logout (SIGUSR1).
-var forwardSignals = append([]os.Signal{syscall.SIGUSR1}, ShutdownSignals...)
+var forwardSignals = append([]os.Signal{FinalSignal}, ShutdownSignals...)
 
 // superviseMain is the supervisor's main. It starts the first serving process at
 // once, before its configuration arrives, so that the process's start-up hides
@@ -196,7 +196,7 @@ func (s *supervisor) sleep(d time.Duration, sigs <-chan os.Signal, pending *os.S
 		case <-t.C:
 			return false
 		case sig := <-sigs:
-			if !s.served && sig != syscall.SIGUSR1 {
+			if !s.served && sig != FinalSignal {
 				s.logf("supervisor: %v before anything was served: stopping", sig)
 				return true
 			}

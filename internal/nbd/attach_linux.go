@@ -297,6 +297,23 @@ func (a *Attachment) repairLoop() {
 	}
 }
 
+// Resize tells the kernel the device now holds size bytes (the LUN grew or shrank;
+// the server already serves its new size). It checks the kernel took it: before
+// Linux 5.3 the nbd driver ignores a new size.
+func (a *Attachment) Resize(size int64) error {
+	if err := a.g.resize(a.Index(), size, a.cfg.BlockSize); err != nil {
+		return err
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/sys/block/%s/size", a.Device()))
+	if err != nil {
+		return nil // nothing to check against
+	}
+	if sectors, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); sectors != size>>9 {
+		return fmt.Errorf("nbd: %s holds %d sectors after the resize to %d bytes: the kernel did not resize it (Linux 5.3 or later does)", a.Device(), sectors, size)
+	}
+	return nil
+}
+
 // Close disconnects the device cleanly: the kernel sends NBD_CMD_DISC on every socket
 // and shuts them down. Requests still queued in the kernel fail, so callers unmount or
 // sync first. Close waits for the connections to finish and flushes the backend.

@@ -179,6 +179,19 @@ func (g *genl) reconfigure(index int, cfg *KernelConfig, fds []int) error {
 	return nil
 }
 
+// resize gives the device a new size (NBD_CMD_RECONFIGURE with the size attributes:
+// Linux 5.3 and later; older kernels ignore them).
+func (g *genl) resize(index int, size int64, blockSize int) error {
+	req := g.request(nbdCmdReconfigure)
+	req.AddData(nl.NewRtAttr(nbdAttrIndex, u32(uint32(index))))
+	req.AddData(nl.NewRtAttr(nbdAttrSizeBytes, u64(uint64(size))))
+	req.AddData(nl.NewRtAttr(nbdAttrBlockSizeBytes, u64(uint64(blockSize))))
+	if _, err := req.Execute(unix.NETLINK_GENERIC, g.family); err != nil {
+		return fmt.Errorf("nbd: NBD_CMD_RECONFIGURE nbd%d size %d: %w", index, size, err)
+	}
+	return nil
+}
+
 func (g *genl) disconnect(index int) error {
 	req := g.request(nbdCmdDisconnect)
 	req.AddData(nl.NewRtAttr(nbdAttrIndex, u32(uint32(index))))

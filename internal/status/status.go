@@ -37,6 +37,7 @@ const (
 	LoggingIn    State = "logging-in"
 	Serving      State = "serving"
 	Reconnecting State = "reconnecting"
+	LoggedOut    State = "logged-out" // at shutdown, still attached: a read logs in again
 	Failed       State = "failed"
 )
 

@@ -173,8 +173,9 @@ func (r *rig) portal() netip.AddrPort {
 
 type bootOpts struct {
 	memoryMB int
-	table    *ibft.Table // default r.table()
-	cmdline  string      // appended
+	table    *ibft.Table       // default r.table()
+	cmdline  string            // appended
+	files    map[string]string // more files for the hook's directory: name to host path
 }
 
 // boot starts the guest with hook as the test script run at multi-user.target
@@ -199,7 +200,11 @@ func (r *rig) boot(hook string, o bootOpts) *vm.VM {
 	if err := os.WriteFile(ibftPath, raw, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	hookArgs, err := debroot.HookArgs(dir, hookPath, map[string]string{"blkverify": r.blkverify, "isboot": r.isboot})
+	files := map[string]string{"blkverify": r.blkverify, "isboot": r.isboot}
+	for name, path := range o.files {
+		files[name] = path
+	}
+	hookArgs, err := debroot.HookArgs(dir, hookPath, files)
 	if err != nil {
 		t.Fatal(err)
 	}
