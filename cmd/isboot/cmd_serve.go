@@ -260,7 +260,9 @@ func serve(ctx context.Context, cfg *serveConfig, logf func(string, ...any)) (er
 	}()
 	dev := b.dev
 	pub.Update(func(st *status.Status) {
-		st.Target, st.LUN, st.IBFT, st.Size = cfg.iscsi.TargetName, cfg.iscsi.LUN, cfg.ibftKeys, dev.Size()
+		st.Target, st.LUN, st.LUNName = cfg.iscsi.TargetName, cfg.iscsi.LUN, cfg.iscsi.LUNString()
+		st.IBFT, st.Size = cfg.ibftKeys, dev.Size()
+		st.Disk = b.disk
 		if len(cfg.iscsi.Portals) > 0 {
 			st.Portal = cfg.iscsi.Portals[0]
 		}
@@ -350,6 +352,7 @@ func listen(spec string) (net.Listener, error) {
 // backend is the device serve exports.
 type backend struct {
 	dev   blockdev.Device
+	disk  status.Disk                // what the device says it is, for the status file
 	close func() error               // flush and log out
 	info  func() *daemon.SessionInfo // the session for the status file; nil when none
 }
@@ -379,7 +382,7 @@ func openBackend(ctx context.Context, cfg *serveConfig, logf func(string, ...any
 }
 
 func plainBackend(d blockdev.Device, close func() error) *backend {
-	return &backend{dev: d, close: close, info: func() *daemon.SessionInfo { return nil }}
+	return &backend{dev: d, disk: daemon.DiskOf(d), close: close, info: func() *daemon.SessionInfo { return nil }}
 }
 
 // fromIBFT takes the LUN from an iBFT file exactly as the boot does (bootplan.Make).
@@ -429,6 +432,7 @@ func dialISCSI(ctx context.Context, cfg *serveConfig, logf func(string, ...any))
 		strings.Join(c.Portals, ","), lun.Size(), lun.BlockSize())
 	return &backend{
 		dev:   lun,
+		disk:  daemon.DiskOf(lun),
 		close: func() error { return errors.Join(lun.Flush(), s.Close()) },
 		info: func() *daemon.SessionInfo {
 			info := daemon.ISCSIInfo(s)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -170,6 +171,7 @@ const (
 	ctlIBFT        = 44 // 43: the iSCSI VM test in internal/nbd
 	ctlDigest      = 45
 	ctlLUN300      = 46
+	ctlDisk        = 47
 )
 
 func randomFile(t testing.TB, path string, size int) []byte {
@@ -331,6 +333,36 @@ func TestServeRequiredDigestRefused(t *testing.T) {
 		if status.Value(kv, "net.isboot.state") != "failed" || !strings.HasSuffix(c.want, status.Value(kv, "net.isboot.last_error")) {
 			t.Errorf("status: state %q, last_error %q", status.Value(kv, "net.isboot.state"), status.Value(kv, "net.isboot.last_error"))
 		}
+	}
+}
+
+// The status file shows the disk as the LUN describes itself (camcontrol inquiry's
+// fields), and `isboot status --json` prints them.
+func TestServeStatusShowsDisk(t *testing.T) {
+	testenv.Require(t, "integration test", "tgtd")
+	d := testtarget.StartTgtd(t, testtarget.TgtdOptions{Port: testtarget.FreePort(t, portLo, portHi),
+		ControlPort: ctlDisk, Size: 8 << 20,
+		LUNParams: "vendor_id=ISBOOT,product_id=ROOT DISK,product_rev=4.2,scsi_sn=SN-0042"})
+	sock := startServe(t, "--portal", d.Addr(), "--target", d.IQN, "--lun", "1")
+	var stdout, stderr bytes.Buffer
+	if code := statusMain([]string{"--file", filepath.Join(filepath.Dir(sock), "status"), "--json"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("isboot status --json: exit %d: %s", code, stderr.String())
+	}
+	var m map[string]string
+	if err := json.Unmarshal(stdout.Bytes(), &m); err != nil {
+		t.Fatalf("isboot status --json: %v\n%s", err, stdout.String())
+	}
+	for k, want := range map[string]string{
+		"net.isboot.lun.vendor": "ISBOOT", "net.isboot.lun.product": "ROOT DISK", "net.isboot.lun.revision": "4.2",
+		"net.isboot.lun.serial": "SN-0042", "net.isboot.lun.block_size": "512",
+	} {
+		if m[k] != want {
+			t.Errorf("%s = %q, want %q", k, m[k], want)
+		}
+	}
+	// tgtd's NAA designator (type 6, registered extended: 16 bytes).
+	if id := m["net.isboot.lun.id"]; !strings.HasPrefix(id, "naa.6") || len(id) != len("naa.")+32 {
+		t.Errorf("net.isboot.lun.id = %q, want tgtd's naa.6...", id)
 	}
 }
 

@@ -111,7 +111,7 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 	}
 	st := status.Status{
 		Version: cfg.Version, PID: o.Pid, Supervisor: cfg.Supervisor, Restarts: cfg.Restarts, NIC: cfg.NIC, Debug: cfg.Debug, Target: cfg.TargetName,
-		LUN: cfg.LUN, IBFT: cfg.IBFT, State: status.LoggingIn,
+		LUN: cfg.LUN, LUNName: cfg.LUNString(), IBFT: cfg.IBFT, State: status.LoggingIn,
 	}
 	if len(cfg.Portals) > 0 {
 		st.Portal = cfg.Portals[0]
@@ -150,6 +150,7 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 	}
 	d.pub.Update(func(st *status.Status) {
 		st.State, st.Device, st.Size, st.LastError = status.Serving, att.Device(), lun.Size(), ""
+		st.Disk = DiskOf(lun)
 	})
 	d.refresh(sess, srv, att, true)
 	o.Logf("serving %s (%d MiB) on /dev/%s", cfg.TargetName, lun.Size()>>20, att.Device())

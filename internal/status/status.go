@@ -9,6 +9,7 @@ package status
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -57,11 +58,26 @@ type Status struct {
 	Target     string // target IQN
 	Portal     string // "10.0.2.2:3260"
 	LUN        uint64
-	Size       int64 // bytes
-	LastError  string
-	Session    Session
-	Counters   Counters
-	IBFT       []KV // hw.ibft.* lines as the ibft package prints them
+	// LUNName, when set, names the LUN in the file instead of LUN: iscsi.LUNAddr's
+	// String, the 8-byte SAM LUN in hex for one without a number (a bus number,
+	// several levels).
+	LUNName   string
+	Disk      Disk  // what the LUN says it is
+	Size      int64 // bytes
+	LastError string
+	Session   Session
+	Counters  Counters
+	IBFT      []KV // hw.ibft.* lines as the ibft package prints them
+}
+
+// Disk is the LUN as it describes itself (standard INQUIRY, VPD pages 0x80 and
+// 0x83), as FreeBSD's `camcontrol inquiry` shows it; "" where the LUN says nothing,
+// or the device is no SCSI LUN.
+type Disk struct {
+	Vendor, Product, Revision string
+	Serial                    string // unit serial number
+	ID                        string // device identifier: naa.<hex>, eui.<hex> or t10.<text>
+	BlockSize                 int
 }
 
 // Session is the logged-in iSCSI session.
@@ -110,7 +126,13 @@ func (s *Status) Lines() []KV {
 		{p + "debug", strconv.Itoa(s.Debug)},
 		{p + "target", s.Target},
 		{p + "portal", s.Portal},
-		{p + "lun", strconv.FormatUint(s.LUN, 10)},
+		{p + "lun", cmp.Or(s.LUNName, strconv.FormatUint(s.LUN, 10))},
+		{p + "lun.vendor", s.Disk.Vendor},
+		{p + "lun.product", s.Disk.Product},
+		{p + "lun.revision", s.Disk.Revision},
+		{p + "lun.serial", s.Disk.Serial},
+		{p + "lun.id", s.Disk.ID},
+		{p + "lun.block_size", strconv.Itoa(s.Disk.BlockSize)},
 		{p + "size", strconv.FormatInt(s.Size, 10)},
 		{p + "last_error", s.LastError},
 		{p + "session.isid", s.Session.ISID},

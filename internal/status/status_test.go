@@ -14,6 +14,8 @@ func sample() *Status {
 	return &Status{
 		Version: "v1", PID: 42, Device: "nbd0", NIC: "eth0", Debug: 2, State: Serving,
 		Target: "iqn.2024-01.org.example:disk", Portal: "10.0.2.2:3260", LUN: 1, Size: 1 << 30,
+		Disk: Disk{Vendor: "IET", Product: "VIRTUAL-DISK", Revision: "0001", Serial: "beaf11",
+			ID: "naa.60000000000000000e00000000010001", BlockSize: 512},
 		LastError: "login: timeout\nsecond line",
 		Session: Session{ISID: "400001370000", TSIH: 7, Params: []KV{
 			{"HeaderDigest", "None"}, {"MaxRecvDataSegmentLength", "262144"},
@@ -34,6 +36,9 @@ func TestMarshalKeys(t *testing.T) {
 		"net.isboot.version: v1\n", "net.isboot.device: nbd0\n", "net.isboot.nic: eth0\n",
 		"net.isboot.debug: 2\n", "net.isboot.state: serving\n",
 		"net.isboot.target: iqn.2024-01.org.example:disk\n",
+		"net.isboot.lun: 1\n", "net.isboot.lun.vendor: IET\n", "net.isboot.lun.product: VIRTUAL-DISK\n",
+		"net.isboot.lun.revision: 0001\n", "net.isboot.lun.serial: beaf11\n",
+		"net.isboot.lun.id: naa.60000000000000000e00000000010001\n", "net.isboot.lun.block_size: 512\n",
 		"net.isboot.session.isid: 400001370000\n", "net.isboot.session.tsih: 7\n",
 		"net.isboot.session.HeaderDigest: None\n", "net.isboot.session.MaxRecvDataSegmentLength: 262144\n",
 		"net.isboot.reconnects: 1\n", "net.isboot.commands: 2\n", "net.isboot.read_bytes: 3\n",
@@ -44,6 +49,11 @@ func TestMarshalKeys(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("missing %q in\n%s", want, got)
 		}
+	}
+	s := sample()
+	s.LUNName = "0105000000000000" // bus 1, LUN 5: no number
+	if m := string(s.Marshal()); !strings.Contains(m, "net.isboot.lun: 0105000000000000\n") {
+		t.Errorf("LUNName not used:\n%s", m)
 	}
 	if strings.Contains(got, "hunter") || strings.Contains(got, "secret") {
 		t.Errorf("a secret reached the status file:\n%s", got)

@@ -13,7 +13,7 @@
 //	13350-13399  30-39          internal/initproc
 //	13400-13449  43             internal/nbd
 //	13450-13499  50-59          internal/resilience
-//	13500-13529  40-42, 44-46   cmd/isboot
+//	13500-13529  40-42, 44-47   cmd/isboot
 //	13530-13539  60             internal/daemon
 //	13540-13549  61-62          ibft
 //	13550-13559  63-64          internal/testkit/diskbench
