@@ -36,7 +36,7 @@ func (s *Session) submit(t *task) {
 		s.finishAsync(t, 0, err)
 		return
 	}
-	if ref := (taskRef{t, t.seq}); c == nil || !c.sendDirect(ref) {
+	if ref := (taskRef{t, t.seq}); c == nil || !c.sendDirect(ref, true) {
 		select {
 		case s.cmdCh <- ref:
 		case <-s.failedCh: // failAll completes t

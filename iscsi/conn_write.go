@@ -159,7 +159,7 @@ func (c *conn) writeRun() error {
 // goroutine cost a wake-up per I/O. It reports false when the command must go
 // through the writer instead. The last of several callers waiting for wmu flushes
 // for all of them, so commands issued together still share one write.
-func (c *conn) sendDirect(ref taskRef) bool {
+func (c *conn) sendDirect(ref taskRef, deferFlush bool) bool {
 	c.senders.Add(1)
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -171,13 +171,21 @@ func (c *conn) sendDirect(ref taskRef) bool {
 		sent = true
 		err = c.sendCmd(ref.t)
 	}
-	if c.senders.Add(-1) == 0 && err == nil && sent {
-		// The writer flushes once it runs, which on a busy CPU is after the caller
-		// queued the rest of its batch: one write for many commands.
+	switch {
+	case c.senders.Add(-1) != 0 || err != nil || len(c.wr.out) == 0:
+		// Another caller waits for wmu and flushes after its own command.
+	case deferFlush:
+		// A caller that starts many commands from one goroutine (execAsync) leaves
+		// the flush to the writer, which on a busy CPU runs after the caller queued
+		// the rest of its batch: one write for many commands.
 		select {
 		case c.flushKick <- struct{}{}:
 		default:
 		}
+	default:
+		// Callers waiting on their own commands each flush: the writer's wake-up
+		// would cost more than the write it saves.
+		err = c.wr.flush()
 	}
 	if err != nil {
 		c.fail(err)

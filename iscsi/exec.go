@@ -41,7 +41,7 @@ func (s *Session) execSlot(t *task, op string, cd cdb, read bool, buf []byte) (i
 		if err != nil {
 			return 0, err
 		}
-		if ref := (taskRef{t, t.seq}); c == nil || !c.sendDirect(ref) {
+		if ref := (taskRef{t, t.seq}); c == nil || !c.sendDirect(ref, false) {
 			select {
 			case s.cmdCh <- ref:
 			case <-s.failedCh: // failAll completes t

@@ -29,6 +29,10 @@ put() { # put MODE SRC DST
 	install -D -m "$1" "$2" "$root$3"
 }
 put 0755 "$bin" /usr/sbin/isboot
+# systemd-shutdown runs it once the root is read-only: the daemon flushes and sends a
+# Logout instead of leaving the target a dropped connection.
+mkdir -p "$root/usr/lib/systemd/system-shutdown"
+ln -s ../../../sbin/isboot "$root/usr/lib/systemd/system-shutdown/isboot"
 put 0755 "$distro/initramfs-tools/hooks/isboot" /usr/share/initramfs-tools/hooks/isboot
 put 0755 "$distro/initramfs-tools/scripts/local-top/isboot" /usr/share/initramfs-tools/scripts/local-top/isboot
 for f in "$distro"/dracut/95isboot/*; do
