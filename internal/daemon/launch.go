@@ -6,6 +6,8 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 
@@ -47,11 +49,37 @@ type Child struct {
 }
 
 // Start runs exe as the "@isboot" daemon in its own session and returns at once; the
-// daemon prepares itself (re-exec, mlockall) and waits for Send. Starting it before
-// the network is up hides that start-up behind the network's. console receives the
+// daemon prepares itself (mlockall) and waits for Send. Starting it before the
+// network is up hides that start-up behind the network's. console receives the
 // daemon's stdout and stderr.
+//
+// The child is started already prepared where the caller may (PID 1 can): forked from
+// a thread with PR_SET_IO_FLUSHER and exec'd through a path named isboot, it inherits
+// the flag and the name, so it need not re-exec itself (prepareProcess). Under
+// emulation a Go start-up costs a tenth of a second of the boot's one CPU.
 func Start(exe string, console *os.File) (*Child, error) {
-	return start(exe, console, &syscall.SysProcAttr{Setsid: true})
+	type started struct {
+		c   *Child
+		err error
+	}
+	done := make(chan started, 1)
+	go func() {
+		// Never unlocked: the thread that carries the flag ends with this goroutine
+		// instead of going back to the caller's pool.
+		runtime.LockOSThread()
+		_ = unix.Prctl(prSetIOFlusher, 1, 0, 0, 0) // without it the child sets it itself
+		path := exe
+		if filepath.Base(exe) != Name {
+			if p, err := namedPath(); err == nil {
+				path = p
+				defer removeExecLink() // the child has exec'd when start returns
+			}
+		}
+		c, err := start(path, console, &syscall.SysProcAttr{Setsid: true})
+		done <- started{c, err}
+	}()
+	r := <-done
+	return r.c, r.err
 }
 
 func start(exe string, console *os.File, sys *syscall.SysProcAttr) (*Child, error) {

@@ -58,7 +58,11 @@ func threads() (map[string]thread, error) {
 }
 
 func testChild() int {
-	flErr := prepareProcess() // re-execs; returns here afterwards with the flag set and the name
+	// Start execs the child prepared; a child that had to re-exec itself finds the
+	// link it made for its own pid.
+	_, err := os.Lstat(fmt.Sprintf("/run/.isboot-exec.%d/%s", os.Getpid(), Name))
+	reexeced := err == nil
+	flErr := prepareProcess() // re-execs if need be; returns with the flag set and the name
 	rep := newReporter(reportFD)
 	cfg, err := decodeConfig(os.NewFile(configFD, "config"))
 	if err == errNoConfig {
@@ -106,7 +110,7 @@ func testChild() int {
 	cmdline, _ := os.ReadFile("/proc/self/cmdline")
 	environ, _ := os.ReadFile("/proc/self/environ")
 	leak := strings.Contains(string(cmdline)+string(environ), cfg.CHAPSecret)
-	rep.send(EventRetry, fmt.Sprintf("flusher-error=%v", flErr))
+	rep.send(EventRetry, fmt.Sprintf("flusher-error=%v reexec=%v", flErr, reexeced))
 	rep.send(EventReady, fmt.Sprintf("threads=%d flusher=%d leak=%v target=%s secret-ok=%v argv0=%s comms=%s exec-links=%d",
 		len(all), withFlag, leak, cfg.TargetName, cfg.CHAPSecret == secret, strings.Split(string(cmdline), "\x00")[0],
 		strings.Join(names, ","), len(links)+len(tmpLinks)))
@@ -169,8 +173,8 @@ func TestStartPassesConfigOverPipe(t *testing.T) {
 	// Every thread, including those the runtime started after the re-exec, has the flag.
 	var flusher int
 	fmt.Sscanf(r[strings.Index(r, "threads="):], "threads=%d flusher=%d", &threads, &flusher)
-	if got[0].Text != "flusher-error=<nil>" || threads < 5 || flusher != threads {
-		t.Errorf("IO_FLUSHER on %d of %d threads (%s)", flusher, threads, got[0].Text)
+	if got[0].Text != "flusher-error=<nil> reexec=false" || threads < 5 || flusher != threads {
+		t.Errorf("IO_FLUSHER on %d of %d threads (%s); want every thread, and no re-exec", flusher, threads, got[0].Text)
 	}
 }
 
