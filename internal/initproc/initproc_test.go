@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -115,5 +116,14 @@ func TestStepsPrintable(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("steps %q lack %q", got, want)
 		}
+	}
+}
+
+func TestCRC32CModulesFollowTheCPU(t *testing.T) {
+	if got := crc32cModules([]string{"fpu", "sse4_2", "avx"}); !slices.Equal(got, []string{"crc32c_intel", "crc32c_generic"}) {
+		t.Errorf("with sse4_2: %v", got)
+	}
+	if got := crc32cModules([]string{"fpu", "sse4_1"}); !slices.Equal(got, []string{"crc32c_generic"}) {
+		t.Errorf("without sse4_2: %v", got)
 	}
 }

@@ -2,6 +2,8 @@ package initproc
 
 import (
 	"fmt"
+	"os"
+	"slices"
 	"strings"
 	"sync"
 
@@ -60,4 +62,28 @@ func isBuiltin(name string) bool {
 	name = strings.ReplaceAll(name, "-", "_")
 	var st unix.Stat_t
 	return unix.Stat("/sys/module/"+name, &st) == nil
+}
+
+// crc32cModules lists the crc32c implementations worth loading, fastest first:
+// crc32c_intel only where the CPU has SSE4.2. Elsewhere (QEMU's default CPU model) the
+// kernel would read, verify and link the module only to have its init refuse it.
+func crc32cModules(flags []string) []string {
+	if slices.Contains(flags, "sse4_2") {
+		return []string{"crc32c_intel", "crc32c_generic"}
+	}
+	return []string{"crc32c_generic"}
+}
+
+// cpuFlags returns the first CPU's flags from /proc/cpuinfo (nil if unreadable).
+func cpuFlags() []string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return nil
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "flags" {
+			return strings.Fields(v)
+		}
+	}
+	return nil
 }

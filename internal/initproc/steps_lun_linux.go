@@ -28,7 +28,7 @@ func (b *boot) loadStorageModules() error {
 	done := make(chan error, 1)
 	b.storageModules = done
 	b.goSafe("load storage modules", func() {
-		for _, m := range []string{"crc32c_intel", "crc32c_generic"} {
+		for _, m := range crc32cModules(cpuFlags()) {
 			if err := b.mods.Load(m, ""); err != nil {
 				b.log.Debugf(1, "%v", err)
 			}
