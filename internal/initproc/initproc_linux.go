@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,6 +26,9 @@ import (
 	"github.com/isboot/isboot/internal/rootfind"
 	"github.com/isboot/isboot/internal/status"
 )
+
+// pid1MemoryLimit is the heap at which PID 1 collects garbage (it does not before).
+const pid1MemoryLimit = 64 << 20
 
 // defaultTimeout is how long the boot waits for the LUN unless isboot.timeout says.
 const defaultTimeout = 120 * time.Second
@@ -94,6 +98,11 @@ func (b *boot) setState(st status.State, lastErr string) {
 func Run(version string) {
 	b := &boot{version: version, start: time.Now()}
 	defer b.recoverInto("the boot")
+	// PID 1 allocates little and execs the real init within seconds: collecting
+	// garbage meanwhile only takes the boot's CPU. The limit still bounds a rescue
+	// shell that stays up.
+	debug.SetGCPercent(-1)
+	debug.SetMemoryLimit(pid1MemoryLimit)
 	// Before /dev and /proc there is no kernel log; the console is fd 1 and 2.
 	var early []error
 	for _, m := range earlyMounts {
