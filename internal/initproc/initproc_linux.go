@@ -84,7 +84,7 @@ func (b *boot) setState(st status.State, lastErr string) {
 	}
 	if b.plan != nil {
 		d := &b.plan.Daemon
-		s.Target, s.LUN, s.IBFT = d.TargetName, d.LUN, d.IBFT
+		s.Target, s.LUN, s.LUNName, s.IBFT = d.TargetName, d.LUN, d.LUNString(), d.IBFT
 		if len(d.Portals) > 0 {
 			s.Portal = d.Portals[0]
 		}
