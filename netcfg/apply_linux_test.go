@@ -764,3 +764,52 @@ func TestApplyWarnsOnPCIMismatch(t *testing.T) {
 		t.Errorf("logs lack %q:\n%s", want, strings.Join(logs, "\n"))
 	}
 }
+
+// TestApplyIPv6AheadOfAdvertisedRoute: the kernel learns a default route from a router
+// advertisement as soon as the link is up, before the iBFT's gateway is installed. The
+// iBFT's route goes in one metric ahead of it; the advertised one stays, and Undo
+// leaves it alone.
+func TestApplyIPv6AheadOfAdvertisedRoute(t *testing.T) {
+	tn := newTestNet(t)
+	tn.peerAddr(t, peerLink, "2001:db8:5::1/64")
+	boot, err := tn.hb.LinkByName(bootLink)
+	must(t, err)
+	must(t, tn.hb.LinkSetUp(boot))
+	ra := &netlink.Route{LinkIndex: boot.Attrs().Index, Dst: ipNet(netip.MustParsePrefix("::/0")),
+		Gw: net.ParseIP("fe80::1"), Protocol: unix.RTPROT_RA, Priority: 1024, Table: unix.RT_TABLE_MAIN}
+	must(t, tn.hb.RouteAdd(ra))
+	tb := &ibft.Table{
+		NICs: []ibft.NIC{{
+			Index: 0, Flags: ibft.FlagValid | ibft.FlagBootSelected | ibft.FlagNICGlobal,
+			IP: netip.MustParseAddr("2001:db8:5::10"), Prefix: 64, Origin: ibft.OriginManual,
+			Gateway: netip.MustParseAddr("2001:db8:5::1"), MAC: bootMAC,
+		}},
+		Targets: []ibft.Target{{Index: 0, Flags: ibft.FlagValid | ibft.FlagBootSelected, IP: netip.MustParseAddr("2001:db8:5::1"), Port: 3260, Name: "iqn.2025-01.test:v6"}},
+	}
+	o := tn.options(t)
+	a, err := applyTable(t, tb, o)
+	must(t, err)
+	metrics := func() map[string]int {
+		rs, err := tn.hb.RouteListFiltered(unix.AF_INET6, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		must(t, err)
+		m := map[string]int{}
+		for _, r := range rs {
+			if (r.Dst == nil || r.Dst.IP.IsUnspecified()) && r.Gw != nil {
+				m[r.Gw.String()] = r.Priority
+			}
+		}
+		return m
+	}
+	if got := metrics(); got["2001:db8:5::1"] != 1023 || got["fe80::1"] != 1024 {
+		t.Errorf("default routes by gateway and metric: %v; want 2001:db8:5::1 at 1023 ahead of the advertised fe80::1 at 1024", got)
+	}
+	a2, err := applyTable(t, tb, o)
+	if err != nil || len(a2.Changes) != 0 {
+		t.Errorf("second Apply: err %v, changes %v; want none", err, a2)
+	}
+	a2.Close()
+	must(t, a.Undo())
+	if got := metrics(); len(got) != 1 || got["fe80::1"] != 1024 {
+		t.Errorf("default routes after Undo: %v; want only the advertised one", got)
+	}
+}
