@@ -19,7 +19,7 @@ import (
 
 // TgtdOptions configures one tgtd instance with one target and one LUN (1 unless LUN says).
 type TgtdOptions struct {
-	Port        int    // TCP port (from the caller's range)
+	Port int // TCP port (from the caller's range)
 	// Host is the address tgtd listens on; default 127.0.0.1. IPv6 works ("::1"), and
 	// a link-local address needs its zone ("fe80::1%eth0").
 	Host string
