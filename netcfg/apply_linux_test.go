@@ -813,3 +813,56 @@ func TestApplyIPv6AheadOfAdvertisedRoute(t *testing.T) {
 		t.Errorf("default routes after Undo: %v; want only the advertised one", got)
 	}
 }
+
+// TestApplyAwaitsSLAAC: old iPXE records an IPv6 boot with only the NIC's IPv4
+// address, so the IPv6 target (here from netroot=) has no address of its family to be
+// reached from. Apply waits until an IPv6 address of more than link scope is usable on
+// the link (here added by the test, with DAD, as SLAAC would) instead of letting the
+// login race it; without one it gives up after the timeout without failing.
+func TestApplyAwaitsSLAAC(t *testing.T) {
+	tn := newTestNet(t)
+	tb := ipv4Table()
+	tb.NICs[0].Hostname = ""
+	p, err := NewPlan(tb, 0, Overrides{Targets: []netip.Addr{netip.MustParseAddr("2001:db8:99::5")}})
+	must(t, err)
+	if !p.AwaitSLAAC || !strings.Contains(p.String(), "router advertisements (SLAAC)") {
+		t.Fatalf("plan does not wait for SLAAC:\n%s", p)
+	}
+	o := tn.options(t)
+	o.SLAACTimeout = 8 * time.Second
+	boot, err := tn.hb.LinkByName(bootLink)
+	must(t, err)
+	go func() {
+		time.Sleep(500 * time.Millisecond)
+		tn.hb.AddrAdd(boot, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix("2001:db8:5::20/64"))})
+	}()
+	t0 := time.Now()
+	a, err := Apply(context.Background(), p, o)
+	took := time.Since(t0)
+	must(t, err)
+	defer a.Undo()
+	as, err := tn.hb.AddrList(boot, unix.AF_INET6)
+	must(t, err)
+	if !slices.ContainsFunc(as, func(x netlink.Addr) bool {
+		return x.IP.String() == "2001:db8:5::20" && x.Flags&unix.IFA_F_TENTATIVE == 0
+	}) {
+		t.Errorf("Apply returned after %v before the IPv6 address was usable: %v", took, as)
+	}
+	if took > o.SLAACTimeout {
+		t.Errorf("Apply took %v, beyond the SLAAC timeout", took)
+	}
+	t.Logf("Apply returned %v after start, with 2001:db8:5::20 usable", took.Round(time.Millisecond))
+
+	tn2 := newTestNet(t)
+	o2 := tn2.options(t)
+	o2.SLAACTimeout = time.Second
+	t0 = time.Now()
+	a2, err := Apply(context.Background(), p, o2)
+	if err != nil {
+		t.Fatalf("no router advertisement must not fail the network: %v", err)
+	}
+	a2.Undo()
+	if took := time.Since(t0); took < time.Second {
+		t.Errorf("Apply returned after %v without an IPv6 address; want the 1 s wait", took)
+	}
+}
