@@ -33,12 +33,13 @@ type Plan struct {
 	DNS      []netip.Addr
 	Hostname string
 	Renew    bool     // renew the lease by DHCP after the static configuration (isboot.dhcp=1)
+	Warnings []string // oddities in the table that Apply works around
+
 	// AwaitSLAAC: a target is IPv6 but the NIC's address IPv4, as old iPXE records an
 	// IPv6 boot (it writes only the IPv4 side). The kernel configures IPv6 from router
 	// advertisements by itself; Apply waits for that address, so the login does not
 	// race it.
 	AwaitSLAAC bool
-	Warnings []string // oddities in the table that Apply works around
 }
 
 // Route is one route Apply installs on the configured link.

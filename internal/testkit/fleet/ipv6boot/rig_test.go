@@ -73,8 +73,9 @@ const realInit = `#!/bin/sh
 echo "ISBOOT-ROOT-UP"
 while read a i p s f n; do echo "ISBOOT-ADDR6 $n $a/$(( 0x$p )) scope=$s flags=$f"; done < /proc/net/if_inet6
 while read d dl s sl g m rc u c n; do
-	[ "$dl" = 00 ] && echo "ISBOOT-DEFAULT6 via=$g dev=$n"
+	[ "$dl" = 00 ] && echo "ISBOOT-DEFAULT6 via=$g metric=$(( 0x$m )) dev=$n"
 done < /proc/net/ipv6_route
+for f in /run/net6-*.conf /run/isboot/resolv.conf; do [ -f $f ] && sed "s|^|ISBOOT-FILE $f |" $f; done
 echo ISBOOT-STATUS-BEGIN
 cat /run/isboot/status
 echo ISBOOT-STATUS-END
@@ -193,4 +194,25 @@ func logTimes(t *testing.T, con string, v *vm.VM) {
 	if m := execInit.FindStringSubmatch(con); m != nil {
 		t.Logf("/init to exec of the real init: %s s; QEMU start to power-off: %.1f s", m[1], v.Elapsed().Seconds())
 	}
+}
+
+// check fails the test for every pattern the console lacks and every status key
+// whose value differs, and for a root that could not write through the LUN.
+func check(t *testing.T, con string, patterns []string, status map[string]string) map[string]string {
+	t.Helper()
+	for _, p := range patterns {
+		if !regexp.MustCompile(p).MatchString(con) {
+			t.Errorf("console lacks %q", p)
+		}
+	}
+	st := statusFrom(t, con)
+	for k, want := range status {
+		if st[k] != want {
+			t.Errorf("status %s = %q, want %q", k, st[k], want)
+		}
+	}
+	if strings.Contains(con, "ISBOOT-ERROR") || !strings.Contains(con, "ISBOOT-MARKER none") {
+		t.Error("the real root could not write through the LUN")
+	}
+	return st
 }
