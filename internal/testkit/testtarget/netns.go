@@ -17,7 +17,7 @@ func waitListeningIn(ns, addr string, d time.Duration) error {
 	}
 	deadline := time.Now().Add(d)
 	for {
-		c, err := DialIn(ns, addr, 200*time.Millisecond)
+		c, err := dialIn(ns, addr, 200*time.Millisecond)
 		if err == nil {
 			c.Close()
 			return nil
@@ -29,9 +29,9 @@ func waitListeningIn(ns, addr string, d time.Duration) error {
 	}
 }
 
-// DialIn connects to addr over TCP from the named network namespace ns. The socket
+// dialIn connects to addr over TCP from the named network namespace ns. The socket
 // keeps its namespace, so the connection can be used from anywhere.
-func DialIn(ns, addr string, timeout time.Duration) (net.Conn, error) {
+func dialIn(ns, addr string, timeout time.Duration) (net.Conn, error) {
 	type result struct {
 		c   net.Conn
 		err error
