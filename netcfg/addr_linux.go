@@ -71,15 +71,27 @@ func (ap *applier) route(l netlink.Link, r Route) error {
 	if err != nil {
 		return fmt.Errorf("netcfg: list routes to %s: %w", r.Dst, err)
 	}
+	var advertised []netlink.Route
 	for _, e := range existing {
 		if e.LinkIndex == nr.LinkIndex && e.Gw.Equal(nr.Gw) {
 			return nil // already in place
 		}
+		if e.Protocol == unix.RTPROT_RA {
+			advertised = append(advertised, e)
+		}
 	}
-	if len(existing) > 0 {
+	if len(existing) > len(advertised) {
 		// Someone else's route: keep it. The boot targets have their own host routes.
 		ap.logf("netcfg: warning: keeping the existing route %s; not adding %s", existing[0], desc)
 		return nil
+	}
+	if len(advertised) > 0 {
+		// The kernel learned this route from a router advertisement while DAD ran.
+		// The iBFT's gateway is the one the firmware booted through: it goes just
+		// ahead of the advertised router, which stays as a fallback. At an equal
+		// metric the kernel would alternate between them.
+		nr.Priority = lowestMetric(advertised) - 1
+		desc += fmt.Sprintf(" metric %d (ahead of the router-advertised route)", nr.Priority)
 	}
 	if err := ap.h.RouteAdd(nr); err != nil {
 		return fmt.Errorf("netcfg: add route %s: %w", desc, err)
@@ -91,6 +103,15 @@ func (ap *applier) route(l netlink.Link, r Route) error {
 		return nil
 	})
 	return nil
+}
+
+// lowestMetric is the smallest metric of rs, at least 1 so one below it exists.
+func lowestMetric(rs []netlink.Route) int {
+	m := rs[0].Priority
+	for _, r := range rs[1:] {
+		m = min(m, r.Priority)
+	}
+	return max(m, 1)
 }
 
 func describeRoute(r Route, link string) string {

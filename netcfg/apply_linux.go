@@ -31,7 +31,7 @@ type Options struct {
 	// Logf reports progress and warnings; nil: silent.
 	Logf func(format string, args ...any)
 	// Bounded waits; zero: the defaults below.
-	LinkTimeout, CarrierTimeout, DADTimeout, DHCPTimeout time.Duration
+	LinkTimeout, CarrierTimeout, DADTimeout, DHCPTimeout, SLAACTimeout time.Duration
 }
 
 // Default bounds for the waits. A PHY negotiating a gigabit link can take several
@@ -40,6 +40,9 @@ const (
 	DefaultLinkTimeout    = 15 * time.Second
 	DefaultCarrierTimeout = 20 * time.Second
 	DefaultDADTimeout     = 10 * time.Second
+	// A host solicits a router when its link comes up and again every 4 s (RFC 4861);
+	// the address then needs its DAD.
+	DefaultSLAACTimeout = 15 * time.Second
 )
 
 // Applied records what Apply changed, so it can be reported and undone.
@@ -150,6 +153,9 @@ func (ap *applier) run() error {
 	}
 	if err := ap.address(link); err != nil {
 		return err
+	}
+	if p.AwaitSLAAC {
+		ap.waitSLAAC(link)
 	}
 	for _, r := range p.Routes {
 		if err := ap.route(link, r); err != nil {

@@ -764,3 +764,105 @@ func TestApplyWarnsOnPCIMismatch(t *testing.T) {
 		t.Errorf("logs lack %q:\n%s", want, strings.Join(logs, "\n"))
 	}
 }
+
+// TestApplyIPv6AheadOfAdvertisedRoute: the kernel learns a default route from a router
+// advertisement as soon as the link is up, before the iBFT's gateway is installed. The
+// iBFT's route goes in one metric ahead of it; the advertised one stays, and Undo
+// leaves it alone.
+func TestApplyIPv6AheadOfAdvertisedRoute(t *testing.T) {
+	tn := newTestNet(t)
+	tn.peerAddr(t, peerLink, "2001:db8:5::1/64")
+	boot, err := tn.hb.LinkByName(bootLink)
+	must(t, err)
+	must(t, tn.hb.LinkSetUp(boot))
+	ra := &netlink.Route{LinkIndex: boot.Attrs().Index, Dst: ipNet(netip.MustParsePrefix("::/0")),
+		Gw: net.ParseIP("fe80::1"), Protocol: unix.RTPROT_RA, Priority: 1024, Table: unix.RT_TABLE_MAIN}
+	must(t, tn.hb.RouteAdd(ra))
+	tb := &ibft.Table{
+		NICs: []ibft.NIC{{
+			Index: 0, Flags: ibft.FlagValid | ibft.FlagBootSelected | ibft.FlagNICGlobal,
+			IP: netip.MustParseAddr("2001:db8:5::10"), Prefix: 64, Origin: ibft.OriginManual,
+			Gateway: netip.MustParseAddr("2001:db8:5::1"), MAC: bootMAC,
+		}},
+		Targets: []ibft.Target{{Index: 0, Flags: ibft.FlagValid | ibft.FlagBootSelected, IP: netip.MustParseAddr("2001:db8:5::1"), Port: 3260, Name: "iqn.2025-01.test:v6"}},
+	}
+	o := tn.options(t)
+	a, err := applyTable(t, tb, o)
+	must(t, err)
+	metrics := func() map[string]int {
+		rs, err := tn.hb.RouteListFiltered(unix.AF_INET6, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		must(t, err)
+		m := map[string]int{}
+		for _, r := range rs {
+			if (r.Dst == nil || r.Dst.IP.IsUnspecified()) && r.Gw != nil {
+				m[r.Gw.String()] = r.Priority
+			}
+		}
+		return m
+	}
+	if got := metrics(); got["2001:db8:5::1"] != 1023 || got["fe80::1"] != 1024 {
+		t.Errorf("default routes by gateway and metric: %v; want 2001:db8:5::1 at 1023 ahead of the advertised fe80::1 at 1024", got)
+	}
+	a2, err := applyTable(t, tb, o)
+	if err != nil || len(a2.Changes) != 0 {
+		t.Errorf("second Apply: err %v, changes %v; want none", err, a2)
+	}
+	a2.Close()
+	must(t, a.Undo())
+	if got := metrics(); len(got) != 1 || got["fe80::1"] != 1024 {
+		t.Errorf("default routes after Undo: %v; want only the advertised one", got)
+	}
+}
+
+// TestApplyAwaitsSLAAC: old iPXE records an IPv6 boot with only the NIC's IPv4
+// address, so the IPv6 target (here from netroot=) has no address of its family to be
+// reached from. Apply waits until an IPv6 address of more than link scope is usable on
+// the link (here added by the test, with DAD, as SLAAC would) instead of letting the
+// login race it; without one it gives up after the timeout without failing.
+func TestApplyAwaitsSLAAC(t *testing.T) {
+	tn := newTestNet(t)
+	tb := ipv4Table()
+	tb.NICs[0].Hostname = ""
+	p, err := NewPlan(tb, 0, Overrides{Targets: []netip.Addr{netip.MustParseAddr("2001:db8:99::5")}})
+	must(t, err)
+	if !p.AwaitSLAAC || !strings.Contains(p.String(), "router advertisements (SLAAC)") {
+		t.Fatalf("plan does not wait for SLAAC:\n%s", p)
+	}
+	o := tn.options(t)
+	o.SLAACTimeout = 8 * time.Second
+	boot, err := tn.hb.LinkByName(bootLink)
+	must(t, err)
+	go func() {
+		time.Sleep(500 * time.Millisecond)
+		tn.hb.AddrAdd(boot, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix("2001:db8:5::20/64"))})
+	}()
+	t0 := time.Now()
+	a, err := Apply(context.Background(), p, o)
+	took := time.Since(t0)
+	must(t, err)
+	defer a.Undo()
+	as, err := tn.hb.AddrList(boot, unix.AF_INET6)
+	must(t, err)
+	if !slices.ContainsFunc(as, func(x netlink.Addr) bool {
+		return x.IP.String() == "2001:db8:5::20" && x.Flags&unix.IFA_F_TENTATIVE == 0
+	}) {
+		t.Errorf("Apply returned after %v before the IPv6 address was usable: %v", took, as)
+	}
+	if took > o.SLAACTimeout {
+		t.Errorf("Apply took %v, beyond the SLAAC timeout", took)
+	}
+	t.Logf("Apply returned %v after start, with 2001:db8:5::20 usable", took.Round(time.Millisecond))
+
+	tn2 := newTestNet(t)
+	o2 := tn2.options(t)
+	o2.SLAACTimeout = time.Second
+	t0 = time.Now()
+	a2, err := Apply(context.Background(), p, o2)
+	if err != nil {
+		t.Fatalf("no router advertisement must not fail the network: %v", err)
+	}
+	a2.Undo()
+	if took := time.Since(t0); took < time.Second {
+		t.Errorf("Apply returned after %v without an IPv6 address; want the 1 s wait", took)
+	}
+}

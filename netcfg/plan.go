@@ -34,6 +34,12 @@ type Plan struct {
 	Hostname string
 	Renew    bool     // renew the lease by DHCP after the static configuration (isboot.dhcp=1)
 	Warnings []string // oddities in the table that Apply works around
+
+	// AwaitSLAAC: a target is IPv6 but the NIC's address IPv4, as old iPXE records an
+	// IPv6 boot (it writes only the IPv4 side). The kernel configures IPv6 from router
+	// advertisements by itself; Apply waits for that address, so the login does not
+	// race it.
+	AwaitSLAAC bool
 }
 
 // Route is one route Apply installs on the configured link.
@@ -158,6 +164,9 @@ func NewPlan(t *ibft.Table, nic int, ov Overrides) (*Plan, error) {
 		switch {
 		case !tg.ip.IsValid() || tg.ip.IsUnspecified():
 			p.warnf("%s has no address: no route", tg.why)
+		case tg.ip.Is6() && ip.Is4():
+			p.AwaitSLAAC = true
+			p.warnf("%s address %s is IPv6 and the NIC's %s is IPv4: no route; waiting for an IPv6 address from router advertisements (SLAAC)", tg.why, tg.ip, ip)
 		case tg.ip.Is4() != ip.Is4():
 			p.warnf("%s address %s is not of the address family of %s: no route", tg.why, tg.ip, ip)
 		case tg.ip == ip:
@@ -272,9 +281,12 @@ func (p *Plan) String() string {
 		}
 	}
 	line("address", "%s (%s%s)", p.Addr, lease, scope)
-	if p.Addr.Addr().Is6() {
+	switch {
+	case p.Addr.Addr().Is6():
 		line("wait", "for carrier, then for duplicate address detection of %s", p.Addr.Addr())
-	} else {
+	case p.AwaitSLAAC:
+		line("wait", "for carrier, then for an IPv6 address from router advertisements (SLAAC), for the IPv6 target")
+	default:
 		line("wait", "for carrier")
 	}
 	if len(p.Routes) == 0 {

@@ -29,12 +29,13 @@ func (p *Plan) MarshalJSON() ([]byte, error) {
 		DNS      []string `json:"dns"`
 		Hostname string   `json:"hostname"`
 		Renew    bool     `json:"dhcp_renew"`
+		SLAAC    bool     `json:"await_slaac"`
 		Warnings []string `json:"warnings"`
 	}{
 		Source: p.Source, NIC: p.NIC, MAC: p.MAC.String(), PCI: p.PCI.String(), VLAN: p.VLAN,
 		Addr: p.Addr.String(), LinkOnly: p.LinkOnly, Origin: OriginName(p.Origin),
 		DHCP: addrString(p.DHCP), Gateway: addrString(p.Gateway), Routes: []route{}, DNS: []string{},
-		Hostname: p.Hostname, Renew: p.Renew, Warnings: p.Warnings,
+		Hostname: p.Hostname, Renew: p.Renew, SLAAC: p.AwaitSLAAC, Warnings: p.Warnings,
 	}
 	if v.Warnings == nil {
 		v.Warnings = []string{}

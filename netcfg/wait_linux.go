@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -61,6 +62,40 @@ func (ap *applier) waitDAD(l netlink.Link) error {
 		return fmt.Errorf("netcfg: %s: duplicate address detection for %s: %w", name, ip, err)
 	}
 	return nil
+}
+
+// waitSLAAC waits until the kernel has configured a usable IPv6 address of more than
+// link scope on l from router advertisements. Not getting one is no failure: the
+// login then reports what the network lacks, and may yet succeed on a later try.
+func (ap *applier) waitSLAAC(l netlink.Link) {
+	name := l.Attrs().Name
+	timeout := ap.timeout(ap.o.SLAACTimeout, DefaultSLAACTimeout)
+	var got netip.Addr
+	err := waitFor(ap.ctx, timeout, ap.subscribeAddrs,
+		func() (bool, error) {
+			addrs, err := ap.h.AddrList(l, unix.AF_INET6)
+			if err != nil {
+				return false, err
+			}
+			for _, a := range addrs {
+				if a.Scope == unix.RT_SCOPE_LINK || a.Scope == unix.RT_SCOPE_HOST ||
+					a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) != 0 {
+					continue
+				}
+				got, _ = netip.AddrFromSlice(a.IP)
+				return true, nil
+			}
+			return false, nil
+		},
+		func() error {
+			ap.logf("netcfg: waiting up to %v for an IPv6 address from router advertisements on %s", timeout, name)
+			return nil
+		})
+	if err != nil {
+		ap.logf("netcfg: warning: %s: no IPv6 address from router advertisements: %v", name, err)
+		return
+	}
+	ap.logf("netcfg: %s has %s from router advertisements", name, got)
 }
 
 func (ap *applier) timeout(set, def time.Duration) time.Duration {

@@ -188,7 +188,29 @@ func netrootTargets(c *cmdline.CmdLine) ([]netip.Addr, string) {
 	if err != nil {
 		return nil, fmt.Sprintf("netroot= server %q is not an address: no host route for it", c.Netroot.Server)
 	}
-	return []netip.Addr{a}, ""
+	// A route is to the address; the zone of [fe80::1%eth0] only picks the link.
+	return []netip.Addr{a.WithZone("")}, ""
+}
+
+// ZonePortals returns portals with the zone link added to every link-local IPv6
+// address that has none: fe80::/10 exists on every link, so connect(2) refuses such
+// an address without the interface, and the iBFT cannot name one. link is the boot
+// NIC's interface, known once the network is configured. A zone given on the
+// command line (netroot=iscsi:[fe80::1%eth0]...) is kept.
+func ZonePortals(portals []string, link string) []string {
+	out := slices.Clone(portals)
+	for i, p := range out {
+		host, port, err := net.SplitHostPort(p)
+		if err != nil {
+			continue
+		}
+		a, err := netip.ParseAddr(host)
+		if err != nil || !a.Is6() || a.Zone() != "" || !a.IsLinkLocalUnicast() {
+			continue
+		}
+		out[i] = net.JoinHostPort(a.WithZone(link).String(), port)
+	}
+	return out
 }
 
 // portal is a target's "address:port", the port defaulting to 3260.

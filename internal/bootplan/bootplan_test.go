@@ -184,3 +184,53 @@ func TestNetwork(t *testing.T) {
 		t.Error("no iBFT: no error")
 	}
 }
+
+func TestZonePortals(t *testing.T) {
+	in := []string{"[fe80::1]:3260", "[fe80::2%eth7]:3260", "[fec0::2]:3260", "10.0.2.2:3260", "[FE80::a:b]:860", "san.example:3260"}
+	want := []string{"[fe80::1%eth0]:3260", "[fe80::2%eth7]:3260", "[fec0::2]:3260", "10.0.2.2:3260", "[fe80::a:b%eth0]:860", "san.example:3260"}
+	got := ZonePortals(in, "eth0")
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("ZonePortals:\n got %q\nwant %q", got, want)
+	}
+	if in[0] != "[fe80::1]:3260" {
+		t.Errorf("ZonePortals changed its argument: %q", in)
+	}
+}
+
+// A link-local target from the iBFT stays without a zone in the plan (the link is
+// not known yet); one from netroot= keeps the zone it names, and its host route is to
+// the address alone.
+func TestLinkLocalTargets(t *testing.T) {
+	tb := table()
+	tb.NICs[0].IP, tb.NICs[0].Prefix, tb.NICs[0].Gateway = netip.MustParseAddr("fe80::10"), 64, netip.Addr{}
+	tb.Targets[0].IP = netip.MustParseAddr("fe80::1")
+	p, err := Make(parse(t, ""), tb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(p.ISCSI.Portals, ","); got != "[fe80::1]:3260" {
+		t.Errorf("iBFT portal %q, want [fe80::1]:3260", got)
+	}
+	c := parse(t, "netroot=iscsi:[fe80::1%eth3]::3261:1:iqn.2024-01.org.example:disk")
+	p, err = Make(c, tb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(p.ISCSI.Portals, ","); got != "[fe80::1%eth3]:3261" {
+		t.Errorf("netroot= portal %q, want [fe80::1%%eth3]:3261", got)
+	}
+	np, err := Network(c, tb, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dsts []string
+	for _, r := range np.Routes {
+		if !r.Dst.IsValid() {
+			t.Errorf("route %+v has no valid destination", r)
+		}
+		dsts = append(dsts, r.Dst.String())
+	}
+	if strings.Join(dsts, ",") != "fe80::1/128" {
+		t.Errorf("routes to %q, want fe80::1/128", dsts)
+	}
+}

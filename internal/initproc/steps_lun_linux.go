@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -95,6 +96,12 @@ func (b *boot) configureNetwork() error {
 	}
 	b.nic = applied.Link
 	b.plan.Daemon.NIC = applied.Link
+	// A link-local target is only reachable through the boot NIC's interface, which
+	// is known now.
+	if zoned := bootplan.ZonePortals(b.plan.Daemon.Portals, applied.Link); !slices.Equal(zoned, b.plan.Daemon.Portals) {
+		b.log.Infof("network: link-local target: dialing %s", strings.Join(zoned, ","))
+		b.plan.Daemon.Portals = zoned
+	}
 	b.log.Infof("network: %s is %s", applied.Link, np.Addr)
 	// Optional: the real root only loses its DNS servers without these files.
 	files, err := carryNetwork("/run", np, applied.Link)

@@ -19,7 +19,13 @@ import (
 
 // TgtdOptions configures one tgtd instance with one target and one LUN (1 unless LUN says).
 type TgtdOptions struct {
-	Port        int    // TCP port on 127.0.0.1 (from the caller's range)
+	Port int // TCP port (from the caller's range)
+	// Host is the address tgtd listens on; default 127.0.0.1. IPv6 works ("::1"), and
+	// a link-local address needs its zone ("fe80::1%eth0").
+	Host string
+	// Netns is a named network namespace (ip netns) to run tgtd in; "": this one.
+	// The harness's own connection checks then dial from inside it.
+	Netns       string
 	ControlPort int    // tgtd -C N (from the caller's range)
 	IQN         string // default iqn.2026-01.org.isboot.test:tgtd<port>
 	Backing     string // backing file; default a 64 MiB sparse file in t.TempDir()
@@ -74,6 +80,9 @@ func StartTgtd(t testing.TB, opts TgtdOptions) *Tgtd {
 	if opts.LUN == 0 {
 		opts.LUN = 1
 	}
+	if opts.Host == "" {
+		opts.Host = "127.0.0.1"
+	}
 	d := &Tgtd{t: t, opts: opts, IQN: opts.IQN, LUN: opts.LUN, log: filepath.Join(t.TempDir(), "tgtd.log")}
 	t.Cleanup(d.kill)
 	if err := d.start(); err != nil {
@@ -82,7 +91,7 @@ func StartTgtd(t testing.TB, opts TgtdOptions) *Tgtd {
 	return d
 }
 
-func (d *Tgtd) Addr() string         { return fmt.Sprintf("127.0.0.1:%d", d.opts.Port) }
+func (d *Tgtd) Addr() string         { return net.JoinHostPort(d.opts.Host, strconv.Itoa(d.opts.Port)) }
 func (d *Tgtd) TargetIQN() string    { return d.IQN }
 func (d *Tgtd) LUNNumber() uint64    { return d.LUN }
 func (d *Tgtd) Backing() string      { return d.opts.Backing }
@@ -94,8 +103,12 @@ func (d *Tgtd) start() error {
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command("tgtd", "-f", "-C", strconv.Itoa(d.opts.ControlPort),
-		"--iscsi", fmt.Sprintf("portal=127.0.0.1:%d", d.opts.Port))
+	args := []string{"tgtd", "-f", "-C", strconv.Itoa(d.opts.ControlPort), "--iscsi", "portal=" + d.Addr()}
+	if d.opts.Netns != "" {
+		// tgtd's management socket is a file, so tgtadm reaches it from here.
+		args = append([]string{"ip", "netns", "exec", d.opts.Netns}, args...)
+	}
+	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	child, err := childproc.Start(cmd)
@@ -122,7 +135,7 @@ func (d *Tgtd) start() error {
 		d.kill()
 		return fmt.Errorf("%v\n%s", err, logTail(d.log))
 	}
-	if err := waitListening(d.Addr(), 10*time.Second); err != nil {
+	if err := waitListeningIn(d.opts.Netns, d.Addr(), 10*time.Second); err != nil {
 		d.kill()
 		return fmt.Errorf("%v\n%s", err, logTail(d.log))
 	}
@@ -206,7 +219,9 @@ func (d *Tgtd) kill() {
 	syscall.Kill(-cmd.Process.Pid, syscall.SIGCONT)
 	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	<-exited
-	waitClosed(d.Addr(), 2*time.Second)
+	if d.opts.Netns == "" {
+		waitClosed(d.Addr(), 2*time.Second)
+	}
 }
 
 // Stop kills tgtd; connections drop without a logout, as in a target crash.

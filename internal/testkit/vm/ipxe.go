@@ -16,6 +16,10 @@ const (
 // HostAddr is the host as the guest sees it on QEMU user networking.
 const HostAddr = "10.0.2.2"
 
+// HostAddr6 is the host over IPv6 on QEMU user networking (its router advertises
+// fec0::/64; connections to this address reach the host's ::1).
+const HostAddr6 = "fec0::2"
+
 // IPXE is what the generated iPXE script does before it boots the kernel.
 type IPXE struct {
 	// Static configures net0 by hand (set net0/ip ..., ifopen) instead of dhcp.
@@ -40,7 +44,7 @@ type StaticIP struct {
 
 // SANTarget is an iSCSI target reached from the guest.
 type SANTarget struct {
-	Server string // default HostAddr
+	Server string // default HostAddr; an IPv6 address goes in brackets in the URI
 	Port   int    // default 3260
 	LUN    int
 	IQN    string
@@ -59,6 +63,9 @@ func (s SANTarget) URI() string {
 	server := s.Server
 	if server == "" {
 		server = HostAddr
+	}
+	if strings.Contains(server, ":") {
+		server = "[" + server + "]"
 	}
 	port := ""
 	if s.Port != 0 {
