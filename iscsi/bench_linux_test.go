@@ -88,6 +88,60 @@ func runOurs(b *testing.B, l *LUN, size int, random bool, d time.Duration) (ios,
 	return n.Load(), n.Load() * uint64(size), ms1.Mallocs - ms0.Mallocs, cpu
 }
 
+// runOursAsync is runOurs through ReadAtAsync, the path the NBD server takes: one
+// goroutine keeps benchQD reads in flight, starting the next as each completes, the
+// way iscsi-perf drives libiscsi.
+func runOursAsync(b *testing.B, l *LUN, size int, random bool, d time.Duration) (ios, bytes, allocs uint64, cpu time.Duration) {
+	blocks := l.Size() / int64(size)
+	r := rand.New(rand.NewPCG(7, 3))
+	var next int64
+	done := make(chan int, benchQD)
+	callbacks := make([]func(int, error), benchQD)
+	bufs := make([][]byte, benchQD)
+	var failed atomic.Bool
+	for i := range bufs {
+		bufs[i] = make([]byte, size)
+		callbacks[i] = func(_ int, err error) {
+			if err != nil && !failed.Swap(true) {
+				b.Errorf("read: %v", err)
+			}
+			done <- i
+		}
+	}
+	start := func(i int) {
+		var blk int64
+		if random {
+			blk = r.Int64N(blocks)
+		} else {
+			next = (next + 1) % blocks
+			blk = next
+		}
+		l.ReadAtAsync(bufs[i], blk*int64(size), callbacks[i])
+	}
+	var ms0, ms1 runtime.MemStats
+	runtime.ReadMemStats(&ms0)
+	cpu0 := selfCPU()
+	for i := range benchQD {
+		start(i)
+	}
+	var n uint64
+	deadline := time.Now().Add(d)
+	inFlight, stopping := benchQD, false
+	for inFlight > 0 {
+		i := <-done
+		inFlight--
+		n++
+		stopping = stopping || failed.Load() || n%64 == 0 && time.Now().After(deadline)
+		if !stopping {
+			start(i)
+			inFlight++
+		}
+	}
+	cpu = selfCPU() - cpu0
+	runtime.ReadMemStats(&ms1)
+	return n, n * uint64(size), ms1.Mallocs - ms0.Mallocs, cpu
+}
+
 // selfCPU is the user+system time this process has used (tgtd is a child, not counted).
 func selfCPU() time.Duration {
 	var ru syscall.Rusage
@@ -121,52 +175,70 @@ func runIscsiPerf(b *testing.B, d *testtarget.Tgtd, blocks int, random bool, sec
 	return iops, mbs, cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 }
 
-// benchRead alternates 2-second rounds of ours and iscsi-perf (b.N pairs), so load
-// from elsewhere on the machine hits both alike, and reports the median ratio.
+// benchRead alternates 2-second rounds of ours and iscsi-perf (b.N of each), so load
+// from elsewhere on the machine hits both alike, and reports the median ratios. Ours
+// runs twice a round: through ReadAtAsync, the NBD server's path and the headline
+// ratio, and through ReadAt from benchQD goroutines.
 func benchRead(b *testing.B, size int, random bool) {
 	d := benchTarget(b)
 	cfg := testConfig(d)
 	cfg.QueueDepth = benchQD
 	cfg.Logf = func(string, ...any) {}
+	// One P, as the daemon and `isboot serve` run a session (daemon.LimitProcs).
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	s := dial(b, cfg)
 	l := s.LUN()
 	const round = 2 * time.Second
-	var ratios []float64
-	var ourIOPS, ourMBs, libIOPS, libMBs float64
-	var ios, allocs uint64
-	var ourCPU, libCPU time.Duration
-	var libIOs float64
+	type tally struct {
+		iops, mbs   float64
+		ios, allocs uint64
+		cpu         time.Duration
+		ratios      []float64
+		run         func(*testing.B, *LUN, int, bool, time.Duration) (uint64, uint64, uint64, time.Duration)
+		name        string
+	}
+	ours := []*tally{{run: runOursAsync, name: "async"}, {run: runOurs, name: "sync"}}
+	var libIOPS, libMBs, libIOs float64
+	var libCPU time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		start := time.Now()
-		n, bytes, a, oc := runOurs(b, l, size, random, round)
-		el := time.Since(start).Seconds()
-		ios, allocs, ourCPU = ios+n, allocs+a, ourCPU+oc
-		oi, om := float64(n)/el, float64(bytes)/el/1e6
 		li, lm, lc := runIscsiPerf(b, d, size/512, random, int(round/time.Second))
 		libCPU, libIOs = libCPU+lc, libIOs+li*round.Seconds()
-		ratios = append(ratios, oi/li)
-		ourIOPS, ourMBs, libIOPS, libMBs = ourIOPS+oi, ourMBs+om, libIOPS+li, libMBs+lm
+		libIOPS, libMBs = libIOPS+li, libMBs+lm
+		for _, t := range ours {
+			start := time.Now()
+			n, bytes, a, oc := t.run(b, l, size, random, round)
+			el := time.Since(start).Seconds()
+			t.ios, t.allocs, t.cpu = t.ios+n, t.allocs+a, t.cpu+oc
+			t.iops, t.mbs = t.iops+float64(n)/el, t.mbs+float64(bytes)/el/1e6
+			t.ratios = append(t.ratios, float64(n)/el/li)
+		}
 	}
 	b.StopTimer()
 	nf := float64(b.N)
-	ourIOPS, ourMBs, libIOPS, libMBs = ourIOPS/nf, ourMBs/nf, libIOPS/nf, libMBs/nf
-	slices.Sort(ratios)
-	ratio := ratios[len(ratios)/2]
-	perIO := float64(allocs) / float64(max(ios, 1))
+	libIOPS, libMBs = libIOPS/nf, libMBs/nf
 	// CPU per I/O says how much of the shared two cores each initiator takes from tgtd.
-	ourCPUPerIO := ourCPU.Seconds() * 1e6 / float64(max(ios, 1))
 	libCPUPerIO := libCPU.Seconds() * 1e6 / max(libIOs, 1)
-	b.ReportMetric(ourMBs, "MB/s")
-	b.ReportMetric(ourIOPS, "IOPS")
 	b.ReportMetric(libMBs, "libiscsi-MB/s")
 	b.ReportMetric(libIOPS, "libiscsi-IOPS")
-	b.ReportMetric(ratio, "ratio")
-	b.ReportMetric(perIO, "allocs/IO")
-	b.ReportMetric(ourCPUPerIO, "cpu-us/IO")
 	b.ReportMetric(libCPUPerIO, "libiscsi-cpu-us/IO")
-	fmt.Printf("iscsi bench %s: ours %.0f IOPS %.0f MB/s, libiscsi %.0f IOPS %.0f MB/s, ratio ours/libiscsi %.2f (median of %v), %.3f allocs per I/O, CPU per I/O ours %.1f µs vs libiscsi %.1f µs\n",
-		b.Name(), ourIOPS, ourMBs, libIOPS, libMBs, ratio, roundTo(ratios), perIO, ourCPUPerIO, libCPUPerIO)
+	for i, t := range ours {
+		slices.Sort(t.ratios)
+		ratio := t.ratios[len(t.ratios)/2]
+		perIO := float64(t.allocs) / float64(max(t.ios, 1))
+		cpuPerIO := t.cpu.Seconds() * 1e6 / float64(max(t.ios, 1))
+		unit := ""
+		if i > 0 {
+			unit = t.name + "-"
+		}
+		b.ReportMetric(t.mbs/nf, unit+"MB/s")
+		b.ReportMetric(t.iops/nf, unit+"IOPS")
+		b.ReportMetric(ratio, unit+"ratio")
+		b.ReportMetric(perIO, unit+"allocs/IO")
+		b.ReportMetric(cpuPerIO, unit+"cpu-us/IO")
+		fmt.Printf("iscsi bench %s (%s): ours %.0f IOPS %.0f MB/s, libiscsi %.0f IOPS %.0f MB/s, ratio ours/libiscsi %.2f (median of %v), %.3f allocs per I/O, CPU per I/O ours %.1f µs vs libiscsi %.1f µs\n",
+			b.Name(), t.name, t.iops/nf, t.mbs/nf, libIOPS, libMBs, ratio, roundTo(t.ratios), perIO, cpuPerIO, libCPUPerIO)
+	}
 }
 
 func roundTo(r []float64) []string {

@@ -19,6 +19,7 @@ import (
 // serve opens the backend and exposes it until ctx is done, publishing its status
 // as the boot daemon does (daemon.Publisher).
 func serve(ctx context.Context, cfg *serveConfig, logf func(string, ...any)) (err error) {
+	daemon.LimitProcs(1)
 	st := status.Status{Version: Version, PID: os.Getpid(), State: status.Configuring, Target: cfg.iscsi.TargetName}
 	if cfg.file == "" && cfg.memSize == 0 {
 		st.State = status.LoggingIn

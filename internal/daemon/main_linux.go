@@ -77,6 +77,7 @@ func serveMain(dial Dialer, version string, attach func(*nbd.Server, nbd.AttachC
 	if cfg.Version == "" {
 		cfg.Version = version
 	}
+	LimitProcs(1)
 	if cfg.Root != "" {
 		// The supervisor started us before it built its root: join it.
 		if err := joinRoot(cfg.Root); err != nil {
