@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/isboot/isboot/internal/netguard"
 	"github.com/isboot/isboot/internal/status"
 	"github.com/isboot/isboot/iscsi"
 )
@@ -33,6 +34,9 @@ type Config struct {
 
 	StatusDir string      // "" disables the status file
 	NIC       string      // interface carrying the session, for the status file
+	// Guard is the boot NIC as the boot configured it, which the daemon keeps so
+	// (netguard.Watch); nil: no guard.
+	Guard *netguard.Spec `json:",omitempty"`
 	IBFT      []status.KV // hw.ibft.* lines, secrets masked
 	Debug     int
 	Version   string
