@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/isboot/isboot/netcfg"
 )
@@ -57,11 +58,14 @@ func (s *Spec) Validate() error {
 
 // Restore is one pass that put something back.
 type Restore struct {
-	Link   string   // the link's name now
-	LinkUp bool     // it was administratively down
-	Addr   bool     // the address was missing
-	Routes []string // routes put back, as netcfg.DescribeRoute prints them
-	Failed []string // what could not be put back, with why
+	Link   string       // the link's name now
+	LinkUp bool         // it was administratively down
+	Addr   netip.Prefix // the address put back; zero: it was there
+	Routes []string     // routes put back, as netcfg.DescribeRoute prints them
+	Failed []string     // what could not be put back, with why
+	// After is how long after the guard heard of the change it was done; 0 when
+	// a periodic look found it.
+	After time.Duration
 }
 
 // String says what was put back, in one line.
@@ -70,8 +74,8 @@ func (r Restore) String() string {
 	if r.LinkUp {
 		parts = append(parts, "link up")
 	}
-	if r.Addr {
-		parts = append(parts, "address")
+	if r.Addr.IsValid() {
+		parts = append(parts, "address "+r.Addr.String())
 	}
 	for _, rt := range r.Routes {
 		parts = append(parts, "route "+rt)
@@ -83,8 +87,11 @@ func (r Restore) String() string {
 	if len(r.Failed) > 0 {
 		s += "; failed: " + strings.Join(r.Failed, "; ")
 	}
+	if r.After > 0 {
+		s += fmt.Sprintf(" (%v after the change)", r.After.Round(time.Millisecond))
+	}
 	return s
 }
 
 // PutBack reports whether the pass put anything back.
-func (r Restore) PutBack() bool { return r.LinkUp || r.Addr || len(r.Routes) > 0 }
+func (r Restore) PutBack() bool { return r.LinkUp || r.Addr.IsValid() || len(r.Routes) > 0 }

@@ -71,13 +71,14 @@ func Watch(ctx context.Context, s *Spec, o Options) error {
 	resync := time.NewTicker(o.Resync)
 	defer resync.Stop()
 	pending := true
+	var heard time.Time // the first change the pending look answers
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-changes:
 			if !pending {
-				pending = true
+				pending, heard = true, time.Now()
 				settle.Reset(o.Settle)
 			}
 		case err := <-lost:
@@ -101,9 +102,10 @@ func Watch(ctx context.Context, s *Spec, o Options) error {
 			}
 		case <-settle.C:
 			pending = false
-			g.check()
+			g.check(heard)
+			heard = time.Time{}
 		case <-resync.C:
-			g.check()
+			g.check(time.Time{})
 		}
 	}
 }
@@ -190,8 +192,9 @@ type guard struct {
 
 // check looks at the link and puts back what is missing, in the order the kernel
 // needs: the link up (a down link loses its IPv4 routes), the address (routes name
-// it as their source), then the routes.
-func (g *guard) check() {
+// it as their source), then the routes. heard is when the change was heard of (zero:
+// a periodic look).
+func (g *guard) check(heard time.Time) {
 	l, err := g.h.LinkByIndex(g.s.Index)
 	if err != nil {
 		if !g.gone {
@@ -222,7 +225,7 @@ func (g *guard) check() {
 		if err := g.h.AddrAdd(l, a); err != nil && !errors.Is(err, unix.EEXIST) {
 			r.Failed = append(r.Failed, fmt.Sprintf("address %s: %v", g.s.Addr, err))
 		} else if err == nil {
-			r.Addr = true
+			r.Addr = g.s.Addr
 		}
 	}
 	for _, rt := range g.s.Routes {
@@ -242,6 +245,9 @@ func (g *guard) check() {
 		}
 	}
 	if r.PutBack() || len(r.Failed) > 0 {
+		if !heard.IsZero() {
+			r.After = time.Since(heard)
+		}
 		g.report(r)
 	}
 }

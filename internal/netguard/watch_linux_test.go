@@ -206,7 +206,7 @@ func TestWatchRestoresFlushedAddress(t *testing.T) {
 	}
 	x, took := n.waitRestore(t, r, t0)
 	t.Logf("address flushed: %v, whole again after %v", x, took.Round(time.Millisecond))
-	if !x.Addr || len(x.Routes) != 3 || x.LinkUp {
+	if !x.Addr.IsValid() || len(x.Routes) != 3 || x.LinkUp {
 		t.Errorf("restore %+v: want the address and the 3 routes", x)
 	}
 }
@@ -220,7 +220,7 @@ func TestWatchRestoresDeletedRoute(t *testing.T) {
 	}
 	x, took := n.waitRestore(t, r, t0)
 	t.Logf("route deleted: %v, whole again after %v", x, took.Round(time.Millisecond))
-	if x.Addr || x.LinkUp || len(x.Routes) != 1 || x.Routes[0] != "192.0.2.9/32 via 10.77.0.1 dev boot0" {
+	if x.Addr.IsValid() || x.LinkUp || len(x.Routes) != 1 || x.Routes[0] != "192.0.2.9/32 via 10.77.0.1 dev boot0" {
 		t.Errorf("restore %+v: want that one route", x)
 	}
 }
