@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -71,7 +72,8 @@ func Watch(ctx context.Context, s *Spec, o Options) error {
 	resync := time.NewTicker(o.Resync)
 	defer resync.Stop()
 	pending := true
-	var heard time.Time // the first change the pending look answers
+	var heard time.Time     // the first change the pending look answers
+	var retry time.Duration // wait before looking again after a failed look
 	for {
 		select {
 		case <-ctx.Done():
@@ -102,10 +104,21 @@ func Watch(ctx context.Context, s *Spec, o Options) error {
 			}
 		case <-settle.C:
 			pending = false
-			g.check(heard)
+			ok := g.check(heard)
 			heard = time.Time{}
+			if !ok {
+				// Something could not be put back (a tool still flushing, the link
+				// gone): look again soon, backing off to the resync interval.
+				retry = min(max(2*retry, 100*time.Millisecond), o.Resync)
+				pending = true
+				settle.Reset(retry)
+			} else {
+				retry = 0
+			}
 		case <-resync.C:
-			g.check(time.Time{})
+			if !pending {
+				g.check(time.Time{})
+			}
 		}
 	}
 }
@@ -187,23 +200,21 @@ type guard struct {
 	h    *netlink.Handle
 	plan *netcfg.Plan
 	name string // the link's current name
-	gone bool   // the link was missing at the last look (said once)
+	// lastFailed is what the last report said could not be put back: a lasting
+	// failure is said once.
+	lastFailed string
 }
 
 // check looks at the link and puts back what is missing, in the order the kernel
 // needs: the link up (a down link loses its IPv4 routes), the address (routes name
 // it as their source), then the routes. heard is when the change was heard of (zero:
-// a periodic look).
-func (g *guard) check(heard time.Time) {
+// a periodic look). It reports whether the link is whole.
+func (g *guard) check(heard time.Time) bool {
 	l, err := g.h.LinkByIndex(g.s.Index)
 	if err != nil {
-		if !g.gone {
-			g.gone = true
-			g.report(Restore{Link: g.name, Failed: []string{fmt.Sprintf("link %d: %v", g.s.Index, err)}})
-		}
-		return
+		g.report(Restore{Link: g.name, Failed: []string{fmt.Sprintf("link %d: %v", g.s.Index, err)}})
+		return false
 	}
-	g.gone = false
 	g.name = l.Attrs().Name
 	r := Restore{Link: g.name}
 	if l.Attrs().Flags&net.FlagUp == 0 {
@@ -249,10 +260,20 @@ func (g *guard) check(heard time.Time) {
 			r.After = time.Since(heard)
 		}
 		g.report(r)
+	} else {
+		g.lastFailed = ""
 	}
+	return len(r.Failed) == 0
 }
 
+// report tells Restored, except a failure like the last one with nothing put back
+// (the retries of a lasting failure say nothing new).
 func (g *guard) report(r Restore) {
+	failed := strings.Join(r.Failed, "; ")
+	if !r.PutBack() && failed == g.lastFailed {
+		return
+	}
+	g.lastFailed = failed
 	if g.o.Restored != nil {
 		g.o.Restored(r)
 	}

@@ -311,3 +311,20 @@ func TestWatchFollowsRename(t *testing.T) {
 		t.Errorf("restore %+v: want link up on enp0s3", x)
 	}
 }
+
+// A link that is gone cannot be put back: the guard says so once, however often it
+// looks again, and Watch goes on until cancelled.
+func TestWatchSaysLinkGoneOnce(t *testing.T) {
+	n := newTestNet(t)
+	r := n.watch(t, 50*time.Millisecond)
+	if err := n.h.LinkDel(n.link); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // retries back off from 100 ms, and resyncs every 50 ms
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.all) != 1 || len(r.all[0].Failed) != 1 || r.all[0].PutBack() {
+		t.Fatalf("reports %+v: want one failure", r.all)
+	}
+	t.Logf("reported: %v", r.all[0])
+}
