@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/isboot/isboot/netcfg"
 )
@@ -130,6 +131,24 @@ func TestSpecValidate(t *testing.T) {
 		tt.mod(&s)
 		if err := s.Validate(); err == nil || !strings.HasPrefix(err.Error(), tt.want) {
 			t.Errorf("%s: %v, want %q...", tt.name, err, tt.want)
+		}
+	}
+}
+
+func TestRestoreString(t *testing.T) {
+	for _, tt := range []struct {
+		r    Restore
+		want string
+	}{
+		{Restore{Link: "eth0", LinkUp: true, Addr: netip.MustParsePrefix("10.0.2.15/24"), Routes: []string{"default via 10.0.2.2 dev eth0"}, After: 12 * time.Millisecond},
+			"eth0: put back link up, address 10.0.2.15/24, route default via 10.0.2.2 dev eth0 (12ms after the change)"},
+		{Restore{Link: "eth0", Failed: []string{"link 2: Link not found"}}, "eth0: put back nothing; failed: link 2: Link not found"},
+	} {
+		if got := tt.r.String(); got != tt.want {
+			t.Errorf("%q, want %q", got, tt.want)
+		}
+		if tt.r.PutBack() != (tt.r.Failed == nil) {
+			t.Errorf("%q: PutBack %v", tt.want, tt.r.PutBack())
 		}
 	}
 }

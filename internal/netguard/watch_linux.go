@@ -74,6 +74,17 @@ func Watch(ctx context.Context, s *Spec, o Options) error {
 	pending := true
 	var heard time.Time     // the first change the pending look answers
 	var retry time.Duration // wait before looking again after a failed look
+	look := func(heard time.Time) {
+		if g.check(heard) {
+			retry = 0
+			return
+		}
+		// Something could not be put back (a tool still flushing, the link gone):
+		// look again soon, backing off to the resync interval.
+		retry = min(max(2*retry, 100*time.Millisecond), o.Resync)
+		pending = true
+		settle.Reset(retry)
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -104,20 +115,11 @@ func Watch(ctx context.Context, s *Spec, o Options) error {
 			}
 		case <-settle.C:
 			pending = false
-			ok := g.check(heard)
+			look(heard)
 			heard = time.Time{}
-			if !ok {
-				// Something could not be put back (a tool still flushing, the link
-				// gone): look again soon, backing off to the resync interval.
-				retry = min(max(2*retry, 100*time.Millisecond), o.Resync)
-				pending = true
-				settle.Reset(retry)
-			} else {
-				retry = 0
-			}
 		case <-resync.C:
 			if !pending {
-				g.check(time.Time{})
+				look(time.Time{})
 			}
 		}
 	}
