@@ -27,10 +27,7 @@ func (ap *applier) address(l netlink.Link) error {
 		}
 	}
 	if !present {
-		addr := &netlink.Addr{IPNet: ipNet(p.Addr)}
-		if p.LinkOnly {
-			addr.Scope = unix.RT_SCOPE_LINK
-		}
+		addr := p.NetlinkAddr()
 		if err := ap.h.AddrAdd(l, addr); err != nil {
 			return fmt.Errorf("netcfg: add %s to %s: %w", p.Addr, name, err)
 		}
@@ -50,22 +47,8 @@ func (ap *applier) address(l netlink.Link) error {
 func (ap *applier) route(l netlink.Link, r Route) error {
 	name := l.Attrs().Name
 	fam := family(r.Dst.Addr())
-	nr := &netlink.Route{
-		LinkIndex: l.Attrs().Index,
-		Dst:       ipNet(r.Dst),
-		Src:       ap.p.Addr.Addr().AsSlice(),
-		Table:     unix.RT_TABLE_MAIN,
-		Scope:     netlink.SCOPE_UNIVERSE,
-	}
-	if r.Via.IsValid() {
-		nr.Gw = r.Via.AsSlice()
-		if r.OnLink {
-			nr.Flags = int(netlink.FLAG_ONLINK)
-		}
-	} else if fam == unix.AF_INET {
-		nr.Scope = netlink.SCOPE_LINK
-	}
-	desc := describeRoute(r, name)
+	nr := ap.p.NetlinkRoute(l.Attrs().Index, r)
+	desc := DescribeRoute(r, name)
 	existing, err := ap.h.RouteListFiltered(fam, &netlink.Route{Dst: nr.Dst, Table: unix.RT_TABLE_MAIN},
 		netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
 	if err != nil {
@@ -114,7 +97,38 @@ func lowestMetric(rs []netlink.Route) int {
 	return max(m, 1)
 }
 
-func describeRoute(r Route, link string) string {
+// NetlinkAddr is the plan's address as Apply adds it.
+func (p *Plan) NetlinkAddr() *netlink.Addr {
+	addr := &netlink.Addr{IPNet: ipNet(p.Addr)}
+	if p.LinkOnly {
+		addr.Scope = unix.RT_SCOPE_LINK
+	}
+	return addr
+}
+
+// NetlinkRoute is route r of the plan as Apply adds it on the link with index
+// linkIndex: in the main table, from the plan's address.
+func (p *Plan) NetlinkRoute(linkIndex int, r Route) *netlink.Route {
+	nr := &netlink.Route{
+		LinkIndex: linkIndex,
+		Dst:       ipNet(r.Dst),
+		Src:       p.Addr.Addr().AsSlice(),
+		Table:     unix.RT_TABLE_MAIN,
+		Scope:     netlink.SCOPE_UNIVERSE,
+	}
+	if r.Via.IsValid() {
+		nr.Gw = r.Via.AsSlice()
+		if r.OnLink {
+			nr.Flags = int(netlink.FLAG_ONLINK)
+		}
+	} else if r.Dst.Addr().Is4() {
+		nr.Scope = netlink.SCOPE_LINK
+	}
+	return nr
+}
+
+// DescribeRoute prints r on link for people, as "default via 10.0.2.2 dev eth0".
+func DescribeRoute(r Route, link string) string {
 	dst := r.Dst.String()
 	if r.Dst.Bits() == 0 {
 		dst = "default"

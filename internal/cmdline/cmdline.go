@@ -30,6 +30,7 @@ type CmdLine struct {
 	Init          string // init=; "" means the default, /sbin/init
 	Shell         bool   // isboot.shell: rescue shell before switch_root
 	DHCP          bool   // isboot.dhcp: renew the iBFT's lease by DHCP after configuring it
+	NoGuard       bool   // isboot.guard=0: no guard on the boot NIC (files in /run, daemon watch)
 	// Timeout is isboot.timeout=SECONDS: how long the boot waits for the LUN before
 	// the rescue shell (the daemon keeps trying). -1: not given; 0: forever.
 	Timeout   int
@@ -198,6 +199,11 @@ func (c *CmdLine) set(key, val string, hasVal bool) error {
 		c.Shell, err = boolValue(val, hasVal)
 	case "isboot.dhcp":
 		c.DHCP, err = boolValue(val, hasVal)
+	case "isboot.guard":
+		var on bool
+		if on, err = boolValue(val, hasVal); err == nil {
+			c.NoGuard = !on
+		}
 	case "isboot.timeout":
 		c.Timeout, err = intIn(val, 0, 1<<20)
 	case "isboot.onfail":

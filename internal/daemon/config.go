@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/isboot/isboot/internal/netguard"
 	"github.com/isboot/isboot/internal/status"
 	"github.com/isboot/isboot/iscsi"
 )
@@ -31,11 +32,14 @@ type Config struct {
 	Device      int // N of /dev/nbdN; -1 lets the kernel pick
 	Connections int // NBD sockets (the iSCSI session is shared)
 
-	StatusDir string      // "" disables the status file
-	NIC       string      // interface carrying the session, for the status file
-	IBFT      []status.KV // hw.ibft.* lines, secrets masked
-	Debug     int
-	Version   string
+	StatusDir string // "" disables the status file
+	NIC       string // interface carrying the session, for the status file
+	// Guard is the boot NIC as the boot configured it, which the daemon keeps so
+	// (netguard.Watch); nil: no guard.
+	Guard   *netguard.Spec `json:",omitempty"`
+	IBFT    []status.KV    // hw.ibft.* lines, secrets masked
+	Debug   int
+	Version string
 
 	// Root is a directory in which the daemon builds a root of its own from RAM
 	// filesystems (proc, sys, dev, the status directory and a link to its own

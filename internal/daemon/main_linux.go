@@ -64,8 +64,12 @@ func serveMain(dial Dialer, version string, attach func(*nbd.Server, nbd.AttachC
 	// console session ends. Neither should end the daemon.
 	signal.Ignore(unix.SIGHUP, unix.SIGPIPE)
 	rep.send(eventUp, "") // signals now reach Run: the supervisor may forward them
-	cfg, err := decodeConfig(os.NewFile(configFD, "config"))
-	unix.Close(configFD)
+	// Closed through its *os.File: closing the bare descriptor would leave the
+	// File's finalizer to close fd 3 again at some later GC, by then the next file
+	// opened (the kernel log), which then goes silent.
+	cfgFile := os.NewFile(configFD, "config")
+	cfg, err := decodeConfig(cfgFile)
+	cfgFile.Close()
 	if err == errNoConfig {
 		return 0
 	}

@@ -10,7 +10,7 @@ import (
 func TestLimitLog(t *testing.T) {
 	var got []string
 	now := time.Unix(0, 0)
-	logf := limitLog(func(f string, a ...any) { got = append(got, fmt.Sprintf(f, a...)) }, 3, time.Minute, func() time.Time { return now })
+	logf := limitLog(func(f string, a ...any) { got = append(got, fmt.Sprintf(f, a...)) }, "initiator", 3, time.Minute, func() time.Time { return now })
 	for i := range 10 {
 		logf("attempt %d", i)
 		now = now.Add(time.Second)

@@ -120,8 +120,15 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 	if cfg.StatusDir != "" {
 		statusPath = filepath.Join(cfg.StatusDir, "status")
 	}
+	if cfg.Guard != nil {
+		st.Guard.Link = cfg.Guard.Link
+	}
 	d := &daemon{cfg: cfg, o: o, pub: NewPublisher(statusPath, st, o.StatusInterval, o.Logf)}
 	defer d.pub.Close()
+	// The network must hold from the first login on: guard it before.
+	gctx, stopGuard := context.WithCancel(ctx)
+	defer stopGuard()
+	d.guard(gctx)
 
 	sess, err := d.loginOrStop(ctx)
 	if err == errStoppedEarly {
@@ -189,7 +196,7 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 func (d *daemon) login(ctx context.Context) (Session, error) {
 	backoff := time.Second
 	// One limiter for the session's whole life: it also hears the reconnects.
-	initiatorLog := limitLog(d.o.Logf, 10, time.Minute, time.Now)
+	initiatorLog := limitLog(d.o.Logf, "initiator", 10, time.Minute, time.Now)
 	for attempt := 1; ; attempt++ {
 		d.o.Logf("logging in to %s (attempt %d)", d.cfg, attempt)
 		sess, err := d.o.Dial(ctx, d.cfg, initiatorLog)

@@ -68,8 +68,12 @@ func superviseMain(version string) int {
 	if err != nil {
 		s.logf("supervisor: cannot start the serving process: %v", err)
 	}
-	cfg, err := decodeConfig(os.NewFile(configFD, "config"))
-	unix.Close(configFD)
+	// Closed through its *os.File: closing the bare descriptor would leave the
+	// File's finalizer to close fd 3 again at some later GC, by then the next file
+	// opened (the kernel log), which then goes silent.
+	cfgFile := os.NewFile(configFD, "config")
+	cfg, err := decodeConfig(cfgFile)
+	cfgFile.Close()
 	if err != nil {
 		if first != nil {
 			first.cfgW.Close() // nothing to serve: it exits quietly

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/isboot/isboot/internal/netguard"
 	"github.com/isboot/isboot/netcfg"
 )
 
@@ -34,6 +35,26 @@ func carryNetwork(runDir string, p *netcfg.Plan, link string) ([]string, error) 
 		if err != nil {
 			errs = append(errs, err)
 		}
+	}
+	return files, errors.Join(errs...)
+}
+
+// carryGuard writes into runDir what the real root's network managers read to leave
+// the boot NIC alone (netguard.Files). It returns the files written.
+func carryGuard(runDir string, p *netcfg.Plan, link string) ([]string, error) {
+	var files []string
+	var errs []error
+	for _, f := range netguard.Files(p, link) {
+		path := filepath.Join(runDir, f.Path)
+		err := os.MkdirAll(filepath.Dir(path), 0o755)
+		if err == nil {
+			err = os.WriteFile(path, f.Content, 0o644)
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		files = append(files, path)
 	}
 	return files, errors.Join(errs...)
 }

@@ -1,6 +1,7 @@
 package initproc
 
 import (
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -34,5 +35,28 @@ func TestCarryNetwork(t *testing.T) {
 	p.DNS = nil
 	if files, err := carryNetwork(t.TempDir(), p, "eth0"); err != nil || len(files) != 1 {
 		t.Errorf("without DNS: %q, %v", files, err)
+	}
+}
+
+// The real root's network managers find their hands-off files under /run.
+func TestCarryGuard(t *testing.T) {
+	run := t.TempDir()
+	p := &netcfg.Plan{MAC: net.HardwareAddr{0x52, 0x54, 0, 0x12, 0x34, 0x56}, Addr: netip.MustParsePrefix("10.0.2.15/24")}
+	files, err := carryGuard(run, p, "eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{filepath.Join(run, "systemd/network/10-isboot-eth0.network"), filepath.Join(run, "NetworkManager/conf.d/10-isboot-eth0.conf")}
+	if strings.Join(files, " ") != strings.Join(want, " ") {
+		t.Errorf("files %q, want %q", files, want)
+	}
+	for i, key := range []string{"KeepConfiguration=yes\n", "managed=0\n"} {
+		if b, _ := os.ReadFile(want[i]); !strings.Contains(string(b), key) {
+			t.Errorf("%s has no %q:\n%s", want[i], key, b)
+		}
+	}
+	// A /run it cannot write to: an error naming the file, and the boot goes on.
+	if _, err := carryGuard("/proc/version", p, "eth0"); err == nil {
+		t.Error("no error writing below a file")
 	}
 }

@@ -3,6 +3,7 @@ package initproc
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"slices"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"github.com/isboot/isboot/ibft"
 	"github.com/isboot/isboot/internal/bootplan"
 	"github.com/isboot/isboot/internal/daemon"
+	"github.com/isboot/isboot/internal/netguard"
 	"github.com/isboot/isboot/internal/status"
 	"github.com/isboot/isboot/netcfg"
 )
@@ -109,7 +111,29 @@ func (b *boot) configureNetwork() error {
 		b.log.Warnf("network: for the real root: %v", err)
 	}
 	b.log.Debugf(1, "network: for the real root: %s", strings.Join(files, ", "))
+	b.guardNetwork(np, applied.Link)
 	return nil
+}
+
+// guardNetwork keeps the real root's network managers off the boot NIC (files in
+// /run) and has the daemon put back what they, or anyone, take away; isboot.guard=0
+// leaves the NIC to them.
+func (b *boot) guardNetwork(np *netcfg.Plan, link string) {
+	if b.cmd.NoGuard {
+		b.log.Infof("network: isboot.guard=0: %s is left to the real root's network tools", link)
+		return
+	}
+	ifc, err := net.InterfaceByName(link)
+	if err != nil {
+		b.log.Warnf("network: guard: %v; %s is not guarded", err, link)
+		return
+	}
+	b.plan.Daemon.Guard = netguard.SpecOf(np, link, ifc.Index)
+	files, err := carryGuard("/run", np, link)
+	if err != nil {
+		b.log.Warnf("network: for the real root: %v", err)
+	}
+	b.log.Debugf(1, "network: guarded; for the real root's network tools: %s", strings.Join(files, ", "))
 }
 
 func (b *boot) startDaemon() error {

@@ -67,7 +67,15 @@ type Status struct {
 	LastError string
 	Session   Session
 	Counters  Counters
+	Guard     Guard
 	IBFT      []KV // hw.ibft.* lines as the ibft package prints them
+}
+
+// Guard is the daemon's watch over the boot NIC (internal/netguard).
+type Guard struct {
+	Link     string // the link guarded; "": no guard (its keys are left out)
+	Restores uint64 // passes that put back the link, its address or a route
+	Last     string // what the last of them put back (or failed to)
 }
 
 // Disk is the LUN as it describes itself (standard INQUIRY, VPD pages 0x80 and
@@ -148,6 +156,11 @@ func (s *Status) Lines() []KV {
 		KV{p + "write_bytes", strconv.FormatUint(s.Counters.WriteBytes, 10)},
 		KV{p + "errors", strconv.FormatUint(s.Counters.Errors, 10)},
 	)
+	if s.Guard.Link != "" {
+		kv = append(kv, KV{p + "guard.link", s.Guard.Link},
+			KV{p + "guard.restores", strconv.FormatUint(s.Guard.Restores, 10)},
+			KV{p + "guard.last", s.Guard.Last})
+	}
 	kv = append(kv, s.IBFT...)
 	out := kv[:0]
 	for _, e := range kv {

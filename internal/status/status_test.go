@@ -58,6 +58,17 @@ func TestMarshalKeys(t *testing.T) {
 	if strings.Contains(got, "hunter") || strings.Contains(got, "secret") {
 		t.Errorf("a secret reached the status file:\n%s", got)
 	}
+	if strings.Contains(got, "guard") {
+		t.Errorf("guard keys without a guard:\n%s", got)
+	}
+	s.Guard = Guard{Link: "eth0", Restores: 3, Last: "eth0: put back link up, address"}
+	m := string(s.Marshal())
+	for _, want := range []string{"net.isboot.guard.link: eth0\n", "net.isboot.guard.restores: 3\n",
+		"net.isboot.guard.last: eth0: put back link up, address\n"} {
+		if !strings.Contains(m, want) {
+			t.Errorf("missing %q in\n%s", want, m)
+		}
+	}
 }
 
 func TestRoundTrip(t *testing.T) {
