@@ -18,6 +18,7 @@
 //	13540-13549  61-62          ibft
 //	13550-13559  63-64          internal/testkit/diskbench
 //	13560-13569  65-66          internal/testkit/distro
+//	13620-13629  —              internal/testkit/fleet/lio (LIO VMs, no tgtd)
 package testtarget
 
 import (
