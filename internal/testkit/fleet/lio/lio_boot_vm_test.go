@@ -30,6 +30,7 @@ mount -o remount,rw / || echo ISBOOT-ERROR remount
 if [ -f /isboot-marker ]; then echo "ISBOOT-MARKER $(cat /isboot-marker)"; else echo "ISBOOT-MARKER none"; fi
 echo "written-through-lio-by-$(uname -r)" > /isboot-marker
 sync
+sleep 6 # the daemon refreshes its counters every 5 s
 echo ISBOOT-STATUS-BEGIN
 cat /run/isboot/status
 echo ISBOOT-STATUS-END
@@ -140,6 +141,9 @@ func TestBootFromLIO(t *testing.T) {
 		if k, v, ok := strings.Cut(line, ": "); ok {
 			st[k] = v
 		}
+	}
+	if st["net.isboot.commands"] == "0" || st["net.isboot.write_bytes"] == "0" {
+		t.Errorf("status counts %s commands, %s bytes written", st["net.isboot.commands"], st["net.isboot.write_bytes"])
 	}
 	for k, want := range map[string]string{
 		"net.isboot.state": "serving", "net.isboot.target": tg.TargetIQN(), "net.isboot.lun": "1",
