@@ -20,6 +20,7 @@
 //	13560-13569  65-66          internal/testkit/distro
 //	13600-13609  71-72          internal/testkit/fleet/guardnet
 //	13610-13619  73-74          internal/testkit/fleet/ipv6boot
+//	13620-13629  —              internal/testkit/fleet/lio (LIO VMs, no tgtd)
 package testtarget
 
 import (

@@ -406,6 +406,17 @@ func (v *VM) Type(s string) error {
 	return err
 }
 
+// Signal sends sig to QEMU's process group: SIGSTOP and SIGCONT freeze and
+// thaw the whole machine (a target VM that stops answering mid-I/O).
+func (v *VM) Signal(sig syscall.Signal) error {
+	select {
+	case <-v.done:
+		return fmt.Errorf("vm: QEMU already exited")
+	default:
+	}
+	return syscall.Kill(-v.cmd.Process.Pid, sig)
+}
+
 // Kill stops QEMU (and its process group) and waits for it to be reaped.
 func (v *VM) Kill() {
 	select {
