@@ -23,6 +23,11 @@ import (
 // nbdMaxPart is the nbd driver's max_part: nbd0p1 to nbd0p15 get device nodes.
 const nbdMaxPart = 16
 
+// nbdParams are the nbd module's parameters. nbds_max=1: the driver would otherwise
+// create 16 devices up front, a tenth of a second of the boot's one emulated CPU for
+// devices nobody uses; the netlink interface creates more on demand (nbd-client -N).
+var nbdParams = fmt.Sprintf("max_part=%d nbds_max=1", nbdMaxPart)
+
 // loadStorageModules loads nbd (with partitions) and crc32c in the background: the
 // daemon needs them only when it attaches, after the network is up. crc32c is loaded
 // by name, as ext4 and jbd2 want it but only name it as a soft dependency, which the
@@ -36,7 +41,7 @@ func (b *boot) loadStorageModules() error {
 				b.log.Debugf(1, "%v", err)
 			}
 		}
-		done <- b.mods.Load("nbd", fmt.Sprintf("max_part=%d", nbdMaxPart))
+		done <- b.mods.Load("nbd", nbdParams)
 	})
 	return nil
 }
