@@ -512,19 +512,28 @@ func TestHostileTarget(t *testing.T) {
 func TestHostileReflectedCHAP(t *testing.T) {
 	const secret, revSecret = "initiator-secret-1", "target-secret-222"
 	h := startHostile(t, faultReflectCHAP, false)
-	_, err, took := hostileDial(t, h, func(c *Config) {
-		c.CHAPUser, c.CHAPSecret = "isboot", secret
-		c.RevCHAPUser, c.RevCHAPSecret = "target", revSecret
-	})
-	t.Logf("after %v and %d connections: %v", took.Round(time.Millisecond), h.conns.Load(), err)
-	if err == nil {
-		t.Fatal("login succeeded against a target that only reflects challenges")
-	}
-	if !strings.Contains(err.Error(), "mutual CHAP: target failed to authenticate") {
-		t.Errorf("error %q does not say the target failed mutual CHAP", err)
-	}
-	if strings.Contains(err.Error(), secret) || strings.Contains(err.Error(), revSecret) {
-		t.Errorf("a secret is in the error")
+	// A failed mutual check is permanent, so each Dial makes one connection; the
+	// fake reflects one connection's challenge on the next, which the session's
+	// endless reconnects would also offer it. Three Dials give it two chances.
+	for range 3 {
+		conns := h.conns.Load()
+		_, err, took := hostileDial(t, h, func(c *Config) {
+			c.CHAPUser, c.CHAPSecret = "isboot", secret
+			c.RevCHAPUser, c.RevCHAPSecret = "target", revSecret
+		})
+		t.Logf("after %v and %d connections: %v", took.Round(time.Millisecond), h.conns.Load()-conns, err)
+		if err == nil {
+			t.Fatal("login succeeded against a target that only reflects challenges")
+		}
+		if !strings.Contains(err.Error(), "mutual CHAP: target failed to authenticate") {
+			t.Errorf("error %q does not say the target failed mutual CHAP", err)
+		}
+		if !IsPermanent(err) || h.conns.Load()-conns != 1 {
+			t.Errorf("a target failing mutual CHAP was retried (%d connections, permanent %v)", h.conns.Load()-conns, IsPermanent(err))
+		}
+		if strings.Contains(err.Error(), secret) || strings.Contains(err.Error(), revSecret) {
+			t.Errorf("a secret is in the error")
+		}
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -248,7 +248,9 @@ func (l *loginConn) security() (bhs, error) {
 	}
 	if cfg.RevCHAPUser != "" {
 		if err := chap.verifyTarget(cfg, m); err != nil {
-			return resp, err
+			// The same target answers the same way next time: a wrong reverse
+			// secret (or an impostor) is said at once, not retried until a timeout.
+			return resp, permanentError{err}
 		}
 	}
 	return l.finishStage(resp)

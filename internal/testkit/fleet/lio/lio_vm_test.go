@@ -107,9 +107,9 @@ func TestLIOHostInitiator(t *testing.T) {
 	tg := liotarget.Start(t, liotarget.Options{Port: testtarget.FreePort(t, portLo, portHi), Disk: disk, CHAP: chap, Mutual: mutual})
 
 	t.Run("wrong-secrets", func(t *testing.T) {
-		// permanent: LIO's refusal ends Dial at once. A failed check of the target's
-		// own answer is retried (iscsi counts it transient, as a reflection attempt
-		// on one connection may not repeat), so it ends after MaxAttempts.
+		// All permanent: LIO's refusals end Dial at once, and so does a failed check
+		// of the target's own answer (a wrong reverse secret fails the same way on
+		// every attempt).
 		for _, c := range []struct {
 			name      string
 			edit      func(*iscsi.Config)
@@ -117,7 +117,7 @@ func TestLIOHostInitiator(t *testing.T) {
 			permanent bool
 		}{
 			{"initiator-secret", func(c *iscsi.Config) { c.CHAPSecret = "wrong-secret-333" }, "authentication failed", true},
-			{"target-secret", func(c *iscsi.Config) { c.RevCHAPSecret = "wrong-secret-444" }, "mutual CHAP: target failed to authenticate", false},
+			{"target-secret", func(c *iscsi.Config) { c.RevCHAPSecret = "wrong-secret-444" }, "mutual CHAP: target failed to authenticate", true},
 			{"initiator-name", func(c *iscsi.Config) { c.InitiatorName += "-other" }, "authorization failed", true},
 		} {
 			cfg := config(t, tg)
