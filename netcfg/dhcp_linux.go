@@ -12,11 +12,17 @@ import (
 	"github.com/vishvananda/netns"
 )
 
-// DefaultDHCPTimeout bounds the lease renewal (isboot.dhcp=1).
-const DefaultDHCPTimeout = 10 * time.Second
+// DefaultDHCPTimeout bounds the lease renewal at boot (isboot.dhcp=1, an iBFT DHCP
+// address); DefaultDHCPAcquireTimeout a new lease (ip=dhcp, ip=dhcp6), for which
+// the boot has no other way on.
+const (
+	DefaultDHCPTimeout        = 10 * time.Second
+	DefaultDHCPAcquireTimeout = 30 * time.Second
+)
 
 // renewLease asks a DHCP server to confirm the address the firmware leased
-// (isboot.dhcp=1). It uses nclient4, the client under u-root's dhclient, directly:
+// (isboot.dhcp=1, or an iBFT NIC whose origin is DHCP); a confirmed lease goes to
+// Applied.Lease for the daemon to keep renewing. It uses nclient4, the client under u-root's dhclient, directly:
 // dhclient configures the interface itself in the caller's namespace, while here the
 // static configuration is already up and stays. A failed renewal or a different
 // address is a warning, never a reason to change the address under the boot.
@@ -57,6 +63,10 @@ func (ap *applier) renewLease(l netlink.Link) {
 		return
 	}
 	ap.a.did(fmt.Sprintf("renewed the DHCP lease of %s on %s from %s for %v", ip, name, ack.ServerIdentifier(), ack.IPAddressLeaseTime(0)), nil)
+	if l, err := lease4(name, ap.p.MAC, ack); err == nil {
+		l.Addr = ap.p.Addr // as configured from the iBFT
+		ap.a.Lease = l
+	}
 }
 
 // inNamespace runs fn on a thread in ns (nil: as is), for calls that open sockets.

@@ -17,10 +17,15 @@ import (
 	"github.com/isboot/isboot/ibft"
 )
 
-// Plan is what Apply will do, decided from the iBFT before touching the system.
+// Plan is what Apply will do, decided from the iBFT (NewPlan) or from the kernel
+// command line's ip= (NewManualPlan) before touching the system.
 type Plan struct {
 	Source   string           // where the iBFT came from, for messages
-	NIC      int              // iBFT NIC index
+	NIC      int              // iBFT NIC index; -1 for a plan without an iBFT
+	Mode     Mode             // how the address is obtained
+	Iface    string           // without an iBFT: the link by name; "" and no MAC: the first link with carrier
+	MTU      int              // 0: left alone
+	Targets  []netip.Addr     // the boot targets, routed once a lease gives the address (DHCP modes)
 	MAC      net.HardwareAddr // identifies the link
 	PCI      PCIAddr          // cross-check, and where to find the driver if the link is missing
 	VLAN     uint16           // 0: untagged
@@ -34,6 +39,85 @@ type Plan struct {
 	Hostname string
 	Renew    bool     // renew the lease by DHCP after the static configuration (isboot.dhcp=1)
 	Warnings []string // oddities in the table that Apply works around
+}
+
+// Mode is how Apply obtains the address.
+type Mode string
+
+const (
+	ModeStatic Mode = ""      // Addr as planned (the iBFT's, or a static ip=)
+	ModeDHCP4  Mode = "dhcp"  // a DHCPv4 lease
+	ModeDHCP6  Mode = "dhcp6" // a DHCPv6 lease (IA_NA)
+	ModeAuto6  Mode = "auto6" // the address the kernel autoconfigures from router advertisements
+)
+
+// Manual is a network configuration from the kernel command line (dracut's ip=),
+// for a boot without an iBFT.
+type Manual struct {
+	Iface    string // "": the first link with carrier
+	Mode     Mode
+	Addr     netip.Prefix // ModeStatic
+	Gateway  netip.Addr
+	Hostname string
+	DNS      []netip.Addr
+	MTU      int
+	Targets  []netip.Addr // the boot targets, which get host routes
+}
+
+// NewManualPlan plans a configuration without an iBFT. It fails, naming the field,
+// on a configuration that cannot work.
+func NewManualPlan(m Manual) (*Plan, error) {
+	p := &Plan{Source: "command line", NIC: -1, Mode: m.Mode, Iface: m.Iface, MTU: m.MTU, Hostname: m.Hostname, Targets: m.Targets}
+	switch m.Mode {
+	case ModeDHCP4, ModeDHCP6, ModeAuto6:
+		p.DNS = m.DNS
+		return p, nil
+	case ModeStatic:
+	default:
+		return nil, fmt.Errorf("netcfg: mode %q: want static, dhcp, dhcp6 or auto6", m.Mode)
+	}
+	ip := m.Addr.Addr()
+	if !m.Addr.IsValid() || ip.IsUnspecified() {
+		return nil, errors.New("netcfg: ip=: a static configuration needs the client address")
+	}
+	p.Addr = m.Addr
+	if gw := m.Gateway; gw.IsValid() && !gw.IsUnspecified() {
+		if gw.Is4() != ip.Is4() {
+			return nil, fmt.Errorf("netcfg: ip=: gateway %s is not of the address family of %s", gw, ip)
+		}
+		p.Gateway = gw
+	}
+	for _, d := range m.DNS {
+		if d.IsValid() && !d.IsUnspecified() && !slices.Contains(p.DNS, d) {
+			p.DNS = append(p.DNS, d)
+		}
+	}
+	p.route()
+	return p, nil
+}
+
+// route plans the default route and a host route per boot target (p.Targets), once
+// the address is known.
+func (p *Plan) route() {
+	ip := p.Addr.Addr()
+	p.Routes = nil
+	if p.Gateway.IsValid() {
+		p.Routes = append(p.Routes, p.routeTo(netip.PrefixFrom(unspecified(ip), 0), "default"))
+	}
+	seen := map[netip.Addr]bool{}
+	for _, tg := range p.Targets {
+		tg = tg.Unmap()
+		switch {
+		case !tg.IsValid() || tg.IsUnspecified():
+		case tg.Is4() != ip.Is4():
+			p.warnf("target address %s is not of the address family of %s: no route", tg, ip)
+		case tg == ip:
+			p.warnf("target address %s is our own address: no route", tg)
+		case !seen[tg]:
+			seen[tg] = true
+			p.Routes = append(p.Routes, p.routeTo(netip.PrefixFrom(tg, tg.BitLen()), "target (command line)"))
+		}
+	}
 }
 
 // Route is one route Apply installs on the configured link.
