@@ -16,6 +16,7 @@ import (
 
 	"github.com/isboot/isboot/internal/status"
 	"github.com/isboot/isboot/iscsi"
+	"github.com/isboot/isboot/netcfg"
 )
 
 // Argv0 is the name the daemon runs under.
@@ -34,6 +35,9 @@ type Config struct {
 	StatusDir string      // "" disables the status file
 	NIC       string      // interface carrying the session, for the status file
 	IBFT      []status.KV // hw.ibft.* lines, secrets masked
+	// Lease is the boot NIC's DHCP lease (ip=dhcp, ip=dhcp6, an iBFT DHCP address):
+	// the serving process renews it for the life of the system. nil: static.
+	Lease *netcfg.Lease `json:",omitempty"`
 	Debug     int
 	Version   string
 
