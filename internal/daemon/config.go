@@ -37,9 +37,9 @@ type Config struct {
 	IBFT      []status.KV // hw.ibft.* lines, secrets masked
 	// Lease is the boot NIC's DHCP lease (ip=dhcp, ip=dhcp6, an iBFT DHCP address):
 	// the serving process renews it for the life of the system. nil: static.
-	Lease *netcfg.Lease `json:",omitempty"`
-	Debug     int
-	Version   string
+	Lease   *netcfg.Lease `json:",omitempty"`
+	Debug   int
+	Version string
 
 	// Root is a directory in which the daemon builds a root of its own from RAM
 	// filesystems (proc, sys, dev, the status directory and a link to its own
