@@ -326,10 +326,14 @@ func (p *Plan) String() string {
 	if p.Source != "" {
 		src = " (" + p.Source + ")"
 	}
-	fmt.Fprintf(&b, "network plan for iBFT nic%d%s\n", p.NIC, src)
 	line := func(k, format string, args ...any) {
 		fmt.Fprintf(&b, "  %-9s %s\n", k+":", fmt.Sprintf(format, args...))
 	}
+	if p.NIC < 0 {
+		p.manualString(&b, line)
+		return b.String()
+	}
+	fmt.Fprintf(&b, "network plan for iBFT nic%d%s\n", p.NIC, src)
 	line("link", "MAC %s at PCI %s (if no link has that MAC, load the driver by the device's modalias)", p.MAC, p.PCI)
 	if p.VLAN != 0 {
 		line("vlan", "%d: create <link>.%d on top and configure that", p.VLAN, p.VLAN)
@@ -401,6 +405,53 @@ func (p *Plan) String() string {
 		line("warning", "%s", w)
 	}
 	return b.String()
+}
+
+// manualString prints a plan without an iBFT.
+func (p *Plan) manualString(b *strings.Builder, line func(k, format string, args ...any)) {
+	b.WriteString("network plan from the kernel command line (ip=)\n")
+	switch {
+	case p.Iface != "":
+		line("link", "%s (named by ip=)", p.Iface)
+	case len(p.MAC) != 0:
+		line("link", "MAC %s", p.MAC)
+	default:
+		line("link", "the first Ethernet link with carrier (drivers of every PCI network controller loaded if none is there)")
+	}
+	if p.MTU > 0 {
+		line("mtu", "%d", p.MTU)
+	}
+	switch p.Mode {
+	case ModeDHCP4:
+		line("address", "by DHCPv4, with gateway, DNS and hostname from the lease; renewed for the life of the system")
+	case ModeDHCP6:
+		line("address", "by DHCPv6 (IA_NA, as a /128), DNS from the reply; renewed for the life of the system")
+	case ModeAuto6:
+		line("address", "autoconfigured from router advertisements (SLAAC)")
+	default:
+		line("address", "%s (static, ip=)", p.Addr)
+	}
+	for _, r := range p.Routes {
+		via := "on-link"
+		if r.Via.IsValid() {
+			via = "via " + r.Via.String()
+		}
+		line("route", "%s %s (%s)", r.Dst, via, r.Purpose)
+	}
+	if p.Mode != ModeStatic {
+		for _, t := range p.Targets {
+			line("route", "%s/%d, once the address is known (target)", t, t.BitLen())
+		}
+	}
+	for _, d := range p.DNS {
+		line("dns", "nameserver %s", d)
+	}
+	if p.Hostname != "" {
+		line("hostname", "%s", p.Hostname)
+	}
+	for _, w := range p.Warnings {
+		line("warning", "%s", w)
+	}
 }
 
 func isZero(b []byte) bool {
