@@ -18,6 +18,7 @@
 //	13540-13549  61-62          ibft
 //	13550-13559  63-64          internal/testkit/diskbench
 //	13560-13569  65-66          internal/testkit/distro
+//	13570-13579  67-68          internal/testkit/fleet/dhcpboot
 package testtarget
 
 import (
