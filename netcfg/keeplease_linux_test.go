@@ -2,9 +2,12 @@ package netcfg
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -16,6 +19,8 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
 	"github.com/insomniacslk/dhcp/dhcpv6"
 	"github.com/insomniacslk/dhcp/dhcpv6/server6"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // leaseServer4 leases addr for lease on the peer end, counting each kind of message:
@@ -257,4 +262,60 @@ func TestDHCPv6LeaseKept(t *testing.T) {
 		t.Errorf("after 7 s: %d renewals, %d Renew/Rebind at the server, %d failures (%s)", st.Renewals, renews.Load(), st.Failures, st.LastError)
 	}
 	t.Logf("DHCPv6: %d Solicit, %d Request, %d Renew; %d renewals acknowledged", solicits.Load(), requests.Load(), renews.Load(), st.Renewals)
+}
+
+// TestKeepLeaseFromEmptyRoot: the daemon renews after switch_root from a root of its
+// own that holds nothing. A child process chroots into an empty directory and runs
+// KeepLease there (the namespace is entered through a handle opened before): the
+// renewals need no file at all.
+func TestKeepLeaseFromEmptyRoot(t *testing.T) {
+	tn := newTestNet(t)
+	tn.peerAddr(t, peerLink, "192.168.60.1/24")
+	srv := tn.leaseServer4(t, "192.168.60.1", "192.168.60.10", 2*time.Second)
+	p, err := NewManualPlan(Manual{Iface: bootLink, Mode: ModeDHCP4})
+	must(t, err)
+	a, err := Apply(t.Context(), p, tn.options(t))
+	must(t, err)
+	defer a.Undo()
+	lease, err := json.Marshal(a.Lease)
+	must(t, err)
+	nsFile, err := os.Open(fmt.Sprintf("/proc/self/fd/%d", int(tn.boot)))
+	must(t, err)
+	defer nsFile.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestKeepLeaseChild$", "-test.v")
+	cmd.Env = append(os.Environ(), "ISB_KEEPLEASE="+string(lease), "ISB_KEEPLEASE_ROOT="+t.TempDir())
+	cmd.ExtraFiles = []*os.File{nsFile} // fd 3 in the child
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	n := strings.Count(string(out), "KEEPLEASE-RENEWED")
+	t.Logf("child in an empty root: %d renewals in %v, server saw %d", n, time.Since(start).Round(time.Millisecond), srv.renewals.Load())
+	if n < 3 || srv.renewals.Load() < 3 || strings.Contains(string(out), "warning") {
+		t.Errorf("child output:\n%s", out)
+	}
+}
+
+// TestKeepLeaseChild is the child of TestKeepLeaseFromEmptyRoot.
+func TestKeepLeaseChild(t *testing.T) {
+	raw := os.Getenv("ISB_KEEPLEASE")
+	if raw == "" {
+		t.Skip("runs only as TestKeepLeaseFromEmptyRoot's child process")
+	}
+	var l Lease
+	must(t, json.Unmarshal([]byte(raw), &l))
+	ns := netns.NsHandle(3)
+	must(t, unix.Chroot(os.Getenv("ISB_KEEPLEASE_ROOT")))
+	must(t, unix.Chdir("/"))
+	if ents, err := os.ReadDir("/"); err != nil || len(ents) != 0 {
+		t.Fatalf("the root is not empty: %v %v", ents, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4500*time.Millisecond)
+	defer cancel()
+	KeepLease(ctx, l, KeepOptions{Namespace: &ns, Logf: t.Logf, Report: func(st LeaseState) {
+		if st.Renewals > 0 && st.State == "bound" {
+			fmt.Printf("KEEPLEASE-RENEWED %d\n", st.Renewals)
+		}
+	}})
 }
