@@ -11,6 +11,7 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/isboot/isboot/ibft"
 )
@@ -18,6 +19,7 @@ import (
 // client4 opens a DHCPv4 client on link for one exchange. Never keep one open: its
 // packet socket sees every IPv4 packet of the link, the iSCSI traffic included.
 func client4(ns *netns.NsHandle, link string, mac net.HardwareAddr, timeout time.Duration) (*nclient4.Client, error) {
+	waitEntropy(timeout)
 	var c *nclient4.Client
 	err := inNamespace(ns, func() (err error) {
 		try, n := attempts(timeout)
@@ -153,4 +155,27 @@ func renew4(ctx context.Context, ns *netns.NsHandle, l *Lease, rebind bool, time
 	}
 	nl.Addr = l.Addr // as configured
 	return nl, nil
+}
+
+// waitEntropy waits (at most timeout) until the kernel's random pool is ready. The
+// DHCP library draws its transaction IDs by polling getrandom(2) without blocking,
+// for up to two minutes, and polling never starts the kernel's jitter entropy
+// collection; a blocking getrandom does (Linux 5.18+), and returns within a second or
+// two even under QEMU without an RNG device. Early in the boot nothing else may have
+// asked yet. Once the pool is ready it returns at once.
+func waitEntropy(timeout time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		var b [1]byte
+		for {
+			if _, err := unix.Getrandom(b[:], 0); err != unix.EINTR {
+				break
+			}
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+	}
 }

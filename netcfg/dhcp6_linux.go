@@ -20,6 +20,7 @@ import (
 // client6 opens a DHCPv6 client on link, bound to its link-local address, for one
 // exchange.
 func client6(ns *netns.NsHandle, link string, timeout time.Duration) (*nclient6.Client, error) {
+	waitEntropy(timeout)
 	var c *nclient6.Client
 	err := inNamespace(ns, func() (err error) {
 		try, n := attempts(timeout)

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
-	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
@@ -29,18 +28,14 @@ const (
 func (ap *applier) renewLease(l netlink.Link) {
 	ip, name := ap.p.Addr.Addr(), l.Attrs().Name
 	if !ip.Is4() {
-		ap.logf("netcfg: warning: isboot.dhcp=1: DHCPv6 renewal is not supported; keeping %s", ip)
+		ap.logf("netcfg: warning: DHCP renewal: DHCPv6 renewal is not supported; keeping %s", ip)
 		return
 	}
 	timeout := ap.timeout(ap.o.DHCPTimeout, DefaultDHCPTimeout)
-	var client *nclient4.Client
 	// The client's packet socket belongs to the namespace it is opened in.
-	err := inNamespace(ap.o.Namespace, func() (err error) {
-		client, err = nclient4.New(name, nclient4.WithHWAddr(ap.p.MAC), nclient4.WithTimeout(timeout/3), nclient4.WithRetry(3))
-		return err
-	})
+	client, err := client4(ap.o.Namespace, name, ap.p.MAC, timeout)
 	if err != nil {
-		ap.logf("netcfg: warning: isboot.dhcp=1: DHCP client on %s: %v; keeping the iBFT lease", name, err)
+		ap.logf("netcfg: warning: DHCP renewal: DHCP client on %s: %v; keeping the iBFT lease", name, err)
 		return
 	}
 	defer client.Close()
@@ -50,15 +45,15 @@ func (ap *applier) renewLease(l netlink.Link) {
 	if ap.p.Hostname != "" {
 		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptHostName(ap.p.Hostname)))
 	}
-	ap.logf("netcfg: isboot.dhcp=1: renewing the lease of %s on %s (up to %v)", ip, name, timeout)
+	ap.logf("netcfg: DHCP renewal: renewing the lease of %s on %s (up to %v)", ip, name, timeout)
 	lease, err := client.Request(ctx, mods...)
 	if err != nil {
-		ap.logf("netcfg: warning: isboot.dhcp=1: no DHCP lease on %s: %v; keeping the iBFT lease", name, err)
+		ap.logf("netcfg: warning: DHCP renewal: no DHCP lease on %s: %v; keeping the iBFT lease", name, err)
 		return
 	}
 	ack := lease.ACK
 	if !ack.YourIPAddr.Equal(ip.AsSlice()) {
-		ap.logf("netcfg: warning: isboot.dhcp=1: DHCP server %s offers %s, not %s; keeping %s for the boot",
+		ap.logf("netcfg: warning: DHCP renewal: DHCP server %s offers %s, not %s; keeping %s for the boot",
 			ack.ServerIdentifier(), ack.YourIPAddr, ip, ip)
 		return
 	}

@@ -399,7 +399,7 @@ func (p *Plan) String() string {
 		line("hostname", "none (left alone)")
 	}
 	if p.Renew {
-		line("dhcp", "renew the lease by DHCP afterwards (isboot.dhcp=1)")
+		line("dhcp", "renew the lease by DHCP afterwards and keep renewing it (isboot.dhcp=1, the default for an iBFT DHCP address)")
 	}
 	for _, w := range p.Warnings {
 		line("warning", "%s", w)

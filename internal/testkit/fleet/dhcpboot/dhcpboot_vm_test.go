@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/isboot/isboot/ibft"
 	"github.com/isboot/isboot/internal/testkit/rootimg"
 	"github.com/isboot/isboot/internal/testkit/testtarget"
 	"github.com/isboot/isboot/internal/testkit/vm"
@@ -75,7 +77,8 @@ poweroff -f
 // TestBootWithoutIBFT boots twice with no iBFT at all: ip=dhcp against QEMU's own
 // DHCP server, then a static ip= with rd.iscsi.firmware=0 and a hostname. Both log
 // in to tgtd through netroot= and switch to the real root; the DHCP boot's status
-// file shows the lease the daemon keeps.
+// file shows the lease the daemon keeps. A third boot has an iBFT whose NIC came
+// from DHCP: its lease is confirmed and kept the same way.
 func TestBootWithoutIBFT(t *testing.T) {
 	vm.Require(t)
 	initrd := image(t)
@@ -95,6 +98,7 @@ func TestBootWithoutIBFT(t *testing.T) {
 		console []string          // regexps, in order
 		status  map[string]string // status keys and values
 		host    string            // the hostname the real root sees ("": not checked)
+		ibft    *ibft.Table       // an iBFT given by -acpitable; nil: none
 	}{
 		{"dhcp", "ip=dhcp " + netroot,
 			[]string{
@@ -105,7 +109,7 @@ func TestBootWithoutIBFT(t *testing.T) {
 				`isboot: network: DHCP lease 10\.0\.2\.15/24 on eth0 from 10\.0\.2\.2 for 24h0m0s`,
 			},
 			map[string]string{"net.isboot.dhcp.address": "10.0.2.15/24", "net.isboot.dhcp.server": "10.0.2.2",
-				"net.isboot.dhcp.state": "bound", "net.isboot.dhcp.lease_time": "86400", "net.isboot.dhcp.failures": "0"}, ""},
+				"net.isboot.dhcp.state": "bound", "net.isboot.dhcp.lease_time": "86400", "net.isboot.dhcp.failures": "0"}, "", nil},
 		{"static", "ip=10.0.2.15::10.0.2.2:255.255.255.0:isb-static:eth0:none rd.iscsi.firmware=0 " +
 			"rd.iscsi.initiator=iqn.2026-01.org.isboot.test:static " + netroot,
 			[]string{
@@ -113,14 +117,36 @@ func TestBootWithoutIBFT(t *testing.T) {
 				`isboot: network: using eth0, named by ip=`,
 				`isboot: network: eth0 is 10\.0\.2\.15/24`,
 			},
-			map[string]string{"net.isboot.dhcp.address": ""}, "isb-static"},
+			map[string]string{"net.isboot.dhcp.address": ""}, "isb-static", nil},
+		// An iBFT whose NIC's origin is DHCP: the address is confirmed by a DHCP REQUEST
+		// at boot and the daemon keeps the lease.
+		{"ibft-dhcp-origin", "isboot.debug=1",
+			[]string{
+				`isboot: iBFT found at acpi`,
+				`isboot: network: eth0 is 10\.0\.2\.15/24`,
+				`isboot: network: DHCP lease 10\.0\.2\.15/24 on eth0 from 10\.0\.2\.2 for 24h0m0s`,
+			},
+			map[string]string{"net.isboot.dhcp.address": "10.0.2.15/24", "net.isboot.dhcp.server": "10.0.2.2",
+				"net.isboot.dhcp.state": "bound", "hw.ibft.nic_origin": "3"}, "", dhcpOriginTable(port, tgt.TargetIQN())},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			v := vm.Start(t, vm.Config{
+			cfg := vm.Config{
 				Firmware: vm.Direct, Kernel: k.Image, Initrd: initrd,
 				Cmdline: "console=ttyS0 panic=-1 isboot.timeout=60 " + tc.cmdline,
 				NIC:     &vm.NIC{Model: "virtio-net-pci", MAC: "52:54:00:12:34:56"},
-			})
+			}
+			if tc.ibft != nil {
+				raw, err := ibft.Encode(tc.ibft)
+				if err != nil {
+					t.Fatal(err)
+				}
+				file := filepath.Join(t.TempDir(), "ibft.bin")
+				if err := os.WriteFile(file, raw, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				cfg.ACPITables = []string{file}
+			}
+			v := vm.Start(t, cfg)
 			ctx := context.Background()
 			m, err := v.WaitFor(ctx, 240*time.Second, `ISBOOT-ROOT-DONE|isboot: boot failed: .*`)
 			if err != nil {
@@ -168,6 +194,24 @@ func TestBootWithoutIBFT(t *testing.T) {
 				t.Logf("boot story:\n%s", story(con))
 			}
 		})
+	}
+}
+
+// dhcpOriginTable is an iBFT as iPXE leaves it after its own DHCP on QEMU's user
+// network: origin 3, the DHCP server recorded.
+func dhcpOriginTable(port int, iqn string) *ibft.Table {
+	return &ibft.Table{
+		OEMID: "ISBOOT", OEMTableID: "DHCPBOOT",
+		Initiator: ibft.Initiator{Flags: ibft.FlagValid | ibft.FlagBootSelected, Name: "iqn.2026-01.org.isboot.test:dhcp-origin"},
+		NICs: []ibft.NIC{{
+			Flags: ibft.FlagValid | ibft.FlagBootSelected, IP: netip.MustParseAddr("10.0.2.15"), Prefix: 24,
+			Origin: ibft.OriginDHCP, Gateway: netip.MustParseAddr(vm.HostAddr), DHCP: netip.MustParseAddr(vm.HostAddr),
+			MAC: net.HardwareAddr{0x52, 0x54, 0, 0x12, 0x34, 0x56}, PCIBDF: 2 << 3, // -nodefaults puts the NIC at 00:02.0
+		}},
+		Targets: []ibft.Target{{
+			Flags: ibft.FlagValid | ibft.FlagBootSelected, IP: netip.MustParseAddr(vm.HostAddr), Port: uint16(port),
+			LUN: 1, LUNRaw: [8]byte{0, 1}, Name: iqn,
+		}},
 	}
 }
 
