@@ -51,6 +51,11 @@ type Applied struct {
 	Parent  string   // the physical interface
 	Modules []string // modules loaded to make the link appear
 	Changes []string // each change made, in order; empty when everything was in place
+	// Lease is the DHCP lease the address came from (ip=dhcp, ip=dhcp6) or that a
+	// renewal confirmed (an iBFT DHCP address); nil: none. Hand it to KeepLease.
+	Lease *Lease
+	// Choice says which link a plan without an iBFT took, and why.
+	Choice string
 
 	h    *netlink.Handle
 	undo []func() error
@@ -129,12 +134,29 @@ func Apply(ctx context.Context, p *Plan, o Options) (*Applied, error) {
 
 func (ap *applier) run() error {
 	p := ap.p
-	parent, err := ap.findLink()
+	var parent netlink.Link
+	var err error
+	if len(p.MAC) == 0 {
+		parent, err = ap.pickLink()
+	} else {
+		parent, err = ap.findLink()
+	}
 	if err != nil {
 		return err
 	}
 	ap.a.Parent = parent.Attrs().Name
-	ap.crossCheckPCI(parent.Attrs().Name)
+	if len(p.MAC) == 0 {
+		p.MAC = parent.Attrs().HardwareAddr
+		ap.logf("netcfg: using %s", ap.a.Choice)
+	} else {
+		ap.crossCheckPCI(parent.Attrs().Name)
+	}
+	if p.MTU > 0 && parent.Attrs().MTU != p.MTU {
+		if err := ap.h.LinkSetMTU(parent, p.MTU); err != nil {
+			return fmt.Errorf("netcfg: set the MTU of %s to %d: %w", parent.Attrs().Name, p.MTU, err)
+		}
+		ap.a.did(fmt.Sprintf("set the MTU of %s to %d", parent.Attrs().Name, p.MTU), nil)
+	}
 	if err := ap.setUp(parent); err != nil {
 		return err
 	}
@@ -149,6 +171,9 @@ func (ap *applier) run() error {
 	}
 	ap.a.Link = link.Attrs().Name
 	if err := ap.waitCarrier(link); err != nil {
+		return err
+	}
+	if err := ap.obtain(link); err != nil {
 		return err
 	}
 	if err := ap.address(link); err != nil {
@@ -170,6 +195,19 @@ func (ap *applier) run() error {
 	}
 	if p.Renew {
 		ap.renewLease(link)
+	}
+	return nil
+}
+
+// obtain gets the address of a DHCP or autoconfiguration plan; a static plan has it.
+func (ap *applier) obtain(l netlink.Link) error {
+	switch ap.p.Mode {
+	case ModeDHCP4:
+		return ap.acquire4(l.Attrs().Name, l.Attrs().HardwareAddr)
+	case ModeDHCP6:
+		return ap.acquire6(l)
+	case ModeAuto6:
+		return ap.waitAuto6(l)
 	}
 	return nil
 }

@@ -10,7 +10,11 @@ func (ap *applier) resolvConf() error {
 	if len(ap.p.DNS) == 0 {
 		return nil
 	}
-	file, restore, changed, err := writeResolvConf(ap.o.ResolvConf, ap.p.DNS, fmt.Sprintf("iBFT nic%d", ap.p.NIC), ap.logf)
+	from := fmt.Sprintf("iBFT nic%d", ap.p.NIC)
+	if ap.p.NIC < 0 {
+		from = "ip= on the kernel command line"
+	}
+	file, restore, changed, err := writeResolvConf(ap.o.ResolvConf, ap.p.DNS, from, ap.logf)
 	if err != nil {
 		return fmt.Errorf("netcfg: %w", err)
 	}

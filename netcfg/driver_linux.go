@@ -143,6 +143,23 @@ func pciDevicesAt(sysfs string, bdf PCIAddr) []string {
 	return names
 }
 
+// pciNetworkDevices lists the sysfs names of every network controller (class 02)
+// on the PCI buses: a boot without an iBFT knows no address to start from.
+func pciNetworkDevices(sysfs string) []string {
+	ents, err := os.ReadDir(filepath.Join(sysfs, "bus/pci/devices"))
+	if err != nil {
+		return nil
+	}
+	var names []string
+	for _, e := range ents {
+		class, err := os.ReadFile(filepath.Join(sysfs, "bus/pci/devices", e.Name(), "class"))
+		if err == nil && strings.HasPrefix(strings.TrimSpace(string(class)), "0x02") {
+			names = append(names, e.Name())
+		}
+	}
+	return names
+}
+
 // samePCIFunction reports whether the sysfs name dev is the function bdf, in any
 // domain, and whether it is in another domain than 0000.
 func samePCIFunction(dev string, bdf PCIAddr) (same, otherDomain bool) {

@@ -66,6 +66,11 @@ func (ap *applier) loadDriver() ([]string, error) {
 	if len(devs) > 1 {
 		ap.logf("netcfg: PCI %s is in several domains (%s); loading the drivers of each", ap.p.PCI, strings.Join(devs, ", "))
 	}
+	return ap.loadDrivers(devs)
+}
+
+// loadDrivers loads the drivers of the PCI functions devs (sysfs names).
+func (ap *applier) loadDrivers(devs []string) ([]string, error) {
 	root, kver := ap.o.ModulesRoot, ap.o.KernelVersion
 	if root == "" {
 		root = "/"

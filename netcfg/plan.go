@@ -17,10 +17,15 @@ import (
 	"github.com/isboot/isboot/ibft"
 )
 
-// Plan is what Apply will do, decided from the iBFT before touching the system.
+// Plan is what Apply will do, decided from the iBFT (NewPlan) or from the kernel
+// command line's ip= (NewManualPlan) before touching the system.
 type Plan struct {
 	Source   string           // where the iBFT came from, for messages
-	NIC      int              // iBFT NIC index
+	NIC      int              // iBFT NIC index; -1 for a plan without an iBFT
+	Mode     Mode             // how the address is obtained
+	Iface    string           // without an iBFT: the link by name; "" and no MAC: the first link with carrier
+	MTU      int              // 0: left alone
+	Targets  []netip.Addr     // the boot targets, routed once a lease gives the address (DHCP modes)
 	MAC      net.HardwareAddr // identifies the link
 	PCI      PCIAddr          // cross-check, and where to find the driver if the link is missing
 	VLAN     uint16           // 0: untagged
@@ -40,6 +45,85 @@ type Plan struct {
 	// advertisements by itself; Apply waits for that address, so the login does not
 	// race it.
 	AwaitSLAAC bool
+}
+
+// Mode is how Apply obtains the address.
+type Mode string
+
+const (
+	ModeStatic Mode = ""      // Addr as planned (the iBFT's, or a static ip=)
+	ModeDHCP4  Mode = "dhcp"  // a DHCPv4 lease
+	ModeDHCP6  Mode = "dhcp6" // a DHCPv6 lease (IA_NA)
+	ModeAuto6  Mode = "auto6" // the address the kernel autoconfigures from router advertisements
+)
+
+// Manual is a network configuration from the kernel command line (dracut's ip=),
+// for a boot without an iBFT.
+type Manual struct {
+	Iface    string // "": the first link with carrier
+	Mode     Mode
+	Addr     netip.Prefix // ModeStatic
+	Gateway  netip.Addr
+	Hostname string
+	DNS      []netip.Addr
+	MTU      int
+	Targets  []netip.Addr // the boot targets, which get host routes
+}
+
+// NewManualPlan plans a configuration without an iBFT. It fails, naming the field,
+// on a configuration that cannot work.
+func NewManualPlan(m Manual) (*Plan, error) {
+	p := &Plan{Source: "command line", NIC: -1, Mode: m.Mode, Iface: m.Iface, MTU: m.MTU, Hostname: m.Hostname, Targets: m.Targets}
+	switch m.Mode {
+	case ModeDHCP4, ModeDHCP6, ModeAuto6:
+		p.DNS = m.DNS
+		return p, nil
+	case ModeStatic:
+	default:
+		return nil, fmt.Errorf("netcfg: mode %q: want static, dhcp, dhcp6 or auto6", m.Mode)
+	}
+	ip := m.Addr.Addr()
+	if !m.Addr.IsValid() || ip.IsUnspecified() {
+		return nil, errors.New("netcfg: ip=: a static configuration needs the client address")
+	}
+	p.Addr = m.Addr
+	if gw := m.Gateway; gw.IsValid() && !gw.IsUnspecified() {
+		if gw.Is4() != ip.Is4() {
+			return nil, fmt.Errorf("netcfg: ip=: gateway %s is not of the address family of %s", gw, ip)
+		}
+		p.Gateway = gw
+	}
+	for _, d := range m.DNS {
+		if d.IsValid() && !d.IsUnspecified() && !slices.Contains(p.DNS, d) {
+			p.DNS = append(p.DNS, d)
+		}
+	}
+	p.route()
+	return p, nil
+}
+
+// route plans the default route and a host route per boot target (p.Targets), once
+// the address is known.
+func (p *Plan) route() {
+	ip := p.Addr.Addr()
+	p.Routes = nil
+	if p.Gateway.IsValid() {
+		p.Routes = append(p.Routes, p.routeTo(netip.PrefixFrom(unspecified(ip), 0), "default"))
+	}
+	seen := map[netip.Addr]bool{}
+	for _, tg := range p.Targets {
+		tg = tg.Unmap()
+		switch {
+		case !tg.IsValid() || tg.IsUnspecified():
+		case tg.Is4() != ip.Is4():
+			p.warnf("target address %s is not of the address family of %s: no route", tg, ip)
+		case tg == ip:
+			p.warnf("target address %s is our own address: no route", tg)
+		case !seen[tg]:
+			seen[tg] = true
+			p.Routes = append(p.Routes, p.routeTo(netip.PrefixFrom(tg, tg.BitLen()), "target (command line)"))
+		}
+	}
 }
 
 // Route is one route Apply installs on the configured link.
@@ -251,10 +335,14 @@ func (p *Plan) String() string {
 	if p.Source != "" {
 		src = " (" + p.Source + ")"
 	}
-	fmt.Fprintf(&b, "network plan for iBFT nic%d%s\n", p.NIC, src)
 	line := func(k, format string, args ...any) {
 		fmt.Fprintf(&b, "  %-9s %s\n", k+":", fmt.Sprintf(format, args...))
 	}
+	if p.NIC < 0 {
+		p.manualString(&b, line)
+		return b.String()
+	}
+	fmt.Fprintf(&b, "network plan for iBFT nic%d%s\n", p.NIC, src)
 	line("link", "MAC %s at PCI %s (if no link has that MAC, load the driver by the device's modalias)", p.MAC, p.PCI)
 	if p.VLAN != 0 {
 		line("vlan", "%d: create <link>.%d on top and configure that", p.VLAN, p.VLAN)
@@ -323,12 +411,59 @@ func (p *Plan) String() string {
 		line("hostname", "none (left alone)")
 	}
 	if p.Renew {
-		line("dhcp", "renew the lease by DHCP afterwards (isboot.dhcp=1)")
+		line("dhcp", "renew the lease by DHCP afterwards and keep renewing it (isboot.dhcp=1, the default for an iBFT DHCP address)")
 	}
 	for _, w := range p.Warnings {
 		line("warning", "%s", w)
 	}
 	return b.String()
+}
+
+// manualString prints a plan without an iBFT.
+func (p *Plan) manualString(b *strings.Builder, line func(k, format string, args ...any)) {
+	b.WriteString("network plan from the kernel command line (ip=)\n")
+	switch {
+	case p.Iface != "":
+		line("link", "%s (named by ip=)", p.Iface)
+	case len(p.MAC) != 0:
+		line("link", "MAC %s", p.MAC)
+	default:
+		line("link", "the first Ethernet link with carrier (drivers of every PCI network controller loaded if none is there)")
+	}
+	if p.MTU > 0 {
+		line("mtu", "%d", p.MTU)
+	}
+	switch p.Mode {
+	case ModeDHCP4:
+		line("address", "by DHCPv4, with gateway, DNS and hostname from the lease; renewed for the life of the system")
+	case ModeDHCP6:
+		line("address", "by DHCPv6 (IA_NA, as a /128), DNS from the reply; renewed for the life of the system")
+	case ModeAuto6:
+		line("address", "autoconfigured from router advertisements (SLAAC)")
+	default:
+		line("address", "%s (static, ip=)", p.Addr)
+	}
+	for _, r := range p.Routes {
+		via := "on-link"
+		if r.Via.IsValid() {
+			via = "via " + r.Via.String()
+		}
+		line("route", "%s %s (%s)", r.Dst, via, r.Purpose)
+	}
+	if p.Mode != ModeStatic {
+		for _, t := range p.Targets {
+			line("route", "%s/%d, once the address is known (target)", t, t.BitLen())
+		}
+	}
+	for _, d := range p.DNS {
+		line("dns", "nameserver %s", d)
+	}
+	if p.Hostname != "" {
+		line("hostname", "%s", p.Hostname)
+	}
+	for _, w := range p.Warnings {
+		line("warning", "%s", w)
+	}
 }
 
 func isZero(b []byte) bool {

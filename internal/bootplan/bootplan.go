@@ -27,6 +27,9 @@ var ErrNoInitiator = errors.New("no initiator name: the iBFT has none; set rd.is
 
 // Plan is what the boot will do, decided before anything is touched.
 type Plan struct {
+	// IP is the network configuration from the command line (ip=, or DHCP by
+	// default when there is no iBFT to take it from); nil: the iBFT NIC's.
+	IP *cmdline.IPConfig
 	// ISCSI is how to reach the LUN: the portals (the boot target's first, then the
 	// other paths to the same LUN), target, LUN, initiator and CHAP. Logf, ISID and
 	// the tuning fields are left to whoever dials.
@@ -41,7 +44,11 @@ type Plan struct {
 func (p *Plan) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "target: %s\n", p.ISCSI)
-	fmt.Fprintf(&b, "nic:    iBFT nic%d\n", p.NIC)
+	if p.IP != nil {
+		fmt.Fprintf(&b, "nic:    %s (command line)\n", p.IP)
+	} else {
+		fmt.Fprintf(&b, "nic:    iBFT nic%d\n", p.NIC)
+	}
 	if p.Targets != nil {
 		s := make([]string, len(p.Targets))
 		for i, a := range p.Targets {
@@ -56,11 +63,26 @@ func (p *Plan) String() string {
 }
 
 // Make merges the iBFT (t, possibly nil) with the command line, which wins:
-// netroot= replaces the target (and its CHAP), rd.iscsi.initiator= the initiator name;
-// rd.iscsi.param= sets the digests.
+// netroot= replaces the target (and its CHAP), rd.iscsi.initiator= the initiator name,
+// ip= the network; rd.iscsi.param= sets the digests. rd.iscsi.firmware=0 leaves the
+// iBFT out. Without an iBFT, the command line alone is the plan: netroot= names the
+// target, ip= the network (DHCP on the first link with carrier when not given), and
+// rd.iscsi.initiator= the initiator (else a generated name, GeneratedInitiator).
 func Make(c *cmdline.CmdLine, t *ibft.Table) (*Plan, error) {
 	p := &Plan{NIC: -1}
 	d := &p.ISCSI
+	if t != nil && !UseIBFT(c) {
+		t = nil
+		p.Notes = append(p.Notes, "rd.iscsi.firmware=0: the iBFT is left out")
+	}
+	ip, err := commandLineIP(c, t)
+	if err != nil {
+		return nil, err
+	}
+	if ip != nil {
+		p.IP = ip
+		p.Notes = append(p.Notes, "network from the command line: "+ip.String())
+	}
 
 	var choice ibft.Choice
 	if t != nil {
@@ -88,7 +110,14 @@ func Make(c *cmdline.CmdLine, t *ibft.Table) (*Plan, error) {
 		d.TargetName, d.LUN = n.Target, n.LUN
 		d.CHAPUser, d.CHAPSecret, d.RevCHAPUser, d.RevCHAPSecret = n.User, n.Secret, n.RevUser, n.RevSecret
 		p.Targets, _ = netrootTargets(c)
-		p.Notes = append(p.Notes, "netroot= on the command line replaces the iBFT target: "+n.String())
+		if t != nil {
+			p.Notes = append(p.Notes, "netroot= on the command line replaces the iBFT target: "+n.String())
+		} else {
+			p.Notes = append(p.Notes, "target from netroot=: "+n.String())
+		}
+		if len(c.Netroots) > 1 {
+			p.Notes = append(p.Notes, fmt.Sprintf("%d more netroot= keys read (cmdline.Netroots), not dialled: the first names the boot target", len(c.Netroots)-1))
+		}
 	case t != nil:
 		tg := choice.Target
 		if !tg.IP.IsValid() || tg.IP.IsUnspecified() {
@@ -134,10 +163,14 @@ func Make(c *cmdline.CmdLine, t *ibft.Table) (*Plan, error) {
 		}
 	case t != nil && t.Initiator.Name != "":
 		d.InitiatorName = t.Initiator.Name
+	case t == nil:
+		name, how := GeneratedInitiator()
+		d.InitiatorName = name
+		p.Notes = append(p.Notes, "no rd.iscsi.initiator=: initiator name "+name+" ("+how+")")
 	default:
 		return nil, ErrNoInitiator
 	}
-	if p.NIC < 0 {
+	if p.NIC < 0 && p.IP == nil {
 		return nil, errors.New("no usable NIC in the iBFT: isboot configures the network from the iBFT, which netroot= alone does not replace")
 	}
 	// The iBFT has no digest fields; rd.iscsi.param= asks for them.
@@ -160,6 +193,30 @@ func Make(c *cmdline.CmdLine, t *ibft.Table) (*Plan, error) {
 // address replaces the iBFT targets as route destinations (old iPXE writes garbage
 // IPv4 for IPv6 targets), isboot.dhcp asks for DHCP renewal.
 func Network(c *cmdline.CmdLine, t *ibft.Table, nic int) (*netcfg.Plan, error) {
+	if t != nil && !UseIBFT(c) {
+		t = nil
+	}
+	ip, err := commandLineIP(c, t)
+	if err != nil {
+		return nil, err
+	}
+	if ip != nil {
+		targets, warning := netrootTargets(c)
+		np, err := netcfg.NewManualPlan(manual(ip, targets))
+		if err != nil {
+			return nil, err
+		}
+		if warning != "" {
+			np.Warnings = append(np.Warnings, warning)
+		}
+		if len(c.IP) > 1 {
+			np.Warnings = append(np.Warnings, fmt.Sprintf("%d more ip= keys not applied: isboot configures the boot NIC only", len(c.IP)-1))
+		}
+		if ip.MAC != nil {
+			np.Warnings = append(np.Warnings, "ip=: the MAC address field is not applied")
+		}
+		return np, nil
+	}
 	if t != nil && nic < 0 {
 		choice, err := t.BootChoice()
 		if err != nil {
@@ -172,10 +229,50 @@ func Network(c *cmdline.CmdLine, t *ibft.Table, nic int) (*netcfg.Plan, error) {
 	if err != nil {
 		return nil, err
 	}
+	// An address the firmware leased by DHCP is renewed, at boot and then by the
+	// daemon for the life of the system, unless isboot.dhcp=0 says otherwise.
+	if np.Origin == ibft.OriginDHCP && !c.DHCPSet {
+		np.Renew = true
+	}
 	if warning != "" {
 		np.Warnings = append(np.Warnings, warning)
 	}
 	return np, nil
+}
+
+// UseIBFT says whether the boot reads the iBFT: unless rd.iscsi.firmware=0 (or
+// rd.iscsi.ibft=0).
+func UseIBFT(c *cmdline.CmdLine) bool { return !c.FirmwareSet || c.Firmware }
+
+// commandLineIP is the network configuration the command line gives, nil when the
+// iBFT's NIC is to be used: the first ip= unless it says ibft; without an iBFT and
+// without ip=, DHCP on the first link with carrier (as dracut does for netroot=).
+func commandLineIP(c *cmdline.CmdLine, t *ibft.Table) (*cmdline.IPConfig, error) {
+	if len(c.IP) > 0 && c.IP[0].Method != cmdline.IPIBFT {
+		ip := c.IP[0]
+		return &ip, nil
+	}
+	if t != nil {
+		return nil, nil
+	}
+	if len(c.IP) > 0 {
+		return nil, errors.New("ip=ibft, but the boot has no iBFT (none found, or rd.iscsi.firmware=0)")
+	}
+	return &cmdline.IPConfig{Method: cmdline.IPDHCP}, nil
+}
+
+// manual turns an ip= into netcfg's terms.
+func manual(ip *cmdline.IPConfig, targets []netip.Addr) netcfg.Manual {
+	m := netcfg.Manual{Iface: ip.Iface, Addr: ip.Addr, Gateway: ip.Gateway, Hostname: ip.Hostname, DNS: ip.DNS, MTU: ip.MTU, Targets: targets}
+	switch ip.Method {
+	case cmdline.IPDHCP:
+		m.Mode = netcfg.ModeDHCP4
+	case cmdline.IPDHCP6:
+		m.Mode = netcfg.ModeDHCP6
+	case cmdline.IPAuto6:
+		m.Mode = netcfg.ModeAuto6
+	}
+	return m
 }
 
 // netrootTargets is the netroot= server when it is an address; nil leaves the routes

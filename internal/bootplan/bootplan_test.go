@@ -9,6 +9,7 @@ import (
 	"github.com/isboot/isboot/ibft"
 	"github.com/isboot/isboot/internal/cmdline"
 	"github.com/isboot/isboot/iscsi"
+	"github.com/isboot/isboot/netcfg"
 )
 
 func table() *ibft.Table {
@@ -119,8 +120,8 @@ func TestMakeErrors(t *testing.T) {
 		want      string
 	}{
 		{"nothing", "", nil, "no iBFT found and no netroot="},
-		{"netroot without iBFT", "netroot=iscsi:10.0.0.1::::iqn.t rd.iscsi.initiator=iqn.i", nil, "no usable NIC in the iBFT"},
-		{"no initiator", "netroot=iscsi:10.0.0.1::::iqn.t", nil, "set rd.iscsi.initiator="},
+		{"ip=ibft without iBFT", "ip=ibft netroot=iscsi:10.0.0.1::::iqn.t", nil, "ip=ibft, but the boot has no iBFT"},
+		{"iBFT left out", "rd.iscsi.firmware=0", table(), "no iBFT found and no netroot="},
 		{"iBFT without initiator", "", noName, "set rd.iscsi.initiator="},
 		{"iBFT target without address", "", noAddr, "target0 has no address"},
 	} {
@@ -180,8 +181,70 @@ func TestNetwork(t *testing.T) {
 	if _, err := Network(parse(t, ""), tb, 7); err == nil || !strings.Contains(err.Error(), "no nic7") {
 		t.Errorf("nic7: %v", err)
 	}
-	if _, err := Network(parse(t, ""), nil, -1); err == nil {
-		t.Error("no iBFT: no error")
+	if np, err := Network(parse(t, ""), nil, -1); err != nil || np.Mode != netcfg.ModeDHCP4 || np.Iface != "" {
+		t.Errorf("no iBFT, no ip=: %v, want DHCP on the first link with carrier: %+v", err, np)
+	}
+}
+
+// Without an iBFT (or with rd.iscsi.firmware=0) the command line is the whole plan:
+// netroot= the target, ip= the network, rd.iscsi.initiator= or a generated name.
+func TestMakeWithoutIBFT(t *testing.T) {
+	SystemUUID = func() string { return "5F3C1E2A-0000-4C6E-9A1F-2B3C4D5E6F70" }
+	defer func() { SystemUUID = func() string { return "" } }()
+	for _, tt := range []struct {
+		cmd       string
+		tab       *ibft.Table
+		mode      netcfg.Mode
+		iface     string
+		addr      string
+		initiator string
+		routes    []string
+	}{
+		{"ip=dhcp netroot=iscsi:10.0.2.2::3261:1:iqn.x:disk", nil, netcfg.ModeDHCP4, "", "invalid Prefix",
+			"iqn.2026-01.org.isboot:uuid.5f3c1e2a-0000-4c6e-9a1f-2b3c4d5e6f70", nil},
+		{"netroot=iscsi:10.0.2.2::3261:1:iqn.x:disk rd.iscsi.initiator=iqn.i:me", nil, netcfg.ModeDHCP4, "", "invalid Prefix", "iqn.i:me", nil},
+		{"ip=eth1:dhcp6 netroot=iscsi:[fd00::2]::3261:1:iqn.x:disk rd.iscsi.initiator=iqn.i:me", nil, netcfg.ModeDHCP6, "eth1", "invalid Prefix", "iqn.i:me", nil},
+		{"ip=192.0.2.5::192.0.2.1:24:h:eth0:none netroot=iscsi:198.51.100.9::3261:1:iqn.x:disk rd.iscsi.firmware=0 rd.iscsi.initiator=iqn.i:me",
+			table(), netcfg.ModeStatic, "eth0", "192.0.2.5/24", "iqn.i:me", []string{"0.0.0.0/0", "198.51.100.9/32"}},
+		// An iBFT and ip=: the iBFT still names the initiator, ip= the network.
+		{"ip=eth0:dhcp netroot=iscsi:10.0.2.2::3261:1:iqn.x:disk", table(), netcfg.ModeDHCP4, "eth0", "invalid Prefix", "iqn.2024-01.org.example:host", nil},
+	} {
+		p, err := Make(parse(t, tt.cmd), tt.tab)
+		if err != nil {
+			t.Errorf("%q: %v", tt.cmd, err)
+			continue
+		}
+		if p.IP == nil || p.ISCSI.InitiatorName != tt.initiator || p.ISCSI.TargetName != "iqn.x:disk" || !strings.HasSuffix(p.ISCSI.Portals[0], ":3261") {
+			t.Errorf("%q: plan\n%s", tt.cmd, p)
+		}
+		np, err := Network(parse(t, tt.cmd), tt.tab, p.NIC)
+		if err != nil {
+			t.Errorf("%q: network: %v", tt.cmd, err)
+			continue
+		}
+		var routes []string
+		for _, r := range np.Routes {
+			routes = append(routes, r.Dst.String())
+		}
+		if np.Mode != tt.mode || np.Iface != tt.iface || np.Addr.String() != tt.addr || strings.Join(routes, " ") != strings.Join(tt.routes, " ") {
+			t.Errorf("%q: network plan %+v", tt.cmd, np)
+		}
+	}
+	SystemUUID = func() string { return "00000000-0000-0000-0000-000000000000" }
+	if name, how := GeneratedInitiator(); !strings.HasPrefix(name, "iqn.2026-01.org.isboot:random.") || !strings.Contains(how, "random") {
+		t.Errorf("all-zero UUID: %s (%s)", name, how)
+	}
+}
+
+// An iBFT DHCP address is renewed unless isboot.dhcp=0.
+func TestNetworkRenewsIBFTLease(t *testing.T) {
+	tb := table()
+	tb.NICs[0].Origin = ibft.OriginDHCP
+	for cmd, want := range map[string]bool{"": true, "isboot.dhcp=0": false, "isboot.dhcp": true} {
+		np, err := Network(parse(t, cmd), tb, -1)
+		if err != nil || np.Renew != want {
+			t.Errorf("%q: renew %v, want %v (%v)", cmd, np.Renew, want, err)
+		}
 	}
 }
 

@@ -1,6 +1,8 @@
 // Package cmdline parses the kernel command line keys isboot understands: its own
 // (isboot.*, ibft.*), the generic root ones (root=, rootfstype=, ro/rw, init=) and
-// dracut's iSCSI keys (netroot=iscsi:..., rd.iscsi.initiator=, rd.iscsi.param=).
+// dracut's network and iSCSI keys (ip=, netroot=iscsi:..., rd.iscsi.initiator=,
+// rd.iscsi.param=, rd.iscsi.firmware=, rd.iscsi.ibft=); other rd.iscsi.* keys get a
+// warning.
 //
 // CHAP secrets given in netroot= are visible to anyone who reads /proc/cmdline; that
 // is the user's choice, but nothing here ever formats them into a message.
@@ -11,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -31,13 +34,24 @@ type CmdLine struct {
 	Shell         bool   // isboot.shell: rescue shell before switch_root
 	DHCP          bool   // isboot.dhcp: renew the iBFT's lease by DHCP after configuring it
 	NoGuard       bool   // isboot.guard=0: no guard on the boot NIC (files in /run, daemon watch)
+	DHCPSet       bool   // isboot.dhcp was given (=0 turns off the renewal of an iBFT DHCP lease)
 	// Timeout is isboot.timeout=SECONDS: how long the boot waits for the LUN before
 	// the rescue shell (the daemon keeps trying). -1: not given; 0: forever.
-	Timeout   int
-	OnFail    OnFail // isboot.onfail=shell|reboot[:SECONDS]
+	Timeout int
+	OnFail  OnFail // isboot.onfail=shell|reboot[:SECONDS]
+	// Netroots are the netroot= keys in order: the first is the boot target, the
+	// others are more paths (portals) to the same LUN. Netroot is Netroots[0].
+	Netroots  []*Netroot
 	Netroot   *Netroot
-	Initiator string   // rd.iscsi.initiator=
-	InitArgs  []string // everything after "--", passed to init
+	Initiator string // rd.iscsi.initiator=
+	// IP are the ip= keys in order. The first configures the boot NIC; ip=ibft (or
+	// no ip= at all) leaves the network to the iBFT.
+	IP []IPConfig
+	// Firmware is rd.iscsi.firmware= or rd.iscsi.ibft= when FirmwareSet: use the
+	// iBFT (1) or ignore it and boot from the command line alone (0). Not given, the
+	// iBFT is read and the command line overrides it.
+	Firmware, FirmwareSet bool
+	InitArgs              []string // everything after "--", passed to init
 	// HeaderDigest and DataDigest come from rd.iscsi.param=HeaderDigest=CRC32C (or
 	// open-iscsi's name, node.conn[0].iscsi.HeaderDigest=): one value is required.
 	HeaderDigest iscsi.Digest
@@ -142,8 +156,57 @@ func ParseString(s string) (*CmdLine, error) {
 			errs = append(errs, &KeyError{Key: key, Err: err})
 		}
 	}
+	if secrets := credentials(words); len(secrets) > 0 {
+		for i, e := range errs {
+			errs[i] = &masked{e.(*KeyError), secrets}
+		}
+	}
 	return c, errors.Join(errs...)
 }
+
+// credentials are the fields before the '@' of anything that looks like an iSCSI
+// netroot, wherever it stands (a stray quote can hide one inside another key's
+// value), and the values of rd.iscsi.*password keys: the texts no error may show.
+func credentials(words []string) []string {
+	var out []string
+	for _, w := range words {
+		for rest := w; ; {
+			i := strings.Index(rest, "iscsi:")
+			if i < 0 {
+				break
+			}
+			rest = rest[i+len("iscsi:"):]
+			if at := strings.LastIndex(rest, "@"); at >= 0 {
+				for _, f := range strings.Split(rest[:at], ":") {
+					out = append(out, strings.Split(f, "@")...)
+				}
+			}
+		}
+		if k, v, ok := strings.Cut(w, "="); ok && strings.HasPrefix(k, "rd.iscsi.") && strings.Contains(k, "password") {
+			out = append(out, v)
+		}
+	}
+	out = slices.DeleteFunc(out, func(s string) bool { return len(s) < 3 })
+	// Longest first, so a secret holding another is masked whole.
+	slices.SortFunc(out, func(a, b string) int { return len(b) - len(a) })
+	return out
+}
+
+// masked is a KeyError whose text has the command line's credentials masked.
+type masked struct {
+	*KeyError
+	secrets []string
+}
+
+func (m *masked) Error() string {
+	s := m.KeyError.Error()
+	for _, sec := range m.secrets {
+		s = strings.ReplaceAll(s, sec, "***")
+	}
+	return s
+}
+
+func (m *masked) Unwrap() error { return m.KeyError }
 
 // KeyError is one malformed key; the key is left at its zero value.
 type KeyError struct {
@@ -154,10 +217,11 @@ type KeyError struct {
 func (e *KeyError) Error() string { return fmt.Sprintf("cmdline: %s: %v", e.Key, e.Err) }
 func (e *KeyError) Unwrap() error { return e.Err }
 
-// Fatal reports a key that names what to boot (root=, netroot=): going on without it
-// would mount another root or log in to another LUN than the one asked for. Any
+// Fatal reports a key that names what to boot (root=, netroot=, ip=): going on without
+// it would mount another root, log in to another LUN or configure another network
+// than the one asked for. Any
 // other malformed key only loses its own effect (a debug level, a timeout).
-func (e *KeyError) Fatal() bool { return e.Key == "root" || e.Key == "netroot" }
+func (e *KeyError) Fatal() bool { return e.Key == "root" || e.Key == "netroot" || e.Key == "ip" }
 
 // Split sorts an error of Parse into what must stop a boot (malformed root= or
 // netroot=, or a command line that could not be read) and warnings: malformed keys
@@ -198,6 +262,7 @@ func (c *CmdLine) set(key, val string, hasVal bool) error {
 	case "isboot.shell":
 		c.Shell, err = boolValue(val, hasVal)
 	case "isboot.dhcp":
+		c.DHCPSet = true
 		c.DHCP, err = boolValue(val, hasVal)
 	case "isboot.guard":
 		var on bool
@@ -224,7 +289,19 @@ func (c *CmdLine) set(key, val string, hasVal bool) error {
 		}
 		c.Init = val
 	case "netroot":
-		c.Netroot, err = ParseNetroot(val)
+		var n *Netroot
+		if n, err = ParseNetroot(val); err == nil {
+			c.Netroots = append(c.Netroots, n)
+			c.Netroot = c.Netroots[0]
+		}
+	case "ip":
+		var ip IPConfig
+		if ip, err = ParseIP(val); err == nil {
+			c.IP = append(c.IP, ip)
+		}
+	case "rd.iscsi.firmware", "rd.iscsi.ibft":
+		c.FirmwareSet = true
+		c.Firmware, err = boolValue(val, hasVal)
 	case "rd.iscsi.initiator":
 		if val == "" {
 			return errors.New("empty initiator name")
@@ -232,6 +309,11 @@ func (c *CmdLine) set(key, val string, hasVal bool) error {
 		c.Initiator = val
 	case "rd.iscsi.param":
 		err = c.setISCSIParam(val)
+	default:
+		if strings.HasPrefix(key, "rd.iscsi.") {
+			// Never the value: rd.iscsi.password= holds a secret.
+			return errors.New("not supported by isboot, ignored (it takes rd.iscsi.initiator, .param, .firmware and .ibft; the target goes in netroot=)")
+		}
 	}
 	return err
 }

@@ -18,7 +18,7 @@ func TestParse(t *testing.T) {
 		{"empty", "", CmdLine{}},
 		{"unrelated keys ignored", "console=ttyS0 quiet BOOT_IMAGE=/vmlinuz", CmdLine{}},
 		{"debug levels", "isboot.debug=3 ibft.verbose=1 ibft.acpi_table=2", CmdLine{Debug: 3, IBFTVerbose: true, IBFTACPITable: 2}},
-		{"bare flags", "isboot.debug isboot.shell isboot.dhcp ibft.verbose", CmdLine{Debug: 1, Shell: true, DHCP: true, IBFTVerbose: true}},
+		{"bare flags", "isboot.debug isboot.shell isboot.dhcp ibft.verbose", CmdLine{Debug: 1, Shell: true, DHCP: true, DHCPSet: true, IBFTVerbose: true}},
 		{"timeout", "isboot.timeout=30", CmdLine{Timeout: 30}},
 		{"guard off", "isboot.guard=0", CmdLine{NoGuard: true}},
 		{"guard on", "isboot.guard=0 isboot.guard", CmdLine{}},
@@ -54,6 +54,9 @@ func TestParse(t *testing.T) {
 			}
 			if tt.want.Timeout == 0 {
 				tt.want.Timeout = -1
+			}
+			if tt.want.Netroot != nil && tt.want.Netroots == nil {
+				tt.want.Netroots = []*Netroot{tt.want.Netroot}
 			}
 			if !reflect.DeepEqual(*got, tt.want) {
 				t.Errorf("ParseString(%q)\n got %+v\nwant %+v", tt.in, *got, tt.want)

@@ -17,6 +17,7 @@ import (
 	"github.com/isboot/isboot/internal/netguard"
 	"github.com/isboot/isboot/internal/status"
 	"github.com/isboot/isboot/iscsi"
+	"github.com/isboot/isboot/netcfg"
 )
 
 // Argv0 is the name the daemon runs under.
@@ -36,8 +37,11 @@ type Config struct {
 	NIC       string // interface carrying the session, for the status file
 	// Guard is the boot NIC as the boot configured it, which the daemon keeps so
 	// (netguard.Watch); nil: no guard.
-	Guard   *netguard.Spec `json:",omitempty"`
-	IBFT    []status.KV    // hw.ibft.* lines, secrets masked
+	Guard *netguard.Spec `json:",omitempty"`
+	IBFT  []status.KV    // hw.ibft.* lines, secrets masked
+	// Lease is the boot NIC's DHCP lease (ip=dhcp, ip=dhcp6, an iBFT DHCP address):
+	// the serving process renews it for the life of the system. nil: static.
+	Lease   *netcfg.Lease `json:",omitempty"`
 	Debug   int
 	Version string
 

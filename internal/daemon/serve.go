@@ -12,6 +12,7 @@ import (
 	"github.com/isboot/isboot/internal/blockdev"
 	"github.com/isboot/isboot/internal/nbd"
 	"github.com/isboot/isboot/internal/status"
+	"github.com/isboot/isboot/netcfg"
 )
 
 // Session is a logged-in LUN, as the daemon needs it.
@@ -66,6 +67,8 @@ type Options struct {
 	MaxBackoff time.Duration
 	// Pid is written to the status file (default os.Getpid()).
 	Pid int
+	// KeepLease renews Config.Lease until its context ends; nil: netcfg.KeepLease.
+	KeepLease func(context.Context, netcfg.Lease, netcfg.KeepOptions)
 }
 
 // Attachment is what Run needs of an attached kernel device (nbd.Attachment).
@@ -129,6 +132,10 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 	gctx, stopGuard := context.WithCancel(ctx)
 	defer stopGuard()
 	d.guard(gctx)
+	if cfg.Lease != nil {
+		stop := d.keepLease(ctx, *cfg.Lease)
+		defer stop()
+	}
 
 	sess, err := d.loginOrStop(ctx)
 	if err == errStoppedEarly {
@@ -189,6 +196,30 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 			return d.stop(sess, att)
 		}
 	}
+}
+
+// keepLease renews the boot NIC's lease in the background, from the start (the
+// network must stay while the login waits too) until Run ends, and publishes it.
+func (d *daemon) keepLease(ctx context.Context, l netcfg.Lease) (stop func()) {
+	keep := d.o.KeepLease
+	if keep == nil {
+		keep = netcfg.KeepLease
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		keep(ctx, l, netcfg.KeepOptions{Logf: d.o.Logf, Report: func(s netcfg.LeaseState) {
+			d.pub.Update(func(st *status.Status) {
+				st.DHCP = &status.DHCP{
+					Address: s.Lease.Addr.String(), Server: s.Lease.ServerName(), State: s.State,
+					LeaseTime: s.Lease.Duration, Obtained: s.Lease.Obtained, Expires: s.Lease.Expires(),
+					Renewals: s.Renewals, Failures: s.Failures, LastError: s.LastError,
+				}
+			})
+		}})
+	}()
+	return func() { cancel(); <-done }
 }
 
 // login dials until it succeeds, backing off up to MaxBackoff. Only ctx or a

@@ -2,6 +2,7 @@ package initproc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -48,6 +49,10 @@ func (b *boot) loadStorageModules() error {
 
 func (b *boot) findIBFT() error {
 	b.setState(status.Discovering, "")
+	if !bootplan.UseIBFT(b.cmd) {
+		b.log.Infof("rd.iscsi.firmware=0: not looking for an iBFT; booting from the command line")
+		return nil
+	}
 	logf := func(format string, a ...any) { b.log.Debugf(2, format, a...) }
 	if b.cmd.IBFTVerbose {
 		logf = b.log.Infof
@@ -55,7 +60,11 @@ func (b *boot) findIBFT() error {
 	t, _, err := ibft.Find(ibft.FindOptions{Table: b.cmd.IBFTACPITable, Logf: logf, LoadModule: b.mods.LoadModule})
 	if err != nil {
 		if b.cmd.Netroot != nil {
-			b.log.Warnf("%v; going on with netroot=", err)
+			if errors.Is(err, ibft.ErrNotFound) {
+				b.log.Infof("no iBFT: booting from the command line (netroot=)")
+			} else {
+				b.log.Warnf("%v; going on with netroot=", err)
+			}
 			return nil
 		}
 		return err
@@ -109,7 +118,15 @@ func (b *boot) configureNetwork() error {
 		b.log.Infof("network: link-local target: dialing %s", strings.Join(zoned, ","))
 		b.plan.Daemon.Portals = zoned
 	}
+	if applied.Choice != "" {
+		b.log.Infof("network: using %s", applied.Choice)
+	}
 	b.log.Infof("network: %s is %s", applied.Link, np.Addr)
+	if l := applied.Lease; l != nil {
+		// The daemon renews it for the life of the system.
+		b.plan.Daemon.Lease = l
+		b.log.Infof("network: DHCP lease %s", l)
+	}
 	// Optional: the real root only loses its DNS servers without these files.
 	files, err := carryNetwork("/run", np, applied.Link)
 	if err != nil {

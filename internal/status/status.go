@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -68,7 +69,22 @@ type Status struct {
 	Session   Session
 	Counters  Counters
 	Guard     Guard
-	IBFT      []KV // hw.ibft.* lines as the ibft package prints them
+	DHCP      *DHCP // the lease the daemon keeps renewing; nil: none
+	IBFT      []KV  // hw.ibft.* lines as the ibft package prints them
+}
+
+// DHCP is the boot NIC's DHCP lease, which the daemon renews for the life of the
+// system (the net.isboot.dhcp.* keys).
+type DHCP struct {
+	Address   string // the leased address as configured, "10.0.2.15/24"
+	Server    string // the DHCPv4 server, or "DUID <hex>" for DHCPv6
+	State     string // bound, renewing, rebinding, expired (the address is kept)
+	LeaseTime time.Duration
+	Obtained  time.Time // last acknowledged
+	Expires   time.Time
+	Renewals  uint64 // acknowledged renewals by this serving process
+	Failures  uint64 // attempts without an acknowledgement
+	LastError string
 }
 
 // Guard is the daemon's watch over the boot NIC (internal/netguard).
@@ -160,6 +176,20 @@ func (s *Status) Lines() []KV {
 		kv = append(kv, KV{p + "guard.link", s.Guard.Link},
 			KV{p + "guard.restores", strconv.FormatUint(s.Guard.Restores, 10)},
 			KV{p + "guard.last", s.Guard.Last})
+	}
+	if d := s.DHCP; d != nil {
+		q := p + "dhcp."
+		kv = append(kv,
+			KV{q + "address", d.Address},
+			KV{q + "server", d.Server},
+			KV{q + "state", d.State},
+			KV{q + "lease_time", strconv.FormatInt(int64(d.LeaseTime/time.Second), 10)},
+			KV{q + "lease_obtained", d.Obtained.UTC().Format(time.RFC3339)},
+			KV{q + "lease_expires", d.Expires.UTC().Format(time.RFC3339)},
+			KV{q + "renewals", strconv.FormatUint(d.Renewals, 10)},
+			KV{q + "failures", strconv.FormatUint(d.Failures, 10)},
+			KV{q + "last_error", d.LastError},
+		)
 	}
 	kv = append(kv, s.IBFT...)
 	out := kv[:0]
