@@ -193,8 +193,12 @@ func (ap *applier) run() error {
 	if err := ap.hostname(); err != nil {
 		return err
 	}
-	if p.Renew {
+	switch {
+	case p.Renew:
 		ap.renewLease(link)
+	case p.ConfirmLater && p.Addr.Addr().Is4():
+		l := UnconfirmedLease(link.Attrs().Name, p)
+		ap.a.Lease = &l
 	}
 	return nil
 }

@@ -14,7 +14,14 @@ type KeepOptions struct {
 	Report    func(LeaseState)                 // after every step; nil: nobody listens
 	// Timeout bounds one exchange; zero: a quarter of the lease, from 1 s to 10 s.
 	Timeout time.Duration
+	// ConfirmAfter is when an unconfirmed lease (UnconfirmedLease: an iBFT DHCP
+	// address) is first confirmed; zero: DefaultConfirmAfter. The firmware got the
+	// lease moments before the boot, and the boot's CPU is better spent on the boot.
+	ConfirmAfter time.Duration
 }
+
+// DefaultConfirmAfter is KeepOptions.ConfirmAfter's default.
+const DefaultConfirmAfter = 30 * time.Second
 
 // KeepLease renews l until ctx ends: from its server at T1, from any server at T2
 // (rebinding), and on after the lease ran out. A lost lease never removes the
@@ -34,6 +41,13 @@ func KeepLease(ctx context.Context, l Lease, o KeepOptions) {
 	renew := renew4
 	if l.Family == 6 {
 		renew = renew6
+	}
+	if len(l.Reply) == 0 {
+		confirmed, ok := confirmLease(ctx, l, o, logf, report)
+		if !ok {
+			return
+		}
+		l = confirmed
 	}
 	l.times()
 	st := LeaseState{Lease: l, State: "bound"}
@@ -79,6 +93,39 @@ func KeepLease(ctx context.Context, l Lease, o KeepOptions) {
 		logf("dhcp: warning: %s on %s, %s: no renewal: %v", l.Addr, l.Link, st.State, err)
 		report(st)
 		next = time.Now().Add(retryAfter(l, time.Now()))
+	}
+}
+
+// confirmLease waits ConfirmAfter, then asks until a server acknowledges l's address
+// (every minute at most); false when ctx ended first.
+func confirmLease(ctx context.Context, l Lease, o KeepOptions, logf func(string, ...any), report func(LeaseState)) (Lease, bool) {
+	st := LeaseState{Lease: l, State: "unconfirmed"}
+	report(st)
+	wait := o.ConfirmAfter
+	if wait <= 0 {
+		wait = DefaultConfirmAfter
+	}
+	timeout := o.Timeout
+	if timeout <= 0 {
+		timeout = DefaultDHCPTimeout
+	}
+	for backoff := time.Second; ; backoff = min(2*backoff, time.Minute) {
+		if !sleepUntil(ctx, time.Now().Add(wait)) {
+			return l, false
+		}
+		nl, err := confirm4(ctx, o.Namespace, l, "", timeout)
+		if ctx.Err() != nil {
+			return l, false
+		}
+		if err == nil {
+			logf("dhcp: confirmed %s", nl)
+			return *nl, true
+		}
+		st.Failures++
+		st.LastError = err.Error()
+		logf("dhcp: warning: %s on %s: not confirmed: %v; keeping the address", l.Addr, l.Link, err)
+		report(st)
+		wait = backoff
 	}
 }
 

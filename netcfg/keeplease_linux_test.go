@@ -19,6 +19,7 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
 	"github.com/insomniacslk/dhcp/dhcpv6"
 	"github.com/insomniacslk/dhcp/dhcpv6/server6"
+	"github.com/isboot/isboot/ibft"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -318,4 +319,44 @@ func TestKeepLeaseChild(t *testing.T) {
 			fmt.Printf("KEEPLEASE-RENEWED %d\n", st.Renewals)
 		}
 	}})
+}
+
+// TestIBFTLeaseConfirmedLater: an iBFT address whose origin is DHCP is applied
+// without a DHCP exchange (the boot does not wait for one); KeepLease confirms it
+// after ConfirmAfter, asking for that address, and then renews it at T1.
+func TestIBFTLeaseConfirmedLater(t *testing.T) {
+	tn := newTestNet(t)
+	tn.peerAddr(t, peerLink, "192.168.61.1/24")
+	srv := tn.leaseServer4(t, "192.168.61.1", "192.168.61.10", 4*time.Second)
+	tb := ipv4Table()
+	tb.NICs[0].Origin, tb.NICs[0].Hostname = ibft.OriginDHCP, ""
+	tb.NICs[0].IP, tb.NICs[0].Gateway, tb.NICs[0].DHCP = netip.MustParseAddr("192.168.61.10"), netip.MustParseAddr("192.168.61.1"), netip.MustParseAddr("192.168.61.1")
+	p, err := NewPlan(tb, 0, Overrides{})
+	must(t, err)
+	p.ConfirmLater = true
+	a, err := Apply(t.Context(), p, tn.options(t))
+	must(t, err)
+	defer a.Undo()
+	if a.Lease == nil || len(a.Lease.Reply) != 0 || a.Lease.Addr.Addr().String() != "192.168.61.10" {
+		t.Fatalf("lease handed on: %+v", a.Lease)
+	}
+	if n := srv.selects.Load() + srv.renewals.Load() + srv.discovers.Load(); n != 0 {
+		t.Fatalf("Apply sent %d DHCP messages; the boot must not wait for a server", n)
+	}
+	ns := tn.boot
+	var got states
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		KeepLease(ctx, *a.Lease, KeepOptions{Namespace: &ns, Logf: t.Logf, Report: got.add, ConfirmAfter: 500 * time.Millisecond})
+	}()
+	defer func() { cancel(); <-done }()
+	time.Sleep(5 * time.Second)
+	st := got.last()
+	if !got.seen("unconfirmed") || st.State != "bound" || st.Lease.Duration != 4*time.Second || st.Renewals < 1 || srv.selects.Load() != 1 {
+		t.Fatalf("after 5 s: state %s, lease %v, %d renewals, server saw %d confirmations (%s)",
+			st.State, st.Lease.Duration, st.Renewals, srv.selects.Load(), st.LastError)
+	}
+	t.Logf("confirmed, then %d renewals", st.Renewals)
 }

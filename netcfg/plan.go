@@ -38,6 +38,10 @@ type Plan struct {
 	DNS      []netip.Addr
 	Hostname string
 	Renew    bool     // renew the lease by DHCP after the static configuration (isboot.dhcp=1)
+	// ConfirmLater: an iBFT DHCP address whose lease the daemon confirms after the
+	// boot and then keeps renewing (Applied.Lease, unconfirmed), so the boot never
+	// waits for a DHCP server (or, in an emulator, for the entropy its client needs).
+	ConfirmLater bool
 	Warnings []string // oddities in the table that Apply works around
 
 	// AwaitSLAAC: a target is IPv6 but the NIC's address IPv4, as old iPXE records an
@@ -410,8 +414,11 @@ func (p *Plan) String() string {
 	} else {
 		line("hostname", "none (left alone)")
 	}
-	if p.Renew {
-		line("dhcp", "renew the lease by DHCP afterwards and keep renewing it (isboot.dhcp=1, the default for an iBFT DHCP address)")
+	switch {
+	case p.Renew:
+		line("dhcp", "renew the lease by DHCP afterwards and keep renewing it (isboot.dhcp=1)")
+	case p.ConfirmLater:
+		line("dhcp", "the daemon confirms the lease after the boot and keeps renewing it (an iBFT DHCP address; isboot.dhcp=0: never)")
 	}
 	for _, w := range p.Warnings {
 		line("warning", "%s", w)

@@ -229,10 +229,10 @@ func Network(c *cmdline.CmdLine, t *ibft.Table, nic int) (*netcfg.Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	// An address the firmware leased by DHCP is renewed, at boot and then by the
-	// daemon for the life of the system, unless isboot.dhcp=0 says otherwise.
+	// An address the firmware leased by DHCP is renewed by the daemon for the life
+	// of the system (isboot.dhcp=1: confirmed at boot too; isboot.dhcp=0: never).
 	if np.Origin == ibft.OriginDHCP && !c.DHCPSet {
-		np.Renew = true
+		np.ConfirmLater = true
 	}
 	if warning != "" {
 		np.Warnings = append(np.Warnings, warning)

@@ -236,14 +236,15 @@ func TestMakeWithoutIBFT(t *testing.T) {
 	}
 }
 
-// An iBFT DHCP address is renewed unless isboot.dhcp=0.
+// An iBFT DHCP address is confirmed by the daemon after the boot, or at boot with
+// isboot.dhcp=1, and never with isboot.dhcp=0.
 func TestNetworkRenewsIBFTLease(t *testing.T) {
 	tb := table()
 	tb.NICs[0].Origin = ibft.OriginDHCP
-	for cmd, want := range map[string]bool{"": true, "isboot.dhcp=0": false, "isboot.dhcp": true} {
+	for cmd, want := range map[string][2]bool{"": {false, true}, "isboot.dhcp=0": {false, false}, "isboot.dhcp": {true, false}} {
 		np, err := Network(parse(t, cmd), tb, -1)
-		if err != nil || np.Renew != want {
-			t.Errorf("%q: renew %v, want %v (%v)", cmd, np.Renew, want, err)
+		if err != nil || np.Renew != want[0] || np.ConfirmLater != want[1] {
+			t.Errorf("%q: renew at boot %v, confirm later %v, want %v (%v)", cmd, np.Renew, np.ConfirmLater, want, err)
 		}
 	}
 }

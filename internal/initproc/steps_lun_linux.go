@@ -125,7 +125,11 @@ func (b *boot) configureNetwork() error {
 	if l := applied.Lease; l != nil {
 		// The daemon renews it for the life of the system.
 		b.plan.Daemon.Lease = l
-		b.log.Infof("network: DHCP lease %s", l)
+		if len(l.Reply) == 0 {
+			b.log.Infof("network: %s on %s is the firmware's DHCP lease: the daemon confirms it after the boot", l.Addr, l.Link)
+		} else {
+			b.log.Infof("network: DHCP lease %s", l)
+		}
 	}
 	// Optional: the real root only loses its DNS servers without these files.
 	files, err := carryNetwork("/run", np, applied.Link)

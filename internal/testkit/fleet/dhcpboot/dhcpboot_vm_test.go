@@ -118,9 +118,11 @@ func TestBootWithoutIBFT(t *testing.T) {
 				`isboot: network: eth0 is 10\.0\.2\.15/24`,
 			},
 			map[string]string{"net.isboot.dhcp.address": ""}, "isb-static", nil},
-		// An iBFT whose NIC's origin is DHCP: the address is confirmed by a DHCP REQUEST
-		// at boot and the daemon keeps the lease.
-		{"ibft-dhcp-origin", "isboot.debug=1",
+		// An iBFT whose NIC's origin is DHCP, with isboot.dhcp=1: the address is
+		// confirmed by a DHCP REQUEST at boot and the daemon keeps the lease. (Without
+		// the key the daemon confirms it 30 s after it starts: netcfg's
+		// TestIBFTLeaseConfirmedLater.)
+		{"ibft-dhcp-origin", "isboot.debug=1 isboot.dhcp=1",
 			[]string{
 				`isboot: iBFT found at acpi`,
 				`isboot: network: eth0 is 10\.0\.2\.15/24`,
