@@ -35,6 +35,12 @@ type CmdLine struct {
 	Timeout   int
 	OnFail    OnFail // isboot.onfail=shell|reboot[:SECONDS]
 	Netroot   *Netroot
+	// Netroots is every netroot= in the order given (Netroot is the last): several
+	// are paths to one LUN, used one at a time or, with Multipath, all at once.
+	Netroots []Netroot
+	// Multipath is isboot.multipath=0|1: serve the LUN over all its paths at once
+	// (the iBFT's targets naming it, several netroot=) rather than failing over.
+	Multipath bool
 	Initiator string   // rd.iscsi.initiator=
 	InitArgs  []string // everything after "--", passed to init
 	// HeaderDigest and DataDigest come from rd.iscsi.param=HeaderDigest=CRC32C (or
@@ -219,6 +225,11 @@ func (c *CmdLine) set(key, val string, hasVal bool) error {
 		c.Init = val
 	case "netroot":
 		c.Netroot, err = ParseNetroot(val)
+		if err == nil {
+			c.Netroots = append(c.Netroots, *c.Netroot)
+		}
+	case "isboot.multipath":
+		c.Multipath, err = boolValue(val, hasVal)
 	case "rd.iscsi.initiator":
 		if val == "" {
 			return errors.New("empty initiator name")

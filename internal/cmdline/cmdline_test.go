@@ -39,6 +39,9 @@ func TestParse(t *testing.T) {
 			CmdLine{Netroot: &Netroot{User: "user", Secret: "pw", Server: "fd00::2", Port: 3260, LUN: 1, Target: "iqn.2024-01.org.example:disk"}}},
 		{"netroot hostname", "netroot=iscsi:san.example.org:::0:iqn.t",
 			CmdLine{Netroot: &Netroot{Server: "san.example.org", Target: "iqn.t"}}},
+		{"two netroots, multipath", "netroot=iscsi:10.0.2.2::::iqn.x:y isboot.multipath netroot=iscsi:a:b@10.0.3.2::3261:0:iqn.x:y",
+			CmdLine{Netroot: &Netroot{User: "a", Secret: "b", Server: "10.0.3.2", Port: 3261, Target: "iqn.x:y"}, Multipath: true,
+				Netroots: []Netroot{{Server: "10.0.2.2", Target: "iqn.x:y"}, {User: "a", Secret: "b", Server: "10.0.3.2", Port: 3261, Target: "iqn.x:y"}}}},
 		{"digests", "rd.iscsi.param=HeaderDigest=CRC32C rd.iscsi.param=node.conn[0].iscsi.DataDigest=crc32c,none",
 			CmdLine{HeaderDigest: iscsi.DigestCRC32C, DataDigest: iscsi.DigestPreferCRC32C}},
 		{"last digest wins", "rd.iscsi.param=DataDigest=CRC32C rd.iscsi.param=datadigest=None",
@@ -52,6 +55,9 @@ func TestParse(t *testing.T) {
 			}
 			if tt.want.Timeout == 0 {
 				tt.want.Timeout = -1
+			}
+			if tt.want.Netroot != nil && tt.want.Netroots == nil {
+				tt.want.Netroots = []Netroot{*tt.want.Netroot}
 			}
 			if !reflect.DeepEqual(*got, tt.want) {
 				t.Errorf("ParseString(%q)\n got %+v\nwant %+v", tt.in, *got, tt.want)
@@ -71,6 +77,7 @@ func TestParseErrors(t *testing.T) {
 		{"isboot.timeout=-5", "isboot.timeout:"},
 		{"ibft.verbose=maybe", `ibft.verbose: "maybe" is not 0 or 1`},
 		{"root=", "root: empty value"},
+		{"isboot.multipath=2", "isboot.multipath:"},
 		{"root=FOO=bar", `root: "FOO=bar": want UUID=`},
 		{"root=UUID=", "root:"},
 		{"root=sda1", "root:"},

@@ -20,6 +20,9 @@ const attemptTimeout = 20 * time.Second
 func DialISCSI(ctx context.Context, cfg *Config, logf func(string, ...any)) (Session, error) {
 	actx, cancel := context.WithTimeout(ctx, attemptTimeout)
 	defer cancel()
+	if len(cfg.Paths) > 1 {
+		return dialMultipath(actx, cfg, logf)
+	}
 	c := cfg.Config
 	c.Logf = logf
 	c.ISID = stableISID(c.InitiatorName, c.TargetName)
@@ -91,6 +94,70 @@ func ISCSIInfo(s *iscsi.Session) SessionInfo {
 			// already in the status file under net.isboot.*
 		default:
 			info.Params = append(info.Params, status.KV{Key: kv.Key, Value: kv.Value})
+		}
+	}
+	return info
+}
+
+// dialMultipath logs in on every path (iscsi.DialMultipath). Path i's ISID is the
+// stable one with i in its last byte: distinct, so that no path's login ends
+// another's session, and path 0 keeps the single session's.
+func dialMultipath(ctx context.Context, cfg *Config, logf func(string, ...any)) (Session, error) {
+	cfgs := make([]iscsi.Config, len(cfg.Paths))
+	for i, c := range cfg.Paths {
+		c.Logf = logf
+		c.ISID = stableISID(c.InitiatorName, c.TargetName)
+		c.ISID[5] = byte(i)
+		cfgs[i] = c
+	}
+	m, err := iscsi.DialMultipath(ctx, cfgs)
+	if err != nil {
+		if iscsi.IsPermanent(err) {
+			return nil, permanent{err}
+		}
+		return nil, err
+	}
+	return &multipathSession{m: m}, nil
+}
+
+type multipathSession struct{ m *iscsi.Multipath }
+
+func (s *multipathSession) LUN() blockdev.Device { return s.m }
+
+func (s *multipathSession) Logout(ctx context.Context) error {
+	done := make(chan error, 1)
+	go func() { done <- s.m.Close() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *multipathSession) Idle(ctx context.Context) error { return s.m.Idle(ctx) }
+
+func (s *multipathSession) Info() SessionInfo { return MultipathInfo(s.m) }
+
+// MultipathInfo describes a multipath LUN for the status file: the session keys are
+// those of the lowest active path, the counters add up every path's, and each path
+// gets its own lines. It is recovering while no path is active.
+func MultipathInfo(m *iscsi.Multipath) SessionInfo {
+	var info SessionInfo
+	if s := m.Primary(); s != nil {
+		info = ISCSIInfo(s)
+	}
+	info.Reconnects, info.Errors, info.Recovering = 0, 0, true
+	for _, p := range m.Paths() {
+		info.Paths = append(info.Paths, status.Path{Portal: p.Portal, State: string(p.State),
+			Reads: p.Reads, Writes: p.Writes, Errors: p.Errors, Failovers: p.Failovers})
+		info.Reconnects += p.Failovers
+		info.Errors += p.Errors
+		if p.State == iscsi.PathActive {
+			info.Recovering = false
+		}
+		if p.State != iscsi.PathActive && p.LastError != "" {
+			info.LastError = p.LastError
 		}
 	}
 	return info

@@ -67,6 +67,7 @@ type Status struct {
 	LastError string
 	Session   Session
 	Counters  Counters
+	Paths     []Path // the paths of a multipath LUN; nil for one session
 	IBFT      []KV // hw.ibft.* lines as the ibft package prints them
 }
 
@@ -85,6 +86,17 @@ type Session struct {
 	ISID   string // 12 hex digits
 	TSIH   uint16
 	Params []KV // every negotiated key, e.g. MaxRecvDataSegmentLength: 262144
+}
+
+// Path is one session of a multipath LUN (iscsi.Multipath): its portal, its state
+// (connecting, active, failed, refused) and what it carried.
+type Path struct {
+	Portal    string
+	State     string
+	Reads     uint64 // read commands completed on this path
+	Writes    uint64 // write commands completed on this path
+	Errors    uint64 // commands failed on it (reissued on another path, or reported)
+	Failovers uint64 // times it was lost and its commands moved to the others
 }
 
 // Counters accumulate over the daemon's life.
@@ -148,6 +160,20 @@ func (s *Status) Lines() []KV {
 		KV{p + "write_bytes", strconv.FormatUint(s.Counters.WriteBytes, 10)},
 		KV{p + "errors", strconv.FormatUint(s.Counters.Errors, 10)},
 	)
+	if len(s.Paths) > 0 {
+		kv = append(kv, KV{p + "paths", strconv.Itoa(len(s.Paths))})
+	}
+	for i, pa := range s.Paths {
+		q := p + "path." + strconv.Itoa(i) + "."
+		kv = append(kv,
+			KV{q + "portal", pa.Portal},
+			KV{q + "state", pa.State},
+			KV{q + "reads", strconv.FormatUint(pa.Reads, 10)},
+			KV{q + "writes", strconv.FormatUint(pa.Writes, 10)},
+			KV{q + "errors", strconv.FormatUint(pa.Errors, 10)},
+			KV{q + "failovers", strconv.FormatUint(pa.Failovers, 10)},
+		)
+	}
 	kv = append(kv, s.IBFT...)
 	out := kv[:0]
 	for _, e := range kv {
