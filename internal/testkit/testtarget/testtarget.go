@@ -18,6 +18,8 @@
 //	13540-13549  61-62          ibft
 //	13550-13559  63-64          internal/testkit/diskbench
 //	13560-13569  65-66          internal/testkit/distro
+//	13580-13583  69             iscsi (multipath tests)
+//	13584-13589  70             internal/testkit/fleet/multipath
 package testtarget
 
 import (
