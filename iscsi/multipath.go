@@ -192,8 +192,9 @@ func (m *Multipath) revive(pa *path) {
 	}()
 	backoff := pathMinBackoff
 	lastMsg := ""
+	cfg := pa.cfg
 	for {
-		s, err := Dial(ctx, pa.cfg)
+		s, err := Dial(ctx, cfg)
 		if err == nil {
 			// The reference is the lowest path whose first login works: the
 			// boot target's before the others, whichever answers first.
@@ -220,6 +221,9 @@ func (m *Multipath) revive(pa *path) {
 			m.logf("iscsi: path %d (%s): %v; trying again in the background", pa.ix, pa.portal(), err)
 			lastMsg = msg
 		}
+		// The session's own lines would repeat every attempt: this loop says
+		// what changes, and join says when the path is back.
+		cfg.Logf = func(string, ...any) {}
 		select {
 		case <-m.closing:
 			return

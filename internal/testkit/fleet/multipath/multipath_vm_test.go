@@ -59,10 +59,14 @@ poweroff -f
 // saw an I/O failure, or a task hung.
 const kernelErrRE = `I/O error|EXT4-fs error|Buffer I/O|Aborting journal|Remounting filesystem read-only|blocked for more than`
 
+func isbootBinary(t *testing.T) string {
+	return vm.BuildGo(t, "../../../../cmd/isboot", "-X main.Version=multipath")
+}
+
 // initrd builds isboot and its initramfs as make initramfs does.
 func initrd(t *testing.T) string {
 	t.Helper()
-	isboot := vm.BuildGo(t, "../../../../cmd/isboot", "-X main.Version=multipath")
+	isboot := isbootBinary(t)
 	out := filepath.Join(t.TempDir(), "initrd.cpio.gz")
 	cmd := exec.Command("go", "run", "../../../../initramfs/cmd/mkinitramfs", "-isboot", isboot, "-o", out, "-rescue", "none")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
