@@ -30,7 +30,12 @@ type Plan struct {
 	// ISCSI is how to reach the LUN: the portals (the boot target's first, then the
 	// other paths to the same LUN), target, LUN, initiator and CHAP. Logf, ISID and
 	// the tuning fields are left to whoever dials.
-	ISCSI iscsi.Config
+	ISCSI   iscsi.Config
+	NIC     int          // iBFT NIC index to configure
+	Targets []netip.Addr // command-line target addresses the network must route to; nil: the iBFT's
+	IBFT    []status.KV  // hw.ibft.* keys for the status file, secrets masked
+	Notes   []string     // fallbacks taken and overrides applied, for the log
+
 	// Paths, with isboot.multipath, are the LUN's paths used all at once
 	// (iscsi.Multipath): the boot target first, then the iBFT's other targets
 	// naming the LUN, or every netroot= in order, each with its own portal and
@@ -39,10 +44,6 @@ type Plan struct {
 	// PathNICs are the iBFT NICs the paths other than the first are reached
 	// through, when they differ from NIC: they are configured too.
 	PathNICs []int
-	NIC      int          // iBFT NIC index to configure
-	Targets []netip.Addr // command-line target addresses the network must route to; nil: the iBFT's
-	IBFT    []status.KV  // hw.ibft.* keys for the status file, secrets masked
-	Notes   []string     // fallbacks taken and overrides applied, for the log
 }
 
 // String prints the plan for people; it shows no secret.

@@ -35,18 +35,18 @@ type CmdLine struct {
 	Timeout   int
 	OnFail    OnFail // isboot.onfail=shell|reboot[:SECONDS]
 	Netroot   *Netroot
-	// Netroots is every netroot= in the order given (Netroot is the last): several
-	// are paths to one LUN, used one at a time or, with Multipath, all at once.
-	Netroots []Netroot
-	// Multipath is isboot.multipath=0|1: serve the LUN over all its paths at once
-	// (the iBFT's targets naming it, several netroot=) rather than failing over.
-	Multipath bool
 	Initiator string   // rd.iscsi.initiator=
 	InitArgs  []string // everything after "--", passed to init
 	// HeaderDigest and DataDigest come from rd.iscsi.param=HeaderDigest=CRC32C (or
 	// open-iscsi's name, node.conn[0].iscsi.HeaderDigest=): one value is required.
 	HeaderDigest iscsi.Digest
 	DataDigest   iscsi.Digest
+	// Netroots is every netroot= in the order given (Netroot is the last): several
+	// are paths to one LUN, used one at a time or, with Multipath, all at once.
+	Netroots []Netroot
+	// Multipath is isboot.multipath=0|1: serve the LUN over all its paths at once
+	// (the iBFT's targets naming it, several netroot=) rather than failing over.
+	Multipath bool
 }
 
 // RootKind says how root= names the root filesystem.

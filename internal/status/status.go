@@ -68,7 +68,7 @@ type Status struct {
 	Session   Session
 	Counters  Counters
 	Paths     []Path // the paths of a multipath LUN; nil for one session
-	IBFT      []KV // hw.ibft.* lines as the ibft package prints them
+	IBFT      []KV   // hw.ibft.* lines as the ibft package prints them
 }
 
 // Disk is the LUN as it describes itself (standard INQUIRY, VPD pages 0x80 and

@@ -178,7 +178,7 @@ func TestMultipathBootPathDies(t *testing.T) {
 	wait(30*time.Second, `MPATH-DONE`)
 
 	con := v.Console()
-	if m := regexp.MustCompile(`blkverify: ERROR.*|MPATH-ERROR.*|`+kernelErrRE).FindString(con); m != "" {
+	if m := regexp.MustCompile(`blkverify: ERROR.*|MPATH-ERROR.*|` + kernelErrRE).FindString(con); m != "" {
 		t.Errorf("the guest saw an error: %s", m)
 	}
 	status := con[strings.LastIndex(con, "MPATH-STATUS-BEGIN"):]
