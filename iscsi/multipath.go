@@ -27,6 +27,8 @@ type Multipath struct {
 	paths   []*path
 	logf    func(string, ...any)
 	closing chan struct{}
+	ctx     context.Context // ends at Close: a login in progress stops
+	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 
 	mu      sync.Mutex
@@ -122,6 +124,7 @@ func DialMultipath(ctx context.Context, cfgs []Config) (*Multipath, error) {
 	if m.logf == nil {
 		m.logf = func(string, ...any) {}
 	}
+	m.ctx, m.cancel = context.WithCancel(context.Background())
 	seen := map[string]int{}
 	for i, c := range cfgs {
 		if _, err := c.withDefaults(); err != nil {
@@ -181,20 +184,11 @@ func (m *Multipath) firstError() error {
 // between attempts.
 func (m *Multipath) revive(pa *path) {
 	defer m.wg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		select {
-		case <-m.closing:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	backoff := pathMinBackoff
 	lastMsg := ""
 	cfg := pa.cfg
 	for {
-		s, err := Dial(ctx, cfg)
+		s, err := Dial(m.ctx, cfg)
 		if err == nil {
 			// The reference is the lowest path whose first login works: the
 			// boot target's before the others, whichever answers first.
@@ -276,8 +270,8 @@ func (m *Multipath) join(pa *path, s *Session) error {
 		m.ref, m.refID = l, id
 		m.size.Store(l.Size())
 		close(m.joined)
-	} else if err := m.sameUnit(pa, l, id); err != nil {
-		pa.state = PathRefused
+	} else if err := m.sameUnit(l, id); err != nil {
+		pa.state, pa.lastError = PathRefused, err.Error()
 		m.mu.Unlock()
 		return err
 	}
@@ -298,16 +292,16 @@ func (m *Multipath) join(pa *path, s *Session) error {
 
 // sameUnit refuses a path whose LUN is not the reference's logical unit: another
 // device identifier or serial number, or another geometry.
-func (m *Multipath) sameUnit(pa *path, l *LUN, id identity) error {
+func (m *Multipath) sameUnit(l *LUN, id identity) error {
 	switch {
 	case m.refID.devID == "" && m.refID.serial == "":
-		return fmt.Errorf("iscsi: path %d (%s) refused: the first path's LUN has neither device identifier nor serial number, so no other path can be proved to reach it", pa.ix, pa.portal())
+		return errors.New("refused: the first path's LUN has neither device identifier nor serial number, so no other path can be proved to reach it")
 	case id != m.refID:
-		return fmt.Errorf("iscsi: path %d (%s) refused: it leads to another logical unit (%s, serial %q), not %s, serial %q",
-			pa.ix, pa.portal(), designatorID([]byte(id.devID)), printable([]byte(id.serial)), m.ref.inquiry.ID, m.ref.inquiry.Serial)
+		return fmt.Errorf("refused: it leads to another logical unit (%s, serial %q), not %s, serial %q",
+			designatorID([]byte(id.devID)), printable([]byte(id.serial)), m.ref.inquiry.ID, m.ref.inquiry.Serial)
 	case l.BlockSize() != m.ref.BlockSize() || l.ReadOnly() != m.ref.ReadOnly():
-		return fmt.Errorf("iscsi: path %d (%s) refused: %d-byte blocks (read-only %v), the first path has %d (read-only %v)",
-			pa.ix, pa.portal(), l.BlockSize(), l.ReadOnly(), m.ref.BlockSize(), m.ref.ReadOnly())
+		return fmt.Errorf("refused: %d-byte blocks (read-only %v), the first path has %d (read-only %v)",
+			l.BlockSize(), l.ReadOnly(), m.ref.BlockSize(), m.ref.ReadOnly())
 	}
 	return nil
 }
@@ -521,14 +515,7 @@ func (m *Multipath) Inquiry() Inquiry { return m.ref.Inquiry() }
 // Refresh reads the capacity again on every active path (each checks I/O against
 // its own), and returns the size.
 func (m *Multipath) Refresh() (int64, error) {
-	m.mu.Lock()
-	var ss []*Session
-	for _, pa := range m.paths {
-		if pa.sess != nil {
-			ss = append(ss, pa.sess)
-		}
-	}
-	m.mu.Unlock()
+	ss := m.active()
 	var errs []error
 	for _, s := range ss {
 		size, err := s.lun.Refresh()
@@ -576,19 +563,24 @@ func (m *Multipath) Paths() []PathStats {
 
 // Idle logs every active path out until its next command (Session.Idle).
 func (m *Multipath) Idle(ctx context.Context) error {
+	var errs []error
+	for _, s := range m.active() {
+		errs = append(errs, s.Idle(ctx))
+	}
+	return errors.Join(errs...)
+}
+
+// active is the session of every active path.
+func (m *Multipath) active() []*Session {
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	var ss []*Session
 	for _, pa := range m.paths {
 		if pa.sess != nil {
 			ss = append(ss, pa.sess)
 		}
 	}
-	m.mu.Unlock()
-	var errs []error
-	for _, s := range ss {
-		errs = append(errs, s.Idle(ctx))
-	}
-	return errors.Join(errs...)
+	return ss
 }
 
 // Close logs every path out; I/O still waiting gets ErrClosed.
@@ -599,17 +591,17 @@ func (m *Multipath) Close() error {
 		return nil
 	}
 	m.closed = true
-	var ss []*Session
+	m.mu.Unlock()
+	ss := m.active()
+	m.mu.Lock()
 	for _, pa := range m.paths {
-		if pa.sess != nil {
-			ss = append(ss, pa.sess)
-			pa.sess = nil
-		}
+		pa.sess = nil
 	}
 	waiting := m.pending
 	m.pending = nil
 	m.mu.Unlock()
 	close(m.closing)
+	m.cancel()
 	var errs []error
 	for _, s := range ss {
 		errs = append(errs, s.Close())

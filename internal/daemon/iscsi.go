@@ -28,10 +28,7 @@ func DialISCSI(ctx context.Context, cfg *Config, logf func(string, ...any)) (Ses
 	c.ISID = stableISID(c.InitiatorName, c.TargetName)
 	s, err := iscsi.Dial(actx, c)
 	if err != nil {
-		if iscsi.IsPermanent(err) {
-			return nil, permanent{err}
-		}
-		return nil, err
+		return nil, loginError(err)
 	}
 	return &iscsiSession{s: s}, nil
 }
@@ -44,6 +41,14 @@ func DialISCSI(ctx context.Context, cfg *Config, logf func(string, ...any)) (Ses
 func stableISID(initiator, target string) [6]byte {
 	h := sha256.Sum256([]byte(initiator + "\x00" + target))
 	return [6]byte{0x80, h[0], h[1], h[2], 0, 0}
+}
+
+// loginError marks a login error that retrying cannot fix as ErrPermanent.
+func loginError(err error) error {
+	if iscsi.IsPermanent(err) {
+		return permanent{err}
+	}
+	return err
 }
 
 // permanent marks an error as ErrPermanent without changing its message.
@@ -112,10 +117,7 @@ func dialMultipath(ctx context.Context, cfg *Config, logf func(string, ...any)) 
 	}
 	m, err := iscsi.DialMultipath(ctx, cfgs)
 	if err != nil {
-		if iscsi.IsPermanent(err) {
-			return nil, permanent{err}
-		}
-		return nil, err
+		return nil, loginError(err)
 	}
 	return &multipathSession{m: m}, nil
 }
