@@ -61,9 +61,12 @@ type iscsiSession struct{ s *iscsi.Session }
 
 func (i *iscsiSession) LUN() blockdev.Device { return i.s.LUN() }
 
-func (i *iscsiSession) Logout(ctx context.Context) error {
+func (i *iscsiSession) Logout(ctx context.Context) error { return closeWithin(ctx, i.s.Close) }
+
+// closeWithin runs close (a logout), returning early when ctx ends first.
+func closeWithin(ctx context.Context, close func() error) error {
 	done := make(chan error, 1)
-	go func() { done <- i.s.Close() }()
+	go func() { done <- close() }()
 	select {
 	case err := <-done:
 		return err
@@ -126,16 +129,7 @@ type multipathSession struct{ m *iscsi.Multipath }
 
 func (s *multipathSession) LUN() blockdev.Device { return s.m }
 
-func (s *multipathSession) Logout(ctx context.Context) error {
-	done := make(chan error, 1)
-	go func() { done <- s.m.Close() }()
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+func (s *multipathSession) Logout(ctx context.Context) error { return closeWithin(ctx, s.m.Close) }
 
 func (s *multipathSession) Idle(ctx context.Context) error { return s.m.Idle(ctx) }
 
