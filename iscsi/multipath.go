@@ -124,7 +124,6 @@ func DialMultipath(ctx context.Context, cfgs []Config) (*Multipath, error) {
 	if m.logf == nil {
 		m.logf = func(string, ...any) {}
 	}
-	m.ctx, m.cancel = context.WithCancel(context.Background())
 	seen := map[string]int{}
 	for i, c := range cfgs {
 		if _, err := c.withDefaults(); err != nil {
@@ -150,6 +149,7 @@ func DialMultipath(ctx context.Context, cfgs []Config) (*Multipath, error) {
 		}
 		m.paths = append(m.paths, &path{ix: i, cfg: c, state: PathConnecting, tried: make(chan struct{})})
 	}
+	m.ctx, m.cancel = context.WithCancel(context.Background())
 	for _, pa := range m.paths {
 		m.wg.Add(1)
 		go m.revive(pa)
