@@ -64,7 +64,7 @@ type PathStats struct {
 	Writes    uint64 // write commands completed on this path
 	Errors    uint64 // commands that failed on this path (reissued elsewhere or reported)
 	Failovers uint64 // times the path was lost and its commands moved to the others
-	LastError string
+	LastError string // why it last failed or was refused; kept once it is back
 }
 
 type path struct {
@@ -275,7 +275,7 @@ func (m *Multipath) join(pa *path, s *Session) error {
 		m.mu.Unlock()
 		return err
 	}
-	pa.sess, pa.state, pa.lastError = s, PathActive, ""
+	pa.sess, pa.state = s, PathActive
 	close(m.up)
 	m.up = make(chan struct{})
 	waiting := m.pending

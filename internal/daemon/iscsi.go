@@ -146,7 +146,7 @@ func MultipathInfo(m *iscsi.Multipath) SessionInfo {
 	info.Reconnects, info.Errors, info.Recovering = 0, 0, true
 	for _, p := range m.Paths() {
 		info.Paths = append(info.Paths, status.Path{Portal: p.Portal, State: string(p.State),
-			Reads: p.Reads, Writes: p.Writes, Errors: p.Errors, Failovers: p.Failovers})
+			Reads: p.Reads, Writes: p.Writes, Errors: p.Errors, Failovers: p.Failovers, LastError: p.LastError})
 		info.Reconnects += p.Failovers
 		info.Errors += p.Errors
 		if p.State == iscsi.PathActive {

@@ -97,6 +97,7 @@ type Path struct {
 	Writes    uint64 // write commands completed on this path
 	Errors    uint64 // commands failed on it (reissued on another path, or reported)
 	Failovers uint64 // times it was lost and its commands moved to the others
+	LastError string // why it last failed or was refused ("" if never)
 }
 
 // Counters accumulate over the daemon's life.
@@ -172,6 +173,7 @@ func (s *Status) Lines() []KV {
 			KV{q + "writes", strconv.FormatUint(pa.Writes, 10)},
 			KV{q + "errors", strconv.FormatUint(pa.Errors, 10)},
 			KV{q + "failovers", strconv.FormatUint(pa.Failovers, 10)},
+			KV{q + "last_error", pa.LastError},
 		)
 	}
 	kv = append(kv, s.IBFT...)
