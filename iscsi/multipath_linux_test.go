@@ -19,7 +19,7 @@ import (
 
 func startMultipathTgtd(t *testing.T) *testtarget.Tgtd {
 	return testtarget.StartTgtd(t, testtarget.TgtdOptions{
-		Port:        testtarget.FreePort(t, 13580, 13582),
+		Port:        testtarget.FreePort(t, 13580, 13581),
 		ControlPort: 69,
 	})
 }
@@ -208,7 +208,7 @@ func TestMultipathPathDiesMidWrite(t *testing.T) {
 // the first path alone.
 func TestMultipathRefusesOtherUnit(t *testing.T) {
 	tg := startMultipathTgtd(t)
-	other := testtarget.StartGotgt(t, testtarget.GotgtOptions{Port: testtarget.FreePort(t, 13583, 13583)})
+	other := testtarget.StartGotgt(t, testtarget.GotgtOptions{Port: testtarget.FreePort(t, 13582, 13583)})
 	c0, c1 := testConfig(tg), testConfig(other)
 	m := dialMultipath(t, []Config{c0, c1})
 	ps := waitPaths(t, m, 10*time.Second, PathActive, PathRefused)
