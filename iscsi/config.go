@@ -45,6 +45,11 @@ type Config struct {
 	DataDigest   Digest
 	QueueDepth   int         // commands in flight; default 64
 	Retry        RetryPolicy // zero value: retry forever (root device)
+	// NoReconnect fails the session, and every command it holds, as soon as its
+	// connection is lost, instead of logging in again: a path of a Multipath, whose
+	// commands are better reissued at once on another path, which logs in again
+	// itself.
+	NoReconnect bool `json:",omitempty"`
 	// Logf is not sent along when the daemon gets its Config as JSON.
 	Logf func(format string, args ...any) `json:"-"`
 

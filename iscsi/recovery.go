@@ -43,6 +43,10 @@ func (s *Session) run() {
 			return
 		default:
 		}
+		if s.cfg.NoReconnect && !errors.Is(c.err, errIdle) && !errors.Is(c.err, errTargetLogout) {
+			s.failAll(fmt.Errorf("iscsi: connection to %s lost: %w", s.portalName(), c.err))
+			return
+		}
 		if s.progress.Swap(false) {
 			rs = retryState{start: time.Now()}
 		}

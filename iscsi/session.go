@@ -182,6 +182,27 @@ func (s *Session) logout(c *conn) error {
 	}
 }
 
+// Err is why the session ended for good (gave up reconnecting, or NoReconnect and
+// its connection was lost), or nil while it lives; ErrClosed once closed.
+func (s *Session) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failed == nil && s.closed {
+		return ErrClosed
+	}
+	return s.failed
+}
+
+// Failed is closed when the session gives up (Err is then set).
+func (s *Session) Failed() <-chan struct{} { return s.failedCh }
+
+// portalName is the portal of the current or last connection.
+func (s *Session) portalName() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.portal
+}
+
 // Stats returns the session counters.
 func (s *Session) Stats() Stats {
 	return Stats{

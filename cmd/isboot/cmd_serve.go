@@ -29,6 +29,10 @@ type serveConfig struct {
 	// CHAP secrets are read from files, never from argv.
 	ibftFile string
 	iscsi    iscsi.Config
+	// multipath (--paths multipath) uses every portal at once, one session each
+	// (iscsi.Multipath); paths are those sessions, filled once the source is known.
+	multipath bool
+	paths     []iscsi.Config
 	// NBD side: exactly one of listen and attach.
 	listen      string // "unix:PATH" or "tcp:HOST:PORT"
 	attach      string // "any" or "/dev/nbdN"
@@ -61,7 +65,7 @@ func runServe(args []string) int {
 
 const serveSynopsis = `(--ibft FILE | --portal HOST:PORT[,HOST:PORT] --target IQN --lun N | --image FILE | --mem SIZE)
     [--initiator IQN] [--chap-user U --chap-secret-file F] [--rev-chap-user U --rev-chap-secret-file F]
-    [--header-digest none|crc32c] [--data-digest none|crc32c] [--read-only]
+    [--paths failover|multipath] [--header-digest none|crc32c] [--data-digest none|crc32c] [--read-only]
     (--listen unix:PATH | --listen tcp:HOST:PORT | --attach [/dev/nbdN]) [--connections N]
     [--timeout D] [--dead-conn-timeout D] [--destroy-on-disconnect] [--disconnect-on-close]
     [--status PATH]`
@@ -72,10 +76,11 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveConfig, *cl
 	c := newCLI("serve", serveSynopsis, stdout, stderr)
 	fl := c.FlagSet
 	cfg := &serveConfig{}
-	var portals, chapFile, revFile, lun, mem, headerDigest, dataDigest string
+	var portals, chapFile, revFile, lun, mem, headerDigest, dataDigest, pathMode string
 	var timeout, deadTimeout time.Duration
 	fl.StringVar(&cfg.ibftFile, "ibft", "", "take portal, target, LUN, initiator and CHAP from this iBFT file")
 	fl.StringVar(&portals, "portal", "", "iSCSI portal(s) HOST:PORT[,HOST:PORT]")
+	fl.StringVar(&pathMode, "paths", "failover", "with several portals (or iBFT targets): failover (one session, the next portal when one fails) or multipath (a session on each, used at once)")
 	fl.StringVar(&cfg.iscsi.TargetName, "target", "", "target IQN")
 	fl.StringVar(&lun, "lun", "", "LUN number (0-16383), or its 8-byte SAM form in 16 hex digits (0105000000000000: bus 1, LUN 5)")
 	fl.StringVar(&cfg.iscsi.InitiatorName, "initiator", "", "initiator IQN (default: the iBFT's with --ibft, else a generated one)")
@@ -143,7 +148,13 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveConfig, *cl
 		return usage("--rev-chap-user and --rev-chap-secret-file go together")
 	case src.RevCHAPUser != "" && src.CHAPUser == "":
 		return usage("mutual CHAP needs --chap-user as well")
+	case pathMode != "failover" && pathMode != "multipath":
+		return usage("--paths %q: want failover or multipath", pathMode)
+	case pathMode == "multipath" && cfg.ibftFile == "" && len(src.Portals) < 2:
+		return usage("--paths multipath needs two or more --portal (or --ibft)")
 	}
+	cfg.multipath = pathMode == "multipath"
+
 	for _, d := range []struct {
 		flag, value string
 		dst         *iscsi.Digest
@@ -165,6 +176,9 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveConfig, *cl
 	if src.RevCHAPSecret, err = readSecret(revFile); err != nil {
 		return usage("%v", err)
 	}
+	if cfg.multipath && cfg.ibftFile == "" {
+		cfg.paths = portalPaths(*src)
+	}
 	cfg.kernel.Index = -1
 	if cfg.attach != "" && cfg.attach != "any" {
 		idx, ok := strings.CutPrefix(cfg.attach, "/dev/nbd")
@@ -176,6 +190,16 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveConfig, *cl
 	}
 	cfg.kernel.Timeout, cfg.kernel.DeadConnTimeout = timeout, deadTimeout
 	return cfg, c, -1
+}
+
+// portalPaths makes one path of each portal, with the same target, LUN and CHAP.
+func portalPaths(c iscsi.Config) []iscsi.Config {
+	paths := make([]iscsi.Config, len(c.Portals))
+	for i, p := range c.Portals {
+		paths[i] = c
+		paths[i].Portals = []string{p}
+	}
+	return paths
 }
 
 // optionalAttachValue lets --attach stand alone ("first free device"): the flag package

@@ -54,6 +54,9 @@ func TestServeFlags(t *testing.T) {
 		{[]string{"--portal", "a:1", "--target", "iqn.x:t", "--lun", "0105000000000000", "--listen", "unix:/x"}, ""},
 		{[]string{"--portal", "a:1", "--target", "iqn.x:t", "--lun", "20000", "--listen", "unix:/x"}, "--lun: LUN 20000 has no single-level SAM form"},
 		{[]string{"--portal", "a:1", "--target", "iqn.x:t", "--lun", "0x12c", "--listen", "unix:/x"}, `--lun: LUN "0x12c": want a number 0-16383 or 16 hex digits`},
+		{[]string{"--portal", "a:1,b:2", "--target", "iqn.x:t", "--paths", "multipath", "--listen", "unix:/x"}, ""},
+		{[]string{"--portal", "a:1", "--target", "iqn.x:t", "--paths", "multipath", "--listen", "unix:/x"}, "--paths multipath needs two or more --portal"},
+		{[]string{"--portal", "a:1,b:2", "--target", "iqn.x:t", "--paths", "both", "--listen", "unix:/x"}, `--paths "both": want failover or multipath`},
 	} {
 		var stderr bytes.Buffer
 		cfg, _, code := parseServeFlags(c.args, io.Discard, &stderr)

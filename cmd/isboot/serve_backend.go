@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/isboot/isboot/ibft"
@@ -62,7 +63,7 @@ func (cfg *serveConfig) fromIBFT(logf func(string, ...any)) error {
 		return err
 	}
 	flags := cfg.iscsi
-	p, err := bootplan.Make(&cmdline.CmdLine{Initiator: flags.InitiatorName}, t)
+	p, err := bootplan.Make(&cmdline.CmdLine{Initiator: flags.InitiatorName, Multipath: cfg.multipath}, t)
 	if errors.Is(err, bootplan.ErrNoInitiator) {
 		return fmt.Errorf("%s: the iBFT names no initiator: give --initiator", cfg.ibftFile)
 	}
@@ -84,11 +85,51 @@ func (cfg *serveConfig) fromIBFT(logf func(string, ...any)) error {
 	if flags.DataDigest != iscsi.DigestAuto {
 		cfg.iscsi.DataDigest = flags.DataDigest
 	}
+	if cfg.multipath {
+		if len(p.Paths) < 2 {
+			return fmt.Errorf("%s: --paths multipath: the iBFT has one target for the LUN", cfg.ibftFile)
+		}
+		cfg.paths = p.Paths
+		for i := range cfg.paths {
+			pa := &cfg.paths[i]
+			if flags.CHAPUser != "" {
+				pa.CHAPUser, pa.CHAPSecret = flags.CHAPUser, flags.CHAPSecret
+				pa.RevCHAPUser, pa.RevCHAPSecret = flags.RevCHAPUser, flags.RevCHAPSecret
+			}
+			pa.HeaderDigest, pa.DataDigest = cfg.iscsi.HeaderDigest, cfg.iscsi.DataDigest
+		}
+	}
 	return nil
+}
+
+// dialMultipath logs in on every path and returns the multipath LUN.
+func dialMultipath(ctx context.Context, cfg *serveConfig, logf func(string, ...any)) (*backend, error) {
+	paths := slices.Clone(cfg.paths)
+	for i := range paths {
+		paths[i].Logf = logf
+	}
+	m, err := iscsi.DialMultipath(ctx, paths)
+	if err != nil {
+		return nil, err
+	}
+	logf("logged in to %s LUN %s over %d paths at once: %d bytes, %d-byte blocks", cfg.iscsi.TargetName, cfg.iscsi.LUNString(),
+		len(paths), m.Size(), m.BlockSize())
+	return &backend{
+		dev:   m,
+		disk:  daemon.DiskOf(m),
+		close: func() error { return errors.Join(m.Flush(), m.Close()) },
+		info: func() *daemon.SessionInfo {
+			info := daemon.MultipathInfo(m)
+			return &info
+		},
+	}, nil
 }
 
 // dialISCSI logs into the target and returns its LUN; closing flushes and logs out.
 func dialISCSI(ctx context.Context, cfg *serveConfig, logf func(string, ...any)) (*backend, error) {
+	if cfg.multipath {
+		return dialMultipath(ctx, cfg, logf)
+	}
 	c := cfg.iscsi
 	c.Logf = logf
 	s, err := iscsi.Dial(ctx, c)

@@ -38,6 +38,15 @@ type Plan struct {
 	Targets []netip.Addr // command-line target addresses the network must route to; nil: the iBFT's
 	IBFT    []status.KV  // hw.ibft.* keys for the status file, secrets masked
 	Notes   []string     // fallbacks taken and overrides applied, for the log
+
+	// Paths, with isboot.multipath, are the LUN's paths used all at once
+	// (iscsi.Multipath): the boot target first, then the iBFT's other targets
+	// naming the LUN, or every netroot= in order, each with its own portal and
+	// CHAP. nil: one session, failing over between ISCSI's portals.
+	Paths []iscsi.Config
+	// PathNICs are the iBFT NICs the paths other than the first are reached
+	// through, when they differ from NIC: they are configured too.
+	PathNICs []int
 }
 
 // String prints the plan for people; it shows no secret.
@@ -102,21 +111,33 @@ func Make(c *cmdline.CmdLine, t *ibft.Table) (*Plan, error) {
 
 	switch n := c.Netroot; {
 	case n != nil:
-		port := int(n.Port)
-		if port == 0 {
-			port = defaultPort
+		nrs := c.Netroots
+		if len(nrs) == 0 {
+			nrs = []*cmdline.Netroot{n}
 		}
-		d.Portals = []string{net.JoinHostPort(n.Server, strconv.Itoa(port))}
-		d.TargetName, d.LUN = n.Target, n.LUN
-		d.CHAPUser, d.CHAPSecret, d.RevCHAPUser, d.RevCHAPSecret = n.User, n.Secret, n.RevUser, n.RevSecret
+		*d = netrootConfig(nrs[0])
 		p.Targets, _ = netrootTargets(c)
 		if t != nil {
-			p.Notes = append(p.Notes, "netroot= on the command line replaces the iBFT target: "+n.String())
+			p.Notes = append(p.Notes, "netroot= on the command line replaces the iBFT target: "+nrs[0].String())
 		} else {
-			p.Notes = append(p.Notes, "target from netroot=: "+n.String())
+			p.Notes = append(p.Notes, "target from netroot=: "+nrs[0].String())
 		}
-		if len(c.Netroots) > 1 {
-			p.Notes = append(p.Notes, fmt.Sprintf("%d more netroot= keys read (cmdline.Netroots), not dialled: the first names the boot target", len(c.Netroots)-1))
+		if c.Multipath && len(nrs) > 1 {
+			p.Paths = append(p.Paths, *d)
+		}
+		for i := 1; i < len(nrs); i++ {
+			o := netrootConfig(nrs[i])
+			switch {
+			case c.Multipath:
+				// The identity check (VPD 0x83) decides whether it reaches the LUN.
+				p.Paths = append(p.Paths, o)
+				p.Notes = append(p.Notes, "netroot= "+nrs[i].String()+" is path "+strconv.Itoa(i)+" to the LUN")
+			case o.TargetName != d.TargetName || o.LUN != d.LUN:
+				p.Notes = append(p.Notes, "netroot= "+nrs[i].String()+" names another target or LUN than the first: ignored")
+			case !slices.Contains(d.Portals, o.Portals[0]):
+				d.Portals = append(d.Portals, o.Portals[0])
+				p.Notes = append(p.Notes, "netroot= "+nrs[i].String()+" is another portal to fail over to (with the first netroot='s CHAP; isboot.multipath=1 uses each its own)")
+			}
 		}
 	case t != nil:
 		tg := choice.Target
@@ -132,24 +153,29 @@ func Make(c *cmdline.CmdLine, t *ibft.Table) (*Plan, error) {
 		if err != nil {
 			return nil, err
 		}
-		d.Portals = []string{portal(tg)}
+		*d = targetConfig(tg, lun)
+		if c.Multipath {
+			p.Paths = []iscsi.Config{*d}
+		}
 		// The other valid targets naming the same LUN are paths to it: the initiator
-		// fails over to them in turn (iBFT target0, then target1).
+		// fails over to them in turn (iBFT target0, then target1), or, with
+		// isboot.multipath, uses them all at once, each with its own CHAP and NIC.
 		for _, o := range t.Targets {
 			olun, err := o.LUNBytes()
 			if o.Index != tg.Index && o.Flags&ibft.FlagValid != 0 && o.Name == tg.Name && err == nil && olun == lun &&
 				o.IP.IsValid() && !o.IP.IsUnspecified() && !slices.Contains(d.Portals, portal(o)) {
 				d.Portals = append(d.Portals, portal(o))
 				p.Notes = append(p.Notes, fmt.Sprintf("target%d (%s) is another path to the LUN", o.Index, portal(o)))
+				if c.Multipath {
+					p.Paths = append(p.Paths, targetConfig(o, olun))
+					if o.NIC != tg.NIC && !slices.Contains(p.PathNICs, o.NIC) {
+						p.PathNICs = append(p.PathNICs, o.NIC)
+					}
+				}
 			}
 		}
-		d.TargetName, d.LUNAddr = tg.Name, iscsi.LUNAddr(lun)
-		d.LUN, _ = d.LUNAddr.Number()
-		if tg.CHAPType >= ibft.CHAPOneWay {
-			d.CHAPUser, d.CHAPSecret = tg.CHAPName, tg.CHAPSecret
-		}
-		if tg.CHAPType >= ibft.CHAPMutual {
-			d.RevCHAPUser, d.RevCHAPSecret = tg.RevCHAPName, tg.RevCHAPSecret
+		if len(p.Paths) < 2 {
+			p.Paths, p.PathNICs = nil, nil
 		}
 	default:
 		return nil, errors.New("no iBFT found and no netroot= on the kernel command line: nothing to boot from")
@@ -175,6 +201,12 @@ func Make(c *cmdline.CmdLine, t *ibft.Table) (*Plan, error) {
 	}
 	// The iBFT has no digest fields; rd.iscsi.param= asks for them.
 	d.HeaderDigest, d.DataDigest = c.HeaderDigest, c.DataDigest
+	for i := range p.Paths {
+		p.Paths[i].InitiatorName, p.Paths[i].HeaderDigest, p.Paths[i].DataDigest = d.InitiatorName, d.HeaderDigest, d.DataDigest
+	}
+	if len(p.Paths) > 1 {
+		p.Notes = append(p.Notes, fmt.Sprintf("isboot.multipath: %d paths used at once", len(p.Paths)))
+	}
 	for _, dg := range []struct {
 		key string
 		d   iscsi.Digest
@@ -275,18 +307,31 @@ func manual(ip *cmdline.IPConfig, targets []netip.Addr) netcfg.Manual {
 	return m
 }
 
-// netrootTargets is the netroot= server when it is an address; nil leaves the routes
+// netrootTargets is every netroot= server given as an address; nil leaves the routes
 // to the iBFT's targets. A host name gets no host route, and a warning says so.
 func netrootTargets(c *cmdline.CmdLine) ([]netip.Addr, string) {
-	if c.Netroot == nil || c.Netroot.Server == "" {
-		return nil, ""
+	nrs := c.Netroots
+	if len(nrs) == 0 && c.Netroot != nil {
+		nrs = []*cmdline.Netroot{c.Netroot}
 	}
-	a, err := netip.ParseAddr(c.Netroot.Server)
-	if err != nil {
-		return nil, fmt.Sprintf("netroot= server %q is not an address: no host route for it", c.Netroot.Server)
+	var addrs []netip.Addr
+	var warnings []string
+	for _, n := range nrs {
+		if n.Server == "" {
+			continue
+		}
+		a, err := netip.ParseAddr(n.Server)
+		if err != nil {
+			warnings = append(warnings, fmt.Sprintf("netroot= server %q is not an address: no host route for it", n.Server))
+			continue
+		}
+		// A route is to the address; the zone of [fe80::1%eth0] only picks the link.
+		a = a.WithZone("")
+		if !slices.Contains(addrs, a) {
+			addrs = append(addrs, a)
+		}
 	}
-	// A route is to the address; the zone of [fe80::1%eth0] only picks the link.
-	return []netip.Addr{a.WithZone("")}, ""
+	return addrs, strings.Join(warnings, "; ")
 }
 
 // ZonePortals returns portals with the zone link added to every link-local IPv6
@@ -308,6 +353,32 @@ func ZonePortals(portals []string, link string) []string {
 		out[i] = net.JoinHostPort(a.WithZone(link).String(), port)
 	}
 	return out
+}
+
+// netrootConfig is the LUN one netroot= names, with its CHAP.
+func netrootConfig(n *cmdline.Netroot) iscsi.Config {
+	port := int(n.Port)
+	if port == 0 {
+		port = defaultPort
+	}
+	return iscsi.Config{
+		Portals:    []string{net.JoinHostPort(n.Server, strconv.Itoa(port))},
+		TargetName: n.Target, LUN: n.LUN,
+		CHAPUser: n.User, CHAPSecret: n.Secret, RevCHAPUser: n.RevUser, RevCHAPSecret: n.RevSecret,
+	}
+}
+
+// targetConfig is the LUN an iBFT target names (lun: its 8 bytes), with its CHAP.
+func targetConfig(tg ibft.Target, lun [8]byte) iscsi.Config {
+	d := iscsi.Config{Portals: []string{portal(tg)}, TargetName: tg.Name, LUNAddr: iscsi.LUNAddr(lun)}
+	d.LUN, _ = d.LUNAddr.Number()
+	if tg.CHAPType >= ibft.CHAPOneWay {
+		d.CHAPUser, d.CHAPSecret = tg.CHAPName, tg.CHAPSecret
+	}
+	if tg.CHAPType >= ibft.CHAPMutual {
+		d.RevCHAPUser, d.RevCHAPSecret = tg.RevCHAPName, tg.RevCHAPSecret
+	}
+	return d
 }
 
 // portal is a target's "address:port", the port defaulting to 3260.

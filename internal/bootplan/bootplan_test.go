@@ -298,3 +298,52 @@ func TestLinkLocalTargets(t *testing.T) {
 		t.Errorf("routes to %q, want fe80::1/128", dsts)
 	}
 }
+
+// With isboot.multipath, target1 naming the same LUN is a path of its own: its own
+// portal, CHAP and NIC (configured too); without it, the plan is the failover one.
+func TestMakeMultipathFromIBFT(t *testing.T) {
+	tb := table()
+	mac, _ := net.ParseMAC("52:54:00:12:34:57")
+	tb.NICs = append(tb.NICs, ibft.NIC{Index: 1, Flags: 1, IP: netip.MustParseAddr("10.0.3.15"), Prefix: 24, MAC: mac, PCIBDF: 4 << 3})
+	second := tb.Targets[0]
+	second.Index, second.Flags, second.IP, second.NIC = 1, ibft.FlagValid, netip.MustParseAddr("10.0.3.2"), 1
+	second.CHAPType, second.CHAPName, second.CHAPSecret = ibft.CHAPOneWay, "u2", "s3"
+	tb.Targets = append(tb.Targets, second)
+
+	p, err := Make(parse(t, "isboot.multipath=1"), tb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Paths) != 2 || p.Paths[0].Portals[0] != "10.0.2.2:3260" || p.Paths[1].Portals[0] != "10.0.3.2:3260" ||
+		p.Paths[0].CHAPSecret != "s1" || p.Paths[0].RevCHAPSecret != "s2" ||
+		p.Paths[1].CHAPUser != "u2" || p.Paths[1].CHAPSecret != "s3" || p.Paths[1].RevCHAPSecret != "" ||
+		p.Paths[1].InitiatorName != "iqn.2024-01.org.example:host" || p.Paths[1].LUN != 1 ||
+		p.NIC != 0 || len(p.PathNICs) != 1 || p.PathNICs[0] != 1 {
+		t.Errorf("paths %+v, NICs %v", p.Paths, p.PathNICs)
+	}
+	if s := p.String(); strings.Contains(s, "s3") {
+		t.Errorf("a secret in the plan:\n%s", s)
+	}
+	p, err = Make(parse(t, ""), tb)
+	if err != nil || p.Paths != nil || len(p.ISCSI.Portals) != 2 {
+		t.Errorf("without isboot.multipath: %v, %+v", err, p)
+	}
+}
+
+// Several netroot= are paths with isboot.multipath, portals to fail over to
+// without it; the routes go to every server.
+func TestMakeMultipathFromNetroots(t *testing.T) {
+	two := "netroot=iscsi:a:b@10.0.2.2::3260:1:iqn.x:y netroot=iscsi:c:d@10.0.3.2::3261:1:iqn.x:y"
+	p, err := Make(parse(t, two+" isboot.multipath"), table())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Paths) != 2 || p.Paths[0].CHAPUser != "a" || p.Paths[1].CHAPUser != "c" || p.Paths[1].Portals[0] != "10.0.3.2:3261" ||
+		p.ISCSI.Portals[0] != "10.0.2.2:3260" || len(p.Targets) != 2 {
+		t.Errorf("plan %+v", p)
+	}
+	p, err = Make(parse(t, two), table())
+	if err != nil || p.Paths != nil || len(p.ISCSI.Portals) != 2 || p.ISCSI.CHAPUser != "a" {
+		t.Errorf("failover: %v, %+v", err, p)
+	}
+}

@@ -40,7 +40,8 @@ type CmdLine struct {
 	Timeout int
 	OnFail  OnFail // isboot.onfail=shell|reboot[:SECONDS]
 	// Netroots are the netroot= keys in order: the first is the boot target, the
-	// others are more paths (portals) to the same LUN. Netroot is Netroots[0].
+	// others are more paths to the same LUN, used one at a time or, with Multipath,
+	// all at once. Netroot is Netroots[0].
 	Netroots  []*Netroot
 	Netroot   *Netroot
 	Initiator string // rd.iscsi.initiator=
@@ -56,6 +57,9 @@ type CmdLine struct {
 	// open-iscsi's name, node.conn[0].iscsi.HeaderDigest=): one value is required.
 	HeaderDigest iscsi.Digest
 	DataDigest   iscsi.Digest
+	// Multipath is isboot.multipath=0|1: serve the LUN over all its paths at once
+	// (the iBFT's targets naming it, several netroot=) rather than failing over.
+	Multipath bool
 }
 
 // RootKind says how root= names the root filesystem.
@@ -302,6 +306,8 @@ func (c *CmdLine) set(key, val string, hasVal bool) error {
 	case "rd.iscsi.firmware", "rd.iscsi.ibft":
 		c.FirmwareSet = true
 		c.Firmware, err = boolValue(val, hasVal)
+	case "isboot.multipath":
+		c.Multipath, err = boolValue(val, hasVal)
 	case "rd.iscsi.initiator":
 		if val == "" {
 			return errors.New("empty initiator name")

@@ -30,6 +30,12 @@ type Config struct {
 	// LUN, CHAP, digests (offered, the target decides). The daemon sets Logf and ISID.
 	iscsi.Config
 
+	// Paths, when it holds two or more, serves the LUN over all of them at once
+	// (iscsi.Multipath, active-active), each with its own portal and CHAP; the
+	// embedded Config is then the first. Empty: one session, failing over between
+	// the embedded Config's portals.
+	Paths []iscsi.Config `json:",omitempty"`
+
 	Device      int // N of /dev/nbdN; -1 lets the kernel pick
 	Connections int // NBD sockets (the iSCSI session is shared)
 

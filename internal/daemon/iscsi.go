@@ -20,15 +20,15 @@ const attemptTimeout = 20 * time.Second
 func DialISCSI(ctx context.Context, cfg *Config, logf func(string, ...any)) (Session, error) {
 	actx, cancel := context.WithTimeout(ctx, attemptTimeout)
 	defer cancel()
+	if len(cfg.Paths) > 1 {
+		return dialMultipath(actx, cfg, logf)
+	}
 	c := cfg.Config
 	c.Logf = logf
 	c.ISID = stableISID(c.InitiatorName, c.TargetName)
 	s, err := iscsi.Dial(actx, c)
 	if err != nil {
-		if iscsi.IsPermanent(err) {
-			return nil, permanent{err}
-		}
-		return nil, err
+		return nil, loginError(err)
 	}
 	return &iscsiSession{s: s}, nil
 }
@@ -43,6 +43,14 @@ func stableISID(initiator, target string) [6]byte {
 	return [6]byte{0x80, h[0], h[1], h[2], 0, 0}
 }
 
+// loginError marks a login error that retrying cannot fix as ErrPermanent.
+func loginError(err error) error {
+	if iscsi.IsPermanent(err) {
+		return permanent{err}
+	}
+	return err
+}
+
 // permanent marks an error as ErrPermanent without changing its message.
 type permanent struct{ error }
 
@@ -53,9 +61,12 @@ type iscsiSession struct{ s *iscsi.Session }
 
 func (i *iscsiSession) LUN() blockdev.Device { return i.s.LUN() }
 
-func (i *iscsiSession) Logout(ctx context.Context) error {
+func (i *iscsiSession) Logout(ctx context.Context) error { return closeWithin(ctx, i.s.Close) }
+
+// closeWithin runs close (a logout), returning early when ctx ends first.
+func closeWithin(ctx context.Context, close func() error) error {
 	done := make(chan error, 1)
-	go func() { done <- i.s.Close() }()
+	go func() { done <- close() }()
 	select {
 	case err := <-done:
 		return err
@@ -91,6 +102,58 @@ func ISCSIInfo(s *iscsi.Session) SessionInfo {
 			// already in the status file under net.isboot.*
 		default:
 			info.Params = append(info.Params, status.KV{Key: kv.Key, Value: kv.Value})
+		}
+	}
+	return info
+}
+
+// dialMultipath logs in on every path (iscsi.DialMultipath). Path i's ISID is the
+// stable one with i in its last byte: distinct, so that no path's login ends
+// another's session, and path 0 keeps the single session's.
+func dialMultipath(ctx context.Context, cfg *Config, logf func(string, ...any)) (Session, error) {
+	cfgs := make([]iscsi.Config, len(cfg.Paths))
+	for i, c := range cfg.Paths {
+		c.Logf = logf
+		c.ISID = stableISID(c.InitiatorName, c.TargetName)
+		c.ISID[5] = byte(i)
+		cfgs[i] = c
+	}
+	m, err := iscsi.DialMultipath(ctx, cfgs)
+	if err != nil {
+		return nil, loginError(err)
+	}
+	return &multipathSession{m: m}, nil
+}
+
+type multipathSession struct{ m *iscsi.Multipath }
+
+func (s *multipathSession) LUN() blockdev.Device { return s.m }
+
+func (s *multipathSession) Logout(ctx context.Context) error { return closeWithin(ctx, s.m.Close) }
+
+func (s *multipathSession) Idle(ctx context.Context) error { return s.m.Idle(ctx) }
+
+func (s *multipathSession) Info() SessionInfo { return MultipathInfo(s.m) }
+
+// MultipathInfo describes a multipath LUN for the status file: the session keys are
+// those of the lowest active path, the counters add up every path's, and each path
+// gets its own lines. It is recovering while no path is active.
+func MultipathInfo(m *iscsi.Multipath) SessionInfo {
+	var info SessionInfo
+	if s := m.Primary(); s != nil {
+		info = ISCSIInfo(s)
+	}
+	info.Reconnects, info.Errors, info.Recovering = 0, 0, true
+	for _, p := range m.Paths() {
+		info.Paths = append(info.Paths, status.Path{Portal: p.Portal, State: string(p.State),
+			Reads: p.Reads, Writes: p.Writes, Errors: p.Errors, Failovers: p.Failovers, LastError: p.LastError})
+		info.Reconnects += p.Failovers
+		info.Errors += p.Errors
+		if p.State == iscsi.PathActive {
+			info.Recovering = false
+		}
+		if p.State != iscsi.PathActive && p.LastError != "" {
+			info.LastError = p.LastError
 		}
 	}
 	return info

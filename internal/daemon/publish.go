@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
@@ -71,6 +72,7 @@ func (p *Publisher) Observe(s Sample, force bool) {
 		if s.Session != nil {
 			info = *s.Session
 			st.Session = status.Session{ISID: info.ISID, TSIH: info.TSIH, Params: info.Params}
+			st.Paths = info.Paths
 		}
 		if info.Portal != "" {
 			st.Portal = info.Portal
@@ -92,7 +94,8 @@ func (p *Publisher) Observe(s Sample, force bool) {
 		}
 	})
 	p.mu.Lock()
-	changed := p.st.State != before.State || p.st.Counters != before.Counters || p.st.LastError != before.LastError
+	changed := p.st.State != before.State || p.st.Counters != before.Counters || p.st.LastError != before.LastError ||
+		!slices.Equal(p.st.Paths, before.Paths)
 	stale := time.Since(p.lastWrite) >= p.interval
 	p.mu.Unlock()
 	if force || changed || stale {

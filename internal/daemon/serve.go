@@ -38,6 +38,7 @@ type SessionInfo struct {
 	Recovering bool   // the session is down and being re-established
 	Idle       bool   // logged out on purpose (Session.Idle) until the next command
 	LastError  string
+	Paths      []status.Path // a multipath LUN's paths; nil for one session
 }
 
 // Dialer logs in. A permanent failure (refused credentials, no such target) wraps

@@ -21,6 +21,6 @@ func MakePlan(c *cmdline.CmdLine, t *ibft.Table) (*Plan, error) {
 		return nil, err
 	}
 	return &Plan{Boot: bp, Daemon: daemon.Config{
-		Config: bp.ISCSI, Device: 0, Connections: 2, Debug: c.Debug, IBFT: bp.IBFT,
+		Config: bp.ISCSI, Paths: bp.Paths, Device: 0, Connections: 2, Debug: c.Debug, IBFT: bp.IBFT,
 	}}, nil
 }

@@ -138,6 +138,7 @@ func (b *boot) configureNetwork() error {
 	}
 	b.log.Debugf(1, "network: for the real root: %s", strings.Join(files, ", "))
 	b.guardNetwork(np, applied.Link)
+	b.configurePathNICs()
 	return nil
 }
 
@@ -160,6 +161,29 @@ func (b *boot) guardNetwork(np *netcfg.Plan, link string) {
 		b.log.Warnf("network: for the real root: %v", err)
 	}
 	b.log.Debugf(1, "network: guarded; for the real root's network tools: %s", strings.Join(files, ", "))
+}
+
+// configurePathNICs brings up the iBFT NICs that other paths of a multipath LUN go
+// through. A path is optional: a NIC that fails is a warning, and its path keeps
+// trying in the background.
+func (b *boot) configurePathNICs() {
+	for _, nic := range b.plan.Boot.PathNICs {
+		np, err := bootplan.Network(b.cmd, b.table, nic)
+		if err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			var applied *netcfg.Applied
+			applied, err = netcfg.Apply(ctx, np, netcfg.Options{
+				LoadModule: b.mods.LoadModule,
+				Logf:       func(f string, a ...any) { b.log.Debugf(1, f, a...) },
+			})
+			cancel()
+			if err == nil {
+				b.log.Infof("network: %s is %s (iBFT nic%d, for another path)", applied.Link, np.Addr, nic)
+				continue
+			}
+		}
+		b.log.Warnf("network: iBFT nic%d, for another path: %v", nic, err)
+	}
 }
 
 func (b *boot) startDaemon() error {

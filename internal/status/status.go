@@ -69,8 +69,9 @@ type Status struct {
 	Session   Session
 	Counters  Counters
 	Guard     Guard
-	DHCP      *DHCP // the lease the daemon keeps renewing; nil: none
-	IBFT      []KV  // hw.ibft.* lines as the ibft package prints them
+	DHCP      *DHCP  // the lease the daemon keeps renewing; nil: none
+	Paths     []Path // the paths of a multipath LUN; nil for one session
+	IBFT      []KV   // hw.ibft.* lines as the ibft package prints them
 }
 
 // DHCP is the boot NIC's DHCP lease, which the daemon renews for the life of the
@@ -109,6 +110,18 @@ type Session struct {
 	ISID   string // 12 hex digits
 	TSIH   uint16
 	Params []KV // every negotiated key, e.g. MaxRecvDataSegmentLength: 262144
+}
+
+// Path is one session of a multipath LUN (iscsi.Multipath): its portal, its state
+// (connecting, active, failed, refused) and what it carried.
+type Path struct {
+	Portal    string
+	State     string
+	Reads     uint64 // read commands completed on this path
+	Writes    uint64 // write commands completed on this path
+	Errors    uint64 // commands failed on it (reissued on another path, or reported)
+	Failovers uint64 // times it was lost and its commands moved to the others
+	LastError string // why it last failed or was refused ("" if never)
 }
 
 // Counters accumulate over the daemon's life.
@@ -189,6 +202,21 @@ func (s *Status) Lines() []KV {
 			KV{q + "renewals", strconv.FormatUint(d.Renewals, 10)},
 			KV{q + "failures", strconv.FormatUint(d.Failures, 10)},
 			KV{q + "last_error", d.LastError},
+		)
+	}
+	if len(s.Paths) > 0 {
+		kv = append(kv, KV{p + "paths", strconv.Itoa(len(s.Paths))})
+	}
+	for i, pa := range s.Paths {
+		q := p + "path." + strconv.Itoa(i) + "."
+		kv = append(kv,
+			KV{q + "portal", pa.Portal},
+			KV{q + "state", pa.State},
+			KV{q + "reads", strconv.FormatUint(pa.Reads, 10)},
+			KV{q + "writes", strconv.FormatUint(pa.Writes, 10)},
+			KV{q + "errors", strconv.FormatUint(pa.Errors, 10)},
+			KV{q + "failovers", strconv.FormatUint(pa.Failovers, 10)},
+			KV{q + "last_error", pa.LastError},
 		)
 	}
 	kv = append(kv, s.IBFT...)

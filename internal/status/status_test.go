@@ -178,3 +178,21 @@ func TestSupervisorKeys(t *testing.T) {
 		t.Errorf("without a supervisor:\n%s", m)
 	}
 }
+
+func TestPathKeys(t *testing.T) {
+	s := &Status{Paths: []Path{
+		{Portal: "10.0.2.2:3260", State: "active", Reads: 1, Writes: 2},
+		{Portal: "10.0.3.2:3260", State: "failed", Errors: 3, Failovers: 1, LastError: "lost: EOF"},
+	}}
+	want := "net.isboot.paths: 2\n" +
+		"net.isboot.path.0.portal: 10.0.2.2:3260\nnet.isboot.path.0.state: active\nnet.isboot.path.0.reads: 1\n" +
+		"net.isboot.path.0.writes: 2\nnet.isboot.path.0.errors: 0\nnet.isboot.path.0.failovers: 0\nnet.isboot.path.0.last_error: \n" +
+		"net.isboot.path.1.portal: 10.0.3.2:3260\nnet.isboot.path.1.state: failed\nnet.isboot.path.1.reads: 0\n" +
+		"net.isboot.path.1.writes: 0\nnet.isboot.path.1.errors: 3\nnet.isboot.path.1.failovers: 1\nnet.isboot.path.1.last_error: lost: EOF\n"
+	if m := s.Marshal(); !bytes.Contains(m, []byte(want)) {
+		t.Errorf("file:\n%s", m)
+	}
+	if m := (&Status{}).Marshal(); bytes.Contains(m, []byte("path")) {
+		t.Errorf("one session shows paths:\n%s", m)
+	}
+}

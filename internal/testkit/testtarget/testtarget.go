@@ -19,6 +19,8 @@
 //	13550-13559  63-64          internal/testkit/diskbench
 //	13560-13569  65-66          internal/testkit/distro
 //	13570-13579  67-68          internal/testkit/fleet/dhcpboot
+//	13580-13583  69             iscsi (multipath tests)
+//	13584-13589  70             internal/testkit/fleet/multipath
 //	13600-13609  71-72          internal/testkit/fleet/guardnet
 //	13610-13619  73-74          internal/testkit/fleet/ipv6boot
 //	13620-13629  —              internal/testkit/fleet/lio (LIO VMs, no tgtd)
