@@ -37,12 +37,12 @@ type Plan struct {
 	Routes   []Route          // default route and one host route per boot target
 	DNS      []netip.Addr
 	Hostname string
-	Renew    bool     // renew the lease by DHCP after the static configuration (isboot.dhcp=1)
+	Renew    bool // renew the lease by DHCP after the static configuration (isboot.dhcp=1)
 	// ConfirmLater: an iBFT DHCP address whose lease the daemon confirms after the
 	// boot and then keeps renewing (Applied.Lease, unconfirmed), so the boot never
 	// waits for a DHCP server (or, in an emulator, for the entropy its client needs).
 	ConfirmLater bool
-	Warnings []string // oddities in the table that Apply works around
+	Warnings     []string // oddities in the table that Apply works around
 
 	// AwaitSLAAC: a target is IPv6 but the NIC's address IPv4, as old iPXE records an
 	// IPv6 boot (it writes only the IPv4 side). The kernel configures IPv6 from router
