@@ -69,6 +69,43 @@ func BuildGo(t testing.TB, pkg string, ldflags ...string) string {
 	return b.path
 }
 
+// Initramfs builds isboot (main.Version set to version) and isboot's initramfs
+// around it with mkinitramfs and mkArgs (e.g. "-rescue", "none"), once per test
+// binary for each set, and returns the image's path; RunTests removes it.
+func Initramfs(t testing.TB, version string, mkArgs ...string) string {
+	t.Helper()
+	isboot := BuildGo(t, "github.com/isboot/isboot/cmd/isboot", "-X main.Version="+version)
+	key := "initramfs\x00" + isboot + "\x00" + strings.Join(mkArgs, "\x00")
+	builds.mu.Lock()
+	if builds.done == nil {
+		builds.done = map[string]*build{}
+	}
+	b := builds.done[key]
+	if b == nil {
+		b = &build{id: len(builds.done)}
+		builds.done[key] = b
+	}
+	builds.mu.Unlock()
+	b.once.Do(func() {
+		dir, err := buildDir()
+		if err != nil {
+			b.err = err
+			return
+		}
+		b.path = filepath.Join(dir, fmt.Sprintf("%d-initramfs.cpio.gz", b.id))
+		args := append([]string{"run", "github.com/isboot/isboot/initramfs/cmd/mkinitramfs", "-isboot", isboot, "-o", b.path}, mkArgs...)
+		cmd := exec.Command(goTool(), args...)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("vm: mkinitramfs: %v\n%s", err, out)
+		}
+	})
+	if b.err != nil {
+		t.Fatal(b.err)
+	}
+	return b.path
+}
+
 func buildDir() (string, error) {
 	builds.mu.Lock()
 	defer builds.mu.Unlock()

@@ -9,12 +9,10 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -32,33 +30,10 @@ const (
 
 func TestMain(m *testing.M) { os.Exit(vm.RunTests(m)) }
 
-var initrd struct {
-	once sync.Once
-	path string
-	err  error
-}
-
 // image builds isboot and its initramfs (without the rescue tools) once.
 func image(t *testing.T) string {
 	t.Helper()
-	isboot := vm.BuildGo(t, "../../../../cmd/isboot", "-X main.Version=dhcpboot")
-	initrd.once.Do(func() {
-		dir, err := os.MkdirTemp("", "isboot-dhcpboot-")
-		if err != nil {
-			initrd.err = err
-			return
-		}
-		initrd.path = filepath.Join(dir, "initrd.cpio.gz")
-		cmd := exec.Command("go", "run", "../../../../initramfs/cmd/mkinitramfs", "-isboot", isboot, "-o", initrd.path, "-rescue", "none")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			initrd.err = fmt.Errorf("mkinitramfs: %v\n%s", err, out)
-		}
-	})
-	if initrd.err != nil {
-		t.Fatal(initrd.err)
-	}
-	return initrd.path
+	return vm.Initramfs(t, "dhcpboot", "-rescue", "none")
 }
 
 // realInit prints the status file and the hostname, proves the root writable through

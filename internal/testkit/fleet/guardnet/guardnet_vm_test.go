@@ -96,16 +96,10 @@ func TestGuardKeepsRootThroughFlushAndBounce(t *testing.T) {
 	testenv.Require(t, "VM test", "tgtd", "busybox")
 	img := debroot.ForTest(t)
 	kernel := vm.DebianKernel(t)
-	isboot := vm.BuildGo(t, "../../../../cmd/isboot", "-X main.Version=guardnet")
+	initrd := vm.Initramfs(t, "guardnet", "-rescue", "none")
 	blkverify := vm.BuildGo(t, "../../resilience/cmd/blkverify")
 	busybox := staticBusybox(t)
 	dir := t.TempDir()
-	initrd := filepath.Join(dir, "initrd.cpio.gz")
-	cmd := exec.Command("go", "run", "../../../../initramfs/cmd/mkinitramfs", "-isboot", isboot, "-o", initrd, "-rescue", "none")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("mkinitramfs: %v\n%s", err, out)
-	}
 	disk := filepath.Join(dir, "root.img")
 	if err := img.CopyTo(disk); err != nil {
 		t.Fatal(err)

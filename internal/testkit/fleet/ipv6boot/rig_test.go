@@ -9,11 +9,9 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -29,42 +27,12 @@ const (
 	ctlLo, ctlHi   = 73, 74
 )
 
-func TestMain(m *testing.M) {
-	code := vm.RunTests(m)
-	if initrdOnce.path != "" {
-		os.RemoveAll(filepath.Dir(initrdOnce.path))
-	}
-	os.Exit(code)
-}
-
-var initrdOnce struct {
-	sync.Once
-	path string
-	err  error
-}
+func TestMain(m *testing.M) { os.Exit(vm.RunTests(m)) }
 
 // initrd builds isboot and its initramfs (without the rescue shell) once.
 func initrd(t *testing.T) string {
 	t.Helper()
-	isboot := vm.BuildGo(t, "../../../../cmd/isboot", "-X main.Version=ipv6test")
-	initrdOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "isboot-ipv6-")
-		if err != nil {
-			initrdOnce.err = err
-			return
-		}
-		initrdOnce.path = filepath.Join(dir, "initrd.cpio.gz")
-		cmd := exec.Command("go", "run", "../../../../initramfs/cmd/mkinitramfs", "-isboot", isboot,
-			"-o", initrdOnce.path, "-rescue", "none")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			initrdOnce.err = fmt.Errorf("mkinitramfs: %v\n%s", err, out)
-		}
-	})
-	if initrdOnce.err != nil {
-		t.Fatal(initrdOnce.err)
-	}
-	return initrdOnce.path
+	return vm.Initramfs(t, "ipv6test", "-rescue", "none")
 }
 
 // realInit runs in the real root: it shows its IPv6 addresses and routes and the

@@ -3,15 +3,12 @@ package lio_test
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -48,29 +45,10 @@ poweroff -f
 // writerLines is how many lines the root appends across the target's restart.
 const writerLines = "30"
 
-var initrd struct {
-	once sync.Once
-	path string
-	err  error
-}
-
 // isbootInitrd builds isboot and its initramfs (no rescue shell) once.
 func isbootInitrd(t *testing.T) string {
 	t.Helper()
-	isboot := vm.BuildGo(t, "../../../../cmd/isboot", "-X main.Version=lio")
-	initrd.once.Do(func() {
-		initrd.path = filepath.Join(filepath.Dir(isboot), "isboot-initramfs.cpio.gz")
-		cmd := exec.Command("go", "run", "../../../../initramfs/cmd/mkinitramfs", "-isboot", isboot,
-			"-o", initrd.path, "-rescue", "none")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			initrd.err = fmt.Errorf("mkinitramfs: %v\n%s", err, out)
-		}
-	})
-	if initrd.err != nil {
-		t.Fatal(initrd.err)
-	}
-	return initrd.path
+	return vm.Initramfs(t, "lio", "-rescue", "none")
 }
 
 // TestBootFromLIO: a second guest boots through isboot from the LIO VM: the iBFT

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -66,14 +65,7 @@ func isbootBinary(t *testing.T) string {
 // initrd builds isboot and its initramfs as make initramfs does.
 func initrd(t *testing.T) string {
 	t.Helper()
-	isboot := isbootBinary(t)
-	out := filepath.Join(t.TempDir(), "initrd.cpio.gz")
-	cmd := exec.Command("go", "run", "../../../../initramfs/cmd/mkinitramfs", "-isboot", isboot, "-o", out, "-rescue", "none")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("mkinitramfs: %v\n%s", err, b)
-	}
-	return out
+	return vm.Initramfs(t, "multipath", "-rescue", "none")
 }
 
 // twoPathTable is an iBFT for QEMU's user network (guest 10.0.2.15, host 10.0.2.2)
