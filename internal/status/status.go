@@ -192,13 +192,19 @@ func (s *Status) Lines() []KV {
 	}
 	if d := s.DHCP; d != nil {
 		q := p + "dhcp."
+		// An unconfirmed lease (the firmware's) has no times yet: say none.
+		leaseTime, obtained, expires := "", "", ""
+		if d.LeaseTime > 0 {
+			leaseTime = strconv.FormatInt(int64(d.LeaseTime/time.Second), 10)
+			obtained, expires = d.Obtained.UTC().Format(time.RFC3339), d.Expires.UTC().Format(time.RFC3339)
+		}
 		kv = append(kv,
 			KV{q + "address", d.Address},
 			KV{q + "server", d.Server},
 			KV{q + "state", d.State},
-			KV{q + "lease_time", strconv.FormatInt(int64(d.LeaseTime/time.Second), 10)},
-			KV{q + "lease_obtained", d.Obtained.UTC().Format(time.RFC3339)},
-			KV{q + "lease_expires", d.Expires.UTC().Format(time.RFC3339)},
+			KV{q + "lease_time", leaseTime},
+			KV{q + "lease_obtained", obtained},
+			KV{q + "lease_expires", expires},
 			KV{q + "renewals", strconv.FormatUint(d.Renewals, 10)},
 			KV{q + "failures", strconv.FormatUint(d.Failures, 10)},
 			KV{q + "last_error", d.LastError},

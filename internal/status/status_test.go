@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 func sample() *Status {
@@ -194,5 +195,22 @@ func TestPathKeys(t *testing.T) {
 	}
 	if m := (&Status{}).Marshal(); bytes.Contains(m, []byte("path")) {
 		t.Errorf("one session shows paths:\n%s", m)
+	}
+}
+
+// The firmware's DHCP lease, before the daemon confirms it, has no times to show.
+func TestUnconfirmedLeaseHasNoTimes(t *testing.T) {
+	s := &Status{DHCP: &DHCP{Address: "10.0.2.15/24", Server: "10.0.2.2", State: "unconfirmed", Obtained: time.Now(), Expires: time.Now()}}
+	got := map[string]string{}
+	for _, kv := range s.Lines() {
+		got[kv.Key] = kv.Value
+	}
+	for _, k := range []string{"lease_time", "lease_obtained", "lease_expires"} {
+		if v, ok := got["net.isboot.dhcp."+k]; !ok || v != "" {
+			t.Errorf("net.isboot.dhcp.%s = %q (present %v), want present and empty", k, v, ok)
+		}
+	}
+	if got["net.isboot.dhcp.state"] != "unconfirmed" || got["net.isboot.dhcp.address"] != "10.0.2.15/24" {
+		t.Errorf("lines %v", got)
 	}
 }
