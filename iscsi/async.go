@@ -3,6 +3,8 @@ package iscsi
 import (
 	"fmt"
 	"time"
+
+	"github.com/isboot/isboot/internal/pipebuf"
 )
 
 // The asynchronous path serves callers that cannot afford a goroutine and two
@@ -16,6 +18,11 @@ import (
 // connection's reader goroutine: it must not block for long or start I/O on s and
 // wait for it. execAsync blocks only while every task slot is busy.
 func (s *Session) execAsync(op string, cd cdb, read bool, buf []byte, done func(n int, err error)) {
+	s.execAsyncTo(op, cd, read, buf, nil, len(buf), done)
+}
+
+// execAsyncTo is execAsync for a read into pipe (size bytes) when pipe is set.
+func (s *Session) execAsyncTo(op string, cd cdb, read bool, buf []byte, pipe *pipebuf.Pipe, size int, done func(n int, err error)) {
 	var slot int
 	select {
 	case slot = <-s.free:
@@ -26,6 +33,7 @@ func (s *Session) execAsync(op string, cd cdb, read bool, buf []byte, done func(
 	t := &s.tasks[slot]
 	t.onDone, t.op, t.attempt, t.backoff = done, op, 0, time.Millisecond
 	t.prepare(cd, read, buf)
+	t.pipe, t.size = pipe, size
 	s.submit(t)
 }
 
@@ -47,11 +55,14 @@ func (s *Session) submit(t *task) {
 // asyncDone handles an async command's outcome: retry it, or report it.
 func (s *Session) asyncDone(t *task) {
 	err := t.result(t.op)
-	if n := t.transferred(); err == nil && t.read && n != len(t.buf) {
-		err = fmt.Errorf("iscsi: %s returned %d of %d bytes", t.op, n, len(t.buf))
+	if n := t.transferred(); err == nil && t.read && n != t.size {
+		err = fmt.Errorf("iscsi: %s returned %d of %d bytes", t.op, n, t.size)
+	}
+	if err == nil && t.pipe != nil && t.pipe.Len() != t.size {
+		err = fmt.Errorf("iscsi: %s delivered %d of %d bytes", t.op, t.pipe.Len(), t.size)
 	}
 	if err == nil {
-		s.finishAsync(t, len(t.buf), nil)
+		s.finishAsync(t, t.size, nil)
 		return
 	}
 	s.noteError(err)
@@ -61,14 +72,15 @@ func (s *Session) asyncDone(t *task) {
 		return
 	}
 	t.attempt++
-	t.prepare(t.cdb, t.read, t.buf)
+	t.reset() // a pipe is emptied by the reader when the data comes again
+	t.err = nil
 	// Never from the reader: sending may wait for the writer, and the writer may be
 	// waiting for the target to drain responses that only the reader takes.
 	time.AfterFunc(wait, func() { s.submit(t) })
 }
 
 func (s *Session) finishAsync(t *task, n int, err error) {
-	done, read, size := t.onDone, t.read, len(t.buf)
+	done, read, size := t.onDone, t.read, t.size
 	t.onDone = nil
 	s.free <- t.slot // t may be reused from here on
 	s.account(read, n, size, err)

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -106,8 +107,13 @@ func newConn(s *Session, nc net.Conn, res *loginResult, gen uint64) (*conn, erro
 	c.windowKnown.Store(!snLess(res.maxCmdSN, res.expCmdSN-1))
 	c.expStatSN.Store(res.expStatSN)
 	c.lastRecv.Store(nanotime())
-	c.rd = pduReader{r: bufio.NewReaderSize(nc, 64<<10), maxData: s.cfg.MaxRecvDataSegmentLength,
+	head := &headReader{r: nc}
+	br := bufio.NewReaderSize(head, 64<<10)
+	c.rd = pduReader{r: br, br: br, head: head, maxData: s.cfg.MaxRecvDataSegmentLength,
 		hdrDigest: p["HeaderDigest"] == "CRC32C", dataDigest: p["DataDigest"] == "CRC32C"}
+	if sc, ok := nc.(syscall.Conn); ok {
+		c.rd.raw, _ = sc.SyscallConn()
+	}
 	c.wr = pduWriter{w: nc, hdrDigest: c.rd.hdrDigest, dataDigest: c.rd.dataDigest}
 	c.wg.Add(3)
 	go c.readLoop()

@@ -94,11 +94,22 @@ func (c *conn) dataIn(h *bhs) error {
 		return c.rd.discardData(c.scratch)
 	}
 	off := int(h.u32(40))
-	if off < 0 || off+n > len(t.buf) || n > len(t.buf) {
-		return protoErr("Data-In offset %d + %d beyond the %d-byte buffer", off, n, len(t.buf))
+	if off < 0 || off+n > t.size || n > t.size {
+		return protoErr("Data-In offset %d + %d beyond the %d-byte buffer", off, n, t.size)
 	}
-	// Straight into the caller's buffer: no copy on the read path.
-	if err := c.rd.readData(t.buf[off : off+n]); err != nil {
+	if t.pipe != nil {
+		// A pipe takes data only in order, which DataPDUInOrder=Yes promises.
+		if off != t.received {
+			return protoErr("Data-In at offset %d, expected %d (DataPDUInOrder=Yes)", off, t.received)
+		}
+		if off == 0 {
+			t.pipe.Reset() // what an earlier attempt left
+		}
+		if err := c.rd.readDataTo(t.pipe, n, c.scratch); err != nil {
+			return err
+		}
+	} else if err := c.rd.readData(t.buf[off : off+n]); err != nil {
+		// Straight into the caller's buffer: no copy on the read path.
 		return err
 	}
 	t.received += n

@@ -210,7 +210,7 @@ func (c *conn) sendCmd(t *task) error {
 		// F=1 says no unsolicited Data-Out follows (RFC 7143 §11.3.1).
 		flags |= flagFinal
 	}
-	if t.read && len(t.buf) > 0 {
+	if t.read && t.size > 0 {
 		flags |= 0x40
 	} else if wlen > 0 {
 		flags |= 0x20
@@ -218,7 +218,7 @@ func (c *conn) sendCmd(t *task) error {
 	h[1] = flags
 	copy(h[8:16], s.lunBytes[:])
 	h.setU32(16, t.itt)
-	h.setU32(20, uint32(len(t.buf)))
+	h.setU32(20, uint32(t.size))
 	h.setU32(24, c.cmdSN)
 	h.setU32(28, c.expStatSN.Load())
 	copy(h[32:48], t.cdb.b[:])

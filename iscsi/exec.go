@@ -84,7 +84,7 @@ func retryable(err error, attempt int, backoff *time.Duration) (bool, time.Durat
 
 // transferred is how many bytes a successful command moved.
 func (t *task) transferred() int {
-	n := len(t.buf)
+	n := t.size
 	if t.read && t.resid > 0 {
 		n -= int(min(t.resid, int64(n)))
 	}

@@ -1,5 +1,7 @@
 package iscsi
 
+import "github.com/isboot/isboot/internal/pipebuf"
+
 // ReadAtAsync starts reading len(p) bytes at off and returns; done runs once with the
 // outcome, possibly on the session's reader goroutine, so it must not block for long.
 // It is ReadAt for a caller that serves many requests from one goroutine (the NBD
@@ -33,4 +35,23 @@ func (l *LUN) transferAsync(p []byte, off int64, write, fua bool, done func(int,
 		op = "WRITE"
 	}
 	l.s.execAsync(op, cdbRW(write, fua, lba, uint32(len(p)/l.blockSize)), !write, p, done)
+}
+
+// ReadAtPipe is ReadAtAsync for n bytes that go into pipe instead of memory: the
+// connection's reader splices them there from the socket, so a server can splice them
+// on to its client without ever copying them (see internal/pipebuf). done runs as for
+// ReadAtAsync; on success pipe holds exactly n bytes, on failure the caller empties it.
+// It reports false, and does nothing, for a read above one command's maximum
+// transfer. (Where the bytes must be seen, for a data digest, they are copied in.)
+func (l *LUN) ReadAtPipe(pipe *pipebuf.Pipe, n int, off int64, done func(n int, err error)) bool {
+	if n > l.maxXfer {
+		return false
+	}
+	lba, err := l.check(n, off)
+	if err != nil {
+		done(0, err)
+		return true
+	}
+	l.s.execAsyncTo("READ", cdbRW(false, false, lba, uint32(n/l.blockSize)), true, nil, pipe, n, done)
+	return true
 }

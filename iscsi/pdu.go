@@ -1,12 +1,16 @@
 package iscsi
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
 	"net"
+	"syscall"
+
+	"github.com/isboot/isboot/internal/pipebuf"
 )
 
 // Opcodes (RFC 7143 §11.2.1.2). Initiator opcodes first, then target opcodes.
@@ -114,7 +118,12 @@ var errDigest = errors.New("iscsi: digest mismatch")
 
 // pduReader reads PDUs from a connection. Its buffers are reused for every PDU.
 type pduReader struct {
-	r          io.Reader
+	r io.Reader
+	// In the full-feature phase r is br, reading through head from the socket raw
+	// (when it has one), so data segments can be spliced past the buffer (readDataTo).
+	br         *bufio.Reader
+	head       *headReader
+	raw        syscall.RawConn
 	hdrDigest  bool
 	dataDigest bool
 	maxData    int // our MaxRecvDataSegmentLength: the largest segment we accept
@@ -178,6 +187,64 @@ func (p *pduReader) readData(dst []byte) error {
 		}
 	}
 	return nil
+}
+
+// canSplice reports whether readDataTo moves data without copying it.
+func (p *pduReader) canSplice() bool { return p.raw != nil && !p.dataDigest }
+
+// readDataTo moves the current PDU's data segment (n bytes) into pipe, then reads its
+// padding. Bytes the buffer already holds are copied in; the rest is spliced from
+// the socket. The next header is then read on its own, so that a data segment
+// following it is not pulled into the buffer before its destination is known.
+func (p *pduReader) readDataTo(pipe *pipebuf.Pipe, n int, scratch []byte) error {
+	if !p.canSplice() {
+		if err := p.readData(scratch[:n]); err != nil {
+			return err
+		}
+		return pipe.Write(scratch[:n])
+	}
+	k := min(n, p.br.Buffered())
+	if k > 0 {
+		b, _ := p.br.Peek(k)
+		if err := pipe.Write(b); err != nil {
+			return err
+		}
+		p.br.Discard(k)
+	}
+	if n > k {
+		if err := pipe.SpliceFrom(p.raw, n-k); err != nil {
+			return err
+		}
+	}
+	pad := padLen(n)
+	p.head.n = pad + bhsLen
+	if p.hdrDigest {
+		p.head.n += 4
+	}
+	if pad > 0 {
+		if _, err := io.ReadFull(p.br, p.trailer[:pad]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// headReader passes reads through, each at most n bytes until n bytes have gone
+// (n == 0: no limit). It lets a bufio.Reader read a PDU header without reading ahead.
+type headReader struct {
+	r io.Reader
+	n int
+}
+
+func (h *headReader) Read(b []byte) (int, error) {
+	if h.n > 0 && len(b) > h.n {
+		b = b[:h.n]
+	}
+	m, err := h.r.Read(b)
+	if h.n > 0 {
+		h.n = max(h.n-m, 0)
+	}
+	return m, err
 }
 
 // discardData reads and drops the current PDU's data segment (bounded by maxData).

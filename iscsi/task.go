@@ -3,17 +3,23 @@ package iscsi
 import (
 	"sync/atomic"
 	"time"
+
+	"github.com/isboot/isboot/internal/pipebuf"
 )
 
 // task is one SCSI command slot. Slots are allocated once per session (queue depth
 // plus one for internal commands) and reused: issuing I/O does not allocate.
 type task struct {
-	slot     int
-	itt      uint32
-	seq      uint64 // submission order; commands are reissued in this order
-	cdb      cdb
-	read     bool
-	buf      []byte // Data-In destination or Data-Out source
+	slot int
+	itt  uint32
+	seq  uint64 // submission order; commands are reissued in this order
+	cdb  cdb
+	read bool
+	buf  []byte // Data-In destination or Data-Out source
+	// pipe, when set, is a read's destination instead of buf: its data stays in the
+	// kernel (see ReadAtPipe).
+	pipe     *pipebuf.Pipe
+	size     int // bytes to move: len(buf), or what goes to pipe
 	internal bool
 
 	// Per attempt, written by the connection goroutines.
@@ -42,7 +48,7 @@ type task struct {
 }
 
 func (t *task) prepare(c cdb, read bool, buf []byte) {
-	t.cdb, t.read, t.buf = c, read, buf
+	t.cdb, t.read, t.buf, t.pipe, t.size = c, read, buf, nil, len(buf)
 	t.reset()
 	t.err = nil
 }
@@ -58,7 +64,7 @@ func (t *task) writeLen() int {
 	if t.read {
 		return 0
 	}
-	return len(t.buf)
+	return t.size
 }
 
 func nanotime() int64 { return time.Now().UnixNano() }

@@ -1,5 +1,7 @@
 package blockdev
 
+import "github.com/isboot/isboot/internal/pipebuf"
+
 // Async is a Device that can start a read or write and return at once. done runs
 // exactly once with the outcome, possibly on the device's own goroutine (the iSCSI
 // connection's reader), so it must not block for long. A server uses it to answer
@@ -7,4 +9,11 @@ package blockdev
 type Async interface {
 	ReadAtAsync(p []byte, off int64, done func(n int, err error))
 	WriteAtAsync(p []byte, off int64, fua bool, done func(n int, err error))
+}
+
+// PipeReader is an Async device that can also leave a read's bytes in a kernel pipe
+// (iscsi.LUN.ReadAtPipe), for a server to splice to its client uncopied. ReadAtPipe
+// reports false, having done nothing, when it cannot take this read.
+type PipeReader interface {
+	ReadAtPipe(pipe *pipebuf.Pipe, n int, off int64, done func(n int, err error)) bool
 }

@@ -1,5 +1,7 @@
 package nbd
 
+import "github.com/isboot/isboot/internal/pipebuf"
+
 // Reads and writes take the device's asynchronous path when it has one (the iSCSI
 // LUN): the request leaves from the connection's reader, and its completion, on the
 // device's own goroutine, only queues the request for the connection's flusher, which
@@ -15,6 +17,7 @@ type asyncOp struct {
 	cn      *conn
 	req     request
 	buf     []byte
+	pipe    *pipebuf.Pipe // a read's bytes, when they come spliced (startPiped)
 	payload int64
 	errno   uint32
 	doneFn  func(int, error)
@@ -31,18 +34,71 @@ func (cn *conn) getOp() *asyncOp {
 	return o
 }
 
+// asyncOK reports whether req can take the asynchronous path.
+func (cn *conn) asyncOK(req request, payload int64) bool {
+	if cn.async == nil || cn.gone.Load() || (req.typ != cmdRead && req.typ != cmdWrite) || req.flags&^cmdFlagFUA != 0 {
+		return false
+	}
+	s := cn.s
+	bs, size := uint64(s.blockSize()), uint64(s.dev.Size())
+	return req.off%bs == 0 && uint64(req.length)%bs == 0 && req.off <= size && uint64(req.length) <= size-req.off &&
+		payload == int64(req.length) && (req.typ != cmdWrite || !s.dev.ReadOnly())
+}
+
+// startPiped starts a large read whose bytes the device leaves in a pipe, for the
+// flusher to splice to the client, and reports whether it did.
+func (cn *conn) startPiped(req request, payload int64) bool {
+	if cn.piped == nil || req.typ != cmdRead || int64(req.length) < int64(cn.s.opts.SpliceMin) || !cn.asyncOK(req, payload) {
+		return false
+	}
+	var p *pipebuf.Pipe
+	select {
+	case p = <-cn.pipes:
+	default:
+		p = new(pipebuf.Pipe)
+	}
+	o := cn.getOp()
+	o.req, o.buf, o.payload, o.pipe = req, nil, payload, p
+	cn.wg.Add(1)
+	if cn.piped.ReadAtPipe(p, int(req.length), int64(req.off), o.doneFn) {
+		return true
+	}
+	cn.wg.Done()
+	o.pipe = nil
+	cn.putPipe(p)
+	select {
+	case cn.ops <- o:
+	default:
+	}
+	return false
+}
+
+func (cn *conn) putPipe(p *pipebuf.Pipe) {
+	p.Reset()
+	select {
+	case cn.pipes <- p:
+	default:
+		p.Close()
+	}
+}
+
+func (cn *conn) closePipes() {
+	for {
+		select {
+		case p := <-cn.pipes:
+			p.Close()
+		default:
+			return
+		}
+	}
+}
+
 // startAsync sends req to the device if it can take the asynchronous path and
 // reports whether it did. Anything unusual (unaligned, invalid, read-only) goes the
 // ordinary way, which knows how to answer it.
 func (cn *conn) startAsync(req request, buf []byte, payload int64) bool {
 	dev := cn.async
-	if dev == nil || cn.gone.Load() || (req.typ != cmdRead && req.typ != cmdWrite) || req.flags&^cmdFlagFUA != 0 {
-		return false
-	}
-	s := cn.s
-	bs, size := uint64(s.blockSize()), uint64(s.dev.Size())
-	if req.off%bs != 0 || uint64(req.length)%bs != 0 || req.off > size || uint64(req.length) > size-req.off ||
-		payload != int64(req.length) || req.typ == cmdWrite && s.dev.ReadOnly() {
+	if !cn.asyncOK(req, payload) {
 		return false
 	}
 	o := cn.getOp()
@@ -64,9 +120,9 @@ func (o *asyncOp) done(_ int, err error) {
 	case o.errno != 0:
 		s.errs.Add(1)
 	case o.req.typ == cmdRead:
-		s.readBytes.Add(uint64(len(o.buf)))
+		s.readBytes.Add(uint64(o.req.length))
 	default:
-		s.writeBytes.Add(uint64(len(o.buf)))
+		s.writeBytes.Add(uint64(o.req.length))
 	}
 	cn.doneMu.Lock()
 	cn.finished = append(cn.finished, o)
@@ -91,21 +147,28 @@ func (cn *conn) startFlusher() (stop func()) {
 		if cn.werr == nil {
 			cn.writeDeadline()
 			for _, o := range batch {
-				good := 0
-				if o.errno == 0 && o.req.typ == cmdRead {
-					good = len(o.buf)
+				switch {
+				case o.pipe != nil && o.errno == 0:
+					cn.writePipedReply(o.req, o.pipe)
+				case o.errno == 0 && o.req.typ == cmdRead:
+					cn.writeReply(o.req, 0, o.buf)
+				default:
+					cn.writeReply(o.req, o.errno, nil)
 				}
-				cn.writeReply(o.req, o.errno, o.buf[:good])
 			}
-			if err := cn.w.Flush(); err != nil {
-				cn.werr = err
-				cn.c.Close() // the reader sees the error and ends the connection
+			if cn.werr == nil {
+				if err := cn.w.Flush(); err != nil {
+					cn.fail(err)
+				}
 			}
 		}
 		cn.wmu.Unlock()
 		for i, o := range batch {
 			buf, payload := o.buf, o.payload
-			o.buf, batch[i] = nil, nil
+			if o.pipe != nil {
+				cn.putPipe(o.pipe)
+			}
+			o.buf, o.pipe, batch[i] = nil, nil, nil
 			select {
 			case cn.ops <- o:
 			default:

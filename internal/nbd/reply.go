@@ -3,6 +3,8 @@ package nbd
 import (
 	"encoding/binary"
 	"time"
+
+	"github.com/isboot/isboot/internal/pipebuf"
 )
 
 // Replies: simple and structured, built in place behind one writer lock.
@@ -49,8 +51,42 @@ func (cn *conn) unlock() {
 		return
 	}
 	if err := cn.w.Flush(); err != nil {
+		cn.fail(err)
+	}
+}
+
+// fail records the first reply write error. Caller holds the lock.
+func (cn *conn) fail(err error) {
+	if cn.werr == nil {
 		cn.werr = err
 		cn.c.Close() // the reader sees the error and ends the connection
+	}
+}
+
+// writePipedReply answers a successful read whose bytes wait in p: the header goes
+// through the buffer, which is flushed, and the bytes are spliced after it. Caller
+// holds the lock.
+func (cn *conn) writePipedReply(req request, p *pipebuf.Pipe) {
+	if cn.werr != nil {
+		return
+	}
+	if cn.neg.structured {
+		b := cn.chunk(replyFlagDone, replyOffsetData, req.cookie, 8+uint32(p.Len()))
+		binary.BigEndian.PutUint64(b, req.off)
+		cn.w.Write(cn.hdr[:chunkSize+8])
+	} else {
+		cn.simple(req.cookie, 0)
+	}
+	n := p.Len()
+	err := cn.w.Flush()
+	if err == nil {
+		err = p.SpliceTo(cn.raw)
+	}
+	if err == nil {
+		cn.s.spliced.Add(uint64(n))
+	}
+	if err != nil {
+		cn.fail(err)
 	}
 }
 

@@ -10,9 +10,11 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/isboot/isboot/internal/blockdev"
+	"github.com/isboot/isboot/internal/pipebuf"
 )
 
 // The transmission phase: requests are read, checked and run here (or on the
@@ -82,8 +84,13 @@ type conn struct {
 	gone atomic.Bool
 	// async is the device's asynchronous path (see async.go); ops keeps its request
 	// records for reuse, finished holds the completed ones for the flusher.
-	async    blockdev.Async
-	ops      chan *asyncOp
+	async blockdev.Async
+	ops   chan *asyncOp
+	// piped is the device's pipe path and raw the client's socket, when reads can be
+	// spliced through pipes (kept in pipes for reuse); see async.go.
+	piped    blockdev.PipeReader
+	raw      syscall.RawConn
+	pipes    chan *pipebuf.Pipe
 	kick     chan struct{} // wakes the flusher: replies wait in w or in finished
 	doneMu   sync.Mutex
 	finished []*asyncOp // guarded by doneMu
@@ -96,6 +103,15 @@ func (s *Server) transmit(ctx context.Context, c net.Conn, br *bufio.Reader, neg
 	if a, ok := s.dev.(blockdev.Async); ok {
 		cn.async, cn.ops = a, make(chan *asyncOp, s.opts.QueueDepth)
 		cn.kick = make(chan struct{}, 1)
+		if p, ok := a.(blockdev.PipeReader); ok && s.opts.SpliceMin > 0 {
+			if sc, ok := c.(syscall.Conn); ok {
+				if raw, err := sc.SyscallConn(); err == nil {
+					cn.piped, cn.raw = p, raw
+					cn.pipes = make(chan *pipebuf.Pipe, s.opts.QueueDepth)
+					defer cn.closePipes()
+				}
+			}
+		}
 		stopFlusher := cn.startFlusher()
 		defer stopFlusher()
 	}
@@ -136,6 +152,9 @@ func (cn *conn) readRequests(ctx context.Context) error {
 		if err := s.budget.Acquire(ctx, payload); err != nil {
 			<-cn.slots
 			return err
+		}
+		if cn.startPiped(req, payload) {
+			continue
 		}
 		// Payload buffers come from the pool and go back to it after the reply, so
 		// steady-state reads and writes allocate nothing.

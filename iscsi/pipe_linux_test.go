@@ -1,0 +1,89 @@
+package iscsi
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/isboot/isboot/internal/pipebuf"
+	"github.com/isboot/isboot/internal/testkit/testtarget"
+)
+
+// TestReadAtPipe reads extents of many sizes into pipes while the proxy cuts every
+// connection after a few dozen commands, so reads die with their pipes half full and
+// are reissued: every pipe ends holding exactly its extent's bytes. With digests the
+// bytes are copied in (a data digest must see them) and the header digest follows a
+// spliced segment; the outcome must be the same.
+func TestReadAtPipe(t *testing.T) {
+	d := startTgtd(t, testtarget.TgtdOptions{Size: 64 << 20,
+		Params: [][2]string{{"HeaderDigest", "CRC32C,None"}, {"DataDigest", "CRC32C,None"}}})
+	sizes := []int{64 << 10, 68 << 10, 256 << 10, 260 << 10, 1 << 20, 1<<20 + 4096, 2 << 20}
+	type extent struct {
+		off  int64
+		size int
+	}
+	var extents []extent
+	var off int64
+	for i := range 48 {
+		n := sizes[i%len(sizes)]
+		extents = append(extents, extent{off, n})
+		off += int64(n)
+	}
+	{
+		s := dial(t, testConfig(d))
+		l := s.LUN()
+		errs := asyncAll(len(extents), func(i int, done func(int, error)) {
+			l.WriteAtAsync(pattern(extents[i].size, uint64(i)), extents[i].off, false, done)
+		})
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("write %d: %v", i, err)
+			}
+		}
+		s.Close()
+	}
+	for _, tc := range []struct {
+		name    string
+		digests Digest
+	}{{"spliced", DigestNone}, {"digests", DigestCRC32C}} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newFaultProxy(t, d.Addr())
+			cfg := faultConfig(d, p.Addr())
+			cfg.HeaderDigest, cfg.DataDigest = tc.digests, tc.digests
+			s := dial(t, cfg)
+			defer s.Close()
+			l := s.LUN()
+			pipes := make([]*pipebuf.Pipe, len(extents))
+			for i := range pipes {
+				pipes[i] = new(pipebuf.Pipe)
+				defer pipes[i].Close()
+			}
+			p.cutAfter.Store(3000) // login plus a few dozen commands
+			for round := range 3 {
+				errs := asyncAll(len(extents), func(i int, done func(int, error)) {
+					pipes[i].Reset()
+					if !l.ReadAtPipe(pipes[i], extents[i].size, extents[i].off, done) {
+						t.Fatalf("ReadAtPipe refused %d bytes", extents[i].size)
+					}
+				})
+				for i, err := range errs {
+					if err != nil {
+						t.Fatalf("round %d, read %d: %v", round, i, err)
+					}
+					got := make([]byte, extents[i].size+1)
+					n, err := pipes[i].Read(got)
+					if err != nil || n != extents[i].size || !bytes.Equal(got[:n], pattern(extents[i].size, uint64(i))) {
+						t.Fatalf("round %d, extent %d (%d bytes): pipe held %d bytes, other than written (%v)", round, i, extents[i].size, n, err)
+					}
+				}
+			}
+			p.cutAfter.Store(0)
+			if s.Stats().Reconnects == 0 {
+				t.Fatal("the proxy cut no connection: the test did not exercise reissue")
+			}
+			t.Logf("stats: %+v", s.Stats())
+			if l.ReadAtPipe(new(pipebuf.Pipe), l.maxXfer+l.blockSize, 0, func(int, error) {}) {
+				t.Error("a read above the maximum transfer was taken")
+			}
+		})
+	}
+}
