@@ -176,7 +176,7 @@ func run(b *testing.B, k vm.Kernel, g guest, tab string) result {
 	ctx := context.Background()
 	// Boot ~10 s, then at worst a few MiB/s for 2 x 256 MiB under a loaded TCG host.
 	// Up to the line end: the console may hold half a line when WaitFor looks.
-	m, err := v.WaitFor(ctx, 8*time.Minute, `(blkbench: |isboot: boot failed: |ANCHOR-ERROR |Kernel panic - )[^\n]*\n`)
+	m, err := v.WaitFor(ctx, 8*time.Minute, `(blkbench: (dev=|ERROR)|isboot: boot failed: |ANCHOR-ERROR |Kernel panic - )[^\n]*\n`)
 	if err != nil {
 		b.Fatalf("%s guest: %v", g.name, err)
 	}
@@ -187,6 +187,9 @@ func run(b *testing.B, k vm.Kernel, g guest, tab string) result {
 	}
 	if err := v.Wait(ctx, 60*time.Second); err != nil {
 		b.Fatalf("%s guest did not power off: %v", g.name, err)
+	}
+	for _, l := range cpuLine.FindAllString(v.Console(), -1) {
+		b.Logf("%s: %s", g.name, strings.TrimSpace(l))
 	}
 	var r result
 	if g.name == "isboot" {
@@ -205,6 +208,8 @@ func run(b *testing.B, k vm.Kernel, g guest, tab string) result {
 	r.randIOPS, _ = strconv.ParseFloat(rm[3], 64)
 	return r
 }
+
+var cpuLine = regexp.MustCompile(`blkbench: cpu [^\r\n]*`)
 
 // logLogin shows that the anchor's disk came from the kernel initiator.
 func logLogin(b *testing.B, con string) {
