@@ -124,6 +124,7 @@ type pduReader struct {
 	br         *bufio.Reader
 	head       *headReader
 	raw        syscall.RawConn
+	lowat      pipebuf.Lowat
 	hdrDigest  bool
 	dataDigest bool
 	maxData    int // our MaxRecvDataSegmentLength: the largest segment we accept
@@ -166,7 +167,7 @@ func (p *pduReader) readHeader() error {
 // readData reads the current PDU's data segment into dst (len(dst) == dataLen), then
 // its padding and data digest.
 func (p *pduReader) readData(dst []byte) error {
-	if _, err := io.ReadFull(p.r, dst); err != nil {
+	if err := p.fill(dst); err != nil {
 		return err
 	}
 	pad := padLen(len(dst))
@@ -187,6 +188,24 @@ func (p *pduReader) readData(dst []byte) error {
 		}
 	}
 	return nil
+}
+
+// lowatMin is the smallest remainder of a data segment read from the socket with
+// a low-water mark: below it, the extra system calls cost more than the wake-ups saved.
+const lowatMin = 32 << 10
+
+// fill reads len(dst) bytes: what the buffer holds, then a large remainder straight
+// from the socket, with the reader woken only once it has all arrived.
+func (p *pduReader) fill(dst []byte) error {
+	if p.raw == nil || len(dst)-p.br.Buffered() < lowatMin {
+		_, err := io.ReadFull(p.r, dst)
+		return err
+	}
+	got := 0
+	if b := p.br.Buffered(); b > 0 {
+		got, _ = p.br.Read(dst[:b])
+	}
+	return pipebuf.ReadFull(p.raw, dst[got:], &p.lowat)
 }
 
 // canSplice reports whether readDataTo moves data without copying it.
@@ -212,7 +231,7 @@ func (p *pduReader) readDataTo(pipe *pipebuf.Pipe, n int, scratch []byte) error 
 		p.br.Discard(k)
 	}
 	if n > k {
-		if err := pipe.SpliceFrom(p.raw, n-k); err != nil {
+		if err := pipe.SpliceFrom(p.raw, n-k, &p.lowat); err != nil {
 			return err
 		}
 	}

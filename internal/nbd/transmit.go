@@ -103,7 +103,8 @@ func (s *Server) transmit(ctx context.Context, c net.Conn, br *bufio.Reader, neg
 	if a, ok := s.dev.(blockdev.Async); ok {
 		cn.async, cn.ops = a, make(chan *asyncOp, s.opts.QueueDepth)
 		cn.kick = make(chan struct{}, 1)
-		if p, ok := a.(blockdev.PipeReader); ok && s.opts.SpliceMin > 0 {
+		_, isUnix := c.(*net.UnixConn)
+		if p, ok := a.(blockdev.PipeReader); ok && s.opts.SpliceMin > 0 && (!isUnix || pipebuf.ToUnixCheap()) {
 			if sc, ok := c.(syscall.Conn); ok {
 				if raw, err := sc.SyscallConn(); err == nil {
 					cn.piped, cn.raw = p, raw
