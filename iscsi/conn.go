@@ -8,8 +8,9 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
+
+	"github.com/isboot/isboot/internal/sockio"
 )
 
 // conn is one TCP connection in the full-feature phase with its reader, writer and
@@ -107,14 +108,16 @@ func newConn(s *Session, nc net.Conn, res *loginResult, gen uint64) (*conn, erro
 	c.windowKnown.Store(!snLess(res.maxCmdSN, res.expCmdSN-1))
 	c.expStatSN.Store(res.expStatSN)
 	c.lastRecv.Store(nanotime())
+	sock := sockio.New(nc)
 	head := &headReader{r: nc}
-	br := bufio.NewReaderSize(head, 64<<10)
-	c.rd = pduReader{r: br, br: br, head: head, maxData: s.cfg.MaxRecvDataSegmentLength,
-		hdrDigest: p["HeaderDigest"] == "CRC32C", dataDigest: p["DataDigest"] == "CRC32C"}
-	if sc, ok := nc.(syscall.Conn); ok {
-		c.rd.raw, _ = sc.SyscallConn()
+	c.wr = pduWriter{w: nc}
+	if sock != nil {
+		head.r, c.wr.w, c.wr.wv = sock, sock, sock
 	}
-	c.wr = pduWriter{w: nc, hdrDigest: c.rd.hdrDigest, dataDigest: c.rd.dataDigest}
+	br := bufio.NewReaderSize(head, 64<<10)
+	c.rd = pduReader{r: br, br: br, head: head, sock: sock, maxData: s.cfg.MaxRecvDataSegmentLength,
+		hdrDigest: p["HeaderDigest"] == "CRC32C", dataDigest: p["DataDigest"] == "CRC32C"}
+	c.wr.hdrDigest, c.wr.dataDigest = c.rd.hdrDigest, c.rd.dataDigest
 	c.wg.Add(3)
 	go c.readLoop()
 	go c.writeLoop()
