@@ -164,7 +164,9 @@ func (w logWriter) Write(p []byte) (int, error) {
 // (isboot.debug=9) is a warning naming it; a malformed root= or netroot= stops the
 // boot (cmdline.Split).
 func (b *boot) readCmdline() error {
-	return b.takeCmdline(cmdline.Read())
+	err := b.takeCmdline(cmdline.Read())
+	b.log.Debugf(2, "cpu: %s", cpuTimes(1))
+	return err
 }
 
 func (b *boot) takeCmdline(c *cmdline.CmdLine, err error) error {
