@@ -22,8 +22,13 @@ import (
 // is in them, and powers off cleanly so the next boot finds the filesystem as the
 // image left it.
 const bootHook = `echo "BENCH-BOOT unit=$(systemctl show -P ExecMainStartTimestampMonotonic isboot-test-hook.service) userspace=$(systemctl show -P UserspaceTimestampMonotonic)"
+for d in nbd0 sda; do [ -e /sys/block/$d/stat ] && echo "BENCH-IO $d $(cat /sys/block/$d/stat)"; done
 systemctl poweroff
 `
+
+// benchIO is the root disk's /sys/block/<dev>/stat at the hook: reads, merged,
+// sectors; the I/O the boot did, which the host's load does not change.
+var benchIO = regexp.MustCompile(`BENCH-IO (\w+) +(\d+) +(\d+) +(\d+)`)
 
 var bootTimes = regexp.MustCompile(`BENCH-BOOT unit=(\d+) userspace=(\d+)`)
 
@@ -115,6 +120,10 @@ func bootOnce(b *testing.B, k vm.Kernel, g guest, tab string, hookArgs []string,
 	}
 	if err := v.Wait(ctx, 3*time.Minute); err != nil {
 		b.Fatalf("%s guest did not power off: %v", g.name, err)
+	}
+	if io := benchIO.FindStringSubmatch(v.Console()); io != nil {
+		sectors, _ := strconv.ParseFloat(io[4], 64)
+		b.Logf("%s: %s read %s requests, %.1f MiB by the hook", g.name, io[1], io[2], sectors/2048)
 	}
 	if dir := os.Getenv("ISBOOT_BENCH_CONSOLE"); dir != "" {
 		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s-%d.log", g.name, i)), []byte(v.Console()), 0o644); err != nil {
