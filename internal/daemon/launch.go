@@ -14,10 +14,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The child finds its configuration and its report pipe at these descriptors.
+// The child finds its configuration, its report pipe and the exec watch (read end
+// of a pipe the parent holds open until it execs) at these descriptors.
 const (
-	configFD = 3
-	reportFD = 4
+	configFD    = 3
+	reportFD    = 4
+	execWatchFD = 5
 )
 
 // EventKind is what the daemon tells its parent.
@@ -46,6 +48,9 @@ type Child struct {
 	// (after it is ready) or exits.
 	Events <-chan Event
 	cfgW   *os.File
+	// execW is the write end of the exec watch, a bare descriptor (no finalizer may
+	// close it) with close-on-exec: the child reads EOF when the parent execs.
+	execW int
 }
 
 // Start runs exe as the "@isboot" daemon in its own session and returns at once; the
@@ -93,26 +98,37 @@ func start(exe string, console *os.File, sys *syscall.SysProcAttr) (*Child, erro
 		cfgW.Close()
 		return nil, fmt.Errorf("daemon: pipe: %w", err)
 	}
+	var watch [2]int
+	if err := unix.Pipe2(watch[:], unix.O_CLOEXEC); err != nil {
+		cfgR.Close()
+		cfgW.Close()
+		evR.Close()
+		evW.Close()
+		return nil, fmt.Errorf("daemon: pipe: %w", err)
+	}
+	watchR := os.NewFile(uintptr(watch[0]), "exec watch")
 	cmd := &exec.Cmd{
 		Path:        exe,
 		Args:        []string{Argv0},
 		Env:         []string{}, // nothing inherited; nothing secret goes here either
 		Stdout:      console,
 		Stderr:      console,
-		ExtraFiles:  []*os.File{cfgR, evW}, // fds 3 and 4
+		ExtraFiles:  []*os.File{cfgR, evW, watchR}, // fds 3, 4 and 5
 		SysProcAttr: sys,
 	}
 	err = cmd.Start()
 	cfgR.Close()
 	evW.Close()
+	watchR.Close()
 	if err != nil {
 		cfgW.Close()
 		evR.Close()
+		unix.Close(watch[1])
 		return nil, fmt.Errorf("daemon: start %s: %w", exe, err)
 	}
 	events := make(chan Event, 16)
 	go readEvents(evR, events)
-	return &Child{Cmd: cmd, Events: events, cfgW: cfgW}, nil
+	return &Child{Cmd: cmd, Events: events, cfgW: cfgW, execW: watch[1]}, nil
 }
 
 // Send hands the daemon its configuration, secrets included, over the pipe.

@@ -54,6 +54,7 @@ var forwardSignals = append([]os.Signal{FinalSignal}, ShutdownSignals...)
 // behind PID 1's network setup as the daemon's own does.
 func superviseMain(version string) int {
 	rep := newReporter(reportFD)
+	unix.CloseOnExec(execWatchFD) // the serving processes need no exec watch
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, forwardSignals...)
 	signal.Ignore(unix.SIGHUP, unix.SIGPIPE)
@@ -90,6 +91,12 @@ func superviseMain(version string) int {
 		cfg.Version = version
 	}
 	log.SetVerbosity(cfg.Debug)
+	if cfg.EmptyInitramfs {
+		// Before enterRoot: the root to empty is the one we started in.
+		if err := emptyAfterExec(log.Debugf); err != nil {
+			log.Warnf("supervisor: %v", err)
+		}
+	}
 	s.exe = "/proc/self/exe"
 	if cfg.Root != "" {
 		if err := enterRoot(cfg.Root, cfg.StatusDir); err != nil {

@@ -2,6 +2,7 @@ package initproc_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -70,7 +71,7 @@ func TestBootScenarios(t *testing.T) {
 		{name: "direct-mutual-chap-default-root", firmware: vm.Direct, nic: "e1000", chap: chap, mutual: mutual,
 			disk: rootimg.Options{ESP: true}, wantRoot: "/dev/nbd0p2"},
 		{name: "direct-virtio-root-uuid", firmware: vm.Direct, nic: "virtio-net-pci",
-			cmdline: "root=UUID=" + rootUUID, disk: rootimg.Options{UUID: rootUUID, ESP: true}, wantRoot: "/dev/nbd0p2"},
+			cmdline: "isboot.debug=1 root=UUID=" + rootUUID, disk: rootimg.Options{UUID: rootUUID, ESP: true}, wantRoot: "/dev/nbd0p2"},
 		{name: "direct-root-label", firmware: vm.Direct, nic: "e1000", cmdline: "root=LABEL=myroot",
 			disk: rootimg.Options{Label: "myroot"}, wantRoot: "/dev/nbd0p1"},
 		{name: "direct-root-partuuid", firmware: vm.Direct, nic: "e1000", cmdline: "root=PARTUUID=" + rootPartUUID,
@@ -204,6 +205,15 @@ func runScenario(t testing.TB, slot int, sc scenario) string {
 	if sc.wantMount != "" && !regexp.MustCompile(`isboot: `+regexp.QuoteMeta(sc.wantMount)+`\r?\n`).MatchString(con) {
 		t.Errorf("no %q on the console", sc.wantMount)
 	}
+	// The daemon empties the initramfs once the real init runs (it says so at isboot.debug=1).
+	if strings.Contains(sc.cmdline, "isboot.debug=") {
+		m := regexp.MustCompile(`supervisor: emptied the initramfs: (\d+) entries`).FindStringSubmatch(con)
+		if m == nil {
+			t.Errorf("the daemon did not empty the initramfs after the exec")
+		} else if n, _ := strconv.Atoi(m[1]); n < 100 {
+			t.Errorf("the daemon emptied only %d entries of the initramfs", n)
+		}
+	}
 	if want := "ISBOOT-INIT-ARGS [" + sc.initArgs + "]"; sc.initArgs != "" && !strings.Contains(con, want) {
 		t.Errorf("the real init's arguments: no %q on the console", want)
 	}
@@ -283,6 +293,11 @@ func BenchmarkBoot(b *testing.B) {
 	var total, rss float64
 	for i := 0; i < b.N; i++ {
 		con := runScenario(b, i, scenario{name: "bench", firmware: vm.Direct, nic: "virtio-net-pci", wantRoot: "/dev/nbd0p1", cmdline: os.Getenv("ISBOOT_BENCH_CMDLINE")})
+		if dir := os.Getenv("ISBOOT_BENCH_CONSOLE"); dir != "" { // the whole console, for profiling
+			if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("boot-%d.log", i)), []byte(con), 0o644); err != nil {
+				b.Fatal(err)
+			}
+		}
 		s, e, r := initStart.FindStringSubmatch(con), initExec.FindStringSubmatch(con), daemonRSS.FindStringSubmatch(con)
 		if s == nil || e == nil || r == nil {
 			b.Fatal("boot log lacks the /init, exec or RSS line")

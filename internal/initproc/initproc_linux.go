@@ -43,6 +43,7 @@ func (s step) String() string { return s.name }
 
 // boot is the state the steps share.
 type boot struct {
+	pid1    bool // Run, not Attach: the boot ends in switch_root
 	version string
 	start   time.Time
 	log     *klog.Logger
@@ -96,7 +97,7 @@ func (b *boot) setState(st status.State, lastErr string) {
 
 // Run is PID 1's boot. It never returns.
 func Run(version string) {
-	b := &boot{version: version, start: time.Now()}
+	b := &boot{pid1: true, version: version, start: time.Now()}
 	defer b.recoverInto("the boot")
 	// PID 1 allocates little and execs the real init within seconds: collecting
 	// garbage meanwhile only takes the boot's CPU. The limit still bounds a rescue
@@ -163,7 +164,9 @@ func (w logWriter) Write(p []byte) (int, error) {
 // (isboot.debug=9) is a warning naming it; a malformed root= or netroot= stops the
 // boot (cmdline.Split).
 func (b *boot) readCmdline() error {
-	return b.takeCmdline(cmdline.Read())
+	err := b.takeCmdline(cmdline.Read())
+	b.log.Debugf(2, "cpu: %s", cpuTimes(1))
+	return err
 }
 
 func (b *boot) takeCmdline(c *cmdline.CmdLine, err error) error {

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/u-root/u-root/pkg/kmodule"
 	"golang.org/x/sys/unix"
@@ -40,6 +41,7 @@ func (m *modules) Load(name, params string) error {
 	if err, ok := m.tried[name]; ok {
 		return err
 	}
+	t0 := time.Now()
 	err := m.prober.Probe(name, params)
 	if err != nil && isBuiltin(name) {
 		err = nil
@@ -47,7 +49,7 @@ func (m *modules) Load(name, params string) error {
 	if err != nil {
 		err = fmt.Errorf("load module %s: %w", name, err)
 	} else {
-		m.logf(1, "loaded module %s", strings.TrimSpace(name+" "+params))
+		m.logf(1, "loaded module %s (%v)", strings.TrimSpace(name+" "+params), time.Since(t0).Round(time.Millisecond))
 	}
 	m.tried[name] = err
 	return err

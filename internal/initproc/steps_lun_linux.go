@@ -82,6 +82,7 @@ func (b *boot) makePlan() error {
 	p.Daemon.Version = b.version
 	p.Daemon.StatusDir = status.DefaultDir
 	p.Daemon.Root = daemon.DefaultRoot // restarts need nothing from the root it serves
+	p.Daemon.EmptyInitramfs = b.pid1   // after switch_root's exec
 	b.plan = p
 	for _, n := range p.Boot.Notes {
 		b.log.Infof("note: %s", n)

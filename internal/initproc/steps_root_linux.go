@@ -21,6 +21,9 @@ func (b *boot) findRoot() error {
 		return err
 	}
 	defer f.Close()
+	// Probing reads a few sectors here and there; the device's read-ahead (1 MiB,
+	// nbd.Attach) would turn each into a megabyte through the target.
+	_ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM)
 	if b.cmd.Root.Kind == cmdline.RootPath {
 		b.rootDev = b.cmd.Root.Value
 		if err := waitDevice(f, b.rootDev); err != nil {
@@ -107,6 +110,11 @@ func (b *boot) switchRoot() error {
 	}
 	if err := checkInit(newRoot, init); err != nil {
 		return err
+	}
+	if b.log.Verbosity() >= 2 {
+		pids := []int{1, b.child.Cmd.Process.Pid}
+		pids = append(pids, childPids(b.child.Cmd.Process.Pid)...)
+		b.log.Debugf(2, "cpu: %s", cpuTimes(pids...))
 	}
 	b.log.Infof("switching to the real root, exec %s (%.2f s after /init)", init, time.Since(b.start).Seconds())
 	// Nothing left to wait for: the daemon carries on alone. init gets what the

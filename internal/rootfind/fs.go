@@ -48,13 +48,19 @@ func (f FS) String() string {
 // ProbeFS reads the superblocks isboot knows. An unreadable or unknown device gives the
 // zero FS: "no filesystem" is an answer, not an error.
 func ProbeFS(r io.ReaderAt) FS {
-	// 64 KiB + 4 KiB covers every superblock below (btrfs's sits at 64 KiB).
-	buf := make([]byte, 0x11000)
-	n, _ := r.ReadAt(buf, 0)
-	buf = buf[:n]
-	for _, probe := range []func([]byte) (FS, bool){probeExt, probeXFS, probeBtrfs, probeFAT} {
-		if fs, ok := probe(buf); ok {
-			return fs
+	// ext and xfs, which come first, are found in the first 4 KiB: at boot each
+	// read is a round trip through the target, and the first page of the disk is
+	// already in the page cache from the kernel's partition scan. 64 KiB + 4 KiB
+	// covers the rest (btrfs's superblock sits at 64 KiB).
+	passes := [][]func([]byte) (FS, bool){{probeExt, probeXFS}, {probeExt, probeXFS, probeBtrfs, probeFAT}}
+	for i, size := range []int{0x1000, 0x11000} {
+		buf := make([]byte, size)
+		n, _ := r.ReadAt(buf, 0)
+		buf = buf[:n]
+		for _, probe := range passes[i] {
+			if fs, ok := probe(buf); ok {
+				return fs
+			}
 		}
 	}
 	return FS{}

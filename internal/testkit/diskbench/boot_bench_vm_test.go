@@ -1,0 +1,139 @@
+package diskbench_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/isboot/isboot/internal/testkit/debroot"
+	"github.com/isboot/isboot/internal/testkit/diskbench"
+	"github.com/isboot/isboot/internal/testkit/testtarget"
+	"github.com/isboot/isboot/internal/testkit/vm"
+)
+
+// bootHook runs in the systemd root once multi-user.target is reached (debroot's
+// hook unit): it prints systemd's own monotonic timestamps, which count from the
+// kernel's start, so neither QEMU's start nor the host's reading of the console
+// is in them, and powers off cleanly so the next boot finds the filesystem as the
+// image left it.
+const bootHook = `echo "BENCH-BOOT unit=$(systemctl show -P ExecMainStartTimestampMonotonic isboot-test-hook.service) userspace=$(systemctl show -P UserspaceTimestampMonotonic)"
+for d in nbd0 sda; do [ -e /sys/block/$d/stat ] && echo "BENCH-IO $d $(cat /sys/block/$d/stat)"; done
+systemctl poweroff
+`
+
+// benchIO is the root disk's /sys/block/<dev>/stat at the hook: reads, merged,
+// sectors; the I/O the boot did, which the host's load does not change.
+var benchIO = regexp.MustCompile(`BENCH-IO (\w+) +(\d+) +(\d+) +(\d+)`)
+
+var bootTimes = regexp.MustCompile(`BENCH-BOOT unit=(\d+) userspace=(\d+)`)
+
+// BenchmarkBootVsIscsistart boots the same Debian systemd root (debroot) from the
+// same tgtd LUN, in the same TCG QEMU (virtio-net, one CPU, the same iBFT and
+// command line), through isboot's initramfs and through the kernel-initiator anchor
+// (busybox + iscsistart + iscsi_tcp, then busybox switch_root), and reports
+// ours/anchor of kernel start → the start of a unit after multi-user.target (the
+// goal is ≤ 1.0), with both absolute times and kernel start → exec of systemd.
+// Every boot gets a fresh copy of the image; the first guest alternates.
+func BenchmarkBootVsIscsistart(b *testing.B) {
+	vm.Require(b)
+	img := debroot.ForTest(b)
+	k := vm.DebianKernel(b)
+	anchor, err := diskbench.AnchorInitrd(k)
+	if err != nil {
+		b.Fatal(err)
+	}
+	guests := []guest{{"isboot", isbootInitrd(b), "/dev/nbd0"}, {"anchor", anchor, "/dev/sda"}}
+	dir := b.TempDir()
+	disk := filepath.Join(dir, "lun.img")
+	if err := img.CopyTo(disk); err != nil {
+		b.Fatal(err)
+	}
+	tgt := testtarget.StartTgtd(b, testtarget.TgtdOptions{
+		Port: testtarget.FreePort(b, portLo, portHi), ControlPort: testtarget.FreeControlPort(b, ctlLo, ctlHi), Backing: disk})
+	tab := ibftFile(b, tgt)
+	hook := filepath.Join(dir, "hook")
+	if err := os.WriteFile(hook, []byte(bootHook), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	hookArgs, err := debroot.HookArgs(dir, hook, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+
+	var unit, userspace [2]float64 // sums, seconds
+	for i := 0; i < b.N; i++ {
+		for j := range guests {
+			g := (i + j) % len(guests)
+			if i+j > 0 { // the image as built, not as the last guest left it
+				tgt.Stop()
+				if err := img.CopyTo(disk); err != nil {
+					b.Fatal(err)
+				}
+				tgt.Restart()
+			}
+			u, us := bootOnce(b, k, guests[g], tab, hookArgs, i)
+			b.Logf("%s: kernel start → systemd %.2f s, → unit after multi-user.target %.2f s", guests[g].name, us, u)
+			unit[g] += u
+			userspace[g] += us
+		}
+	}
+	b.StopTimer()
+	n := float64(b.N)
+	b.Logf("mean of %d: isboot %.2f s (systemd at %.2f s), anchor %.2f s (systemd at %.2f s)",
+		b.N, unit[0]/n, userspace[0]/n, unit[1]/n, userspace[1]/n)
+	b.ReportMetric(unit[0]/unit[1], "unit-ours/anchor")
+	b.ReportMetric(unit[0]/n, "ours-unit-s")
+	b.ReportMetric(unit[1]/n, "anchor-unit-s")
+	b.ReportMetric(userspace[0]/n, "ours-systemd-s")
+	b.ReportMetric(userspace[1]/n, "anchor-systemd-s")
+}
+
+// bootOnce boots g and returns kernel start → the hook unit's start and → systemd's
+// start, in seconds, from the guest's clock.
+// With $ISBOOT_BENCH_CONSOLE set, each console goes to <guest>-<i>.log there.
+func bootOnce(b *testing.B, k vm.Kernel, g guest, tab string, hookArgs []string, i int) (unit, userspace float64) {
+	b.Helper()
+	v := vm.Start(b, vm.Config{
+		Firmware: vm.Direct, Kernel: k.Image, Initrd: g.initrd,
+		// The anchor takes root=/dev/... only and otherwise mounts /dev/sda1, the
+		// same partition isboot finds by UUID.
+		Cmdline:    "console=ttyS0 panic=-1 net.ifnames=0 isboot.timeout=60 root=UUID=" + debroot.FSUUID,
+		ACPITables: []string{tab},
+		NIC:        &vm.NIC{Model: "virtio-net-pci", MAC: "52:54:00:12:34:56"},
+		MemoryMB:   768, CPUs: 1,
+		ExtraArgs: hookArgs,
+	})
+	ctx := context.Background()
+	m, err := v.WaitFor(ctx, 5*time.Minute, `BENCH-BOOT unit=\d+ userspace=\d+|isboot: boot failed: [^\n]*|ANCHOR-ERROR [^\n]*|Kernel panic - [^\n]*`)
+	if err != nil {
+		b.Fatalf("%s guest: %v", g.name, err)
+	}
+	t := bootTimes.FindStringSubmatch(m[0])
+	if t == nil {
+		b.Fatalf("%s guest failed: %s", g.name, m[0])
+	}
+	if err := v.Wait(ctx, 3*time.Minute); err != nil {
+		b.Fatalf("%s guest did not power off: %v", g.name, err)
+	}
+	if io := benchIO.FindStringSubmatch(v.Console()); io != nil {
+		sectors, _ := strconv.ParseFloat(io[4], 64)
+		b.Logf("%s: %s read %s requests, %.1f MiB by the hook", g.name, io[1], io[2], sectors/2048)
+	}
+	if dir := os.Getenv("ISBOOT_BENCH_CONSOLE"); dir != "" {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s-%d.log", g.name, i)), []byte(v.Console()), 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	us, _ := strconv.ParseFloat(t[1], 64)
+	uss, _ := strconv.ParseFloat(t[2], 64)
+	if us == 0 || uss == 0 {
+		b.Fatalf("%s guest: systemd gave no timestamps: %s", g.name, m[0])
+	}
+	return us / 1e6, uss / 1e6
+}
