@@ -4,12 +4,15 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/isboot/isboot/rawsock"
 )
 
 // conn is one TCP connection in the full-feature phase with its reader, writer and
@@ -62,6 +65,9 @@ type conn struct {
 	draining    atomic.Bool
 	logoutAsked chan time.Duration
 
+	// inflight counts the responses due, for the reader's coalescing.
+	inflight inflightAcct
+
 	hdr     bhs // writer scratch
 	nopData [4096]byte
 	scratch []byte // reader scratch for sense and discarded data
@@ -107,14 +113,22 @@ func newConn(s *Session, nc net.Conn, res *loginResult, gen uint64) (*conn, erro
 	c.windowKnown.Store(!snLess(res.maxCmdSN, res.expCmdSN-1))
 	c.expStatSN.Store(res.expStatSN)
 	c.lastRecv.Store(nanotime())
-	head := &headReader{r: nc}
+	var r io.Reader = nc
+	var w io.Writer = nc
+	// Raw system calls: see package rawsock for the sysmon wake-ups they save.
+	c.inflight.bySlot = make([]atomic.Int64, len(s.tasks))
+	if rs := rawsock.New(nc); rs != nil {
+		r, w = rs, rs
+		rs.Coalesce(c.inflight.lowat, coalesceWait)
+	}
+	head := &headReader{r: r}
 	br := bufio.NewReaderSize(head, 64<<10)
 	c.rd = pduReader{r: br, br: br, head: head, maxData: s.cfg.MaxRecvDataSegmentLength,
 		hdrDigest: p["HeaderDigest"] == "CRC32C", dataDigest: p["DataDigest"] == "CRC32C"}
 	if sc, ok := nc.(syscall.Conn); ok {
 		c.rd.raw, _ = sc.SyscallConn()
 	}
-	c.wr = pduWriter{w: nc, hdrDigest: c.rd.hdrDigest, dataDigest: c.rd.dataDigest}
+	c.wr = pduWriter{w: w, hdrDigest: c.rd.hdrDigest, dataDigest: c.rd.dataDigest}
 	c.wg.Add(3)
 	go c.readLoop()
 	go c.writeLoop()

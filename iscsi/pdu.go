@@ -292,6 +292,11 @@ type pduWriter struct {
 	vec        net.Buffers
 }
 
+// vectorWriter writes several buffers in one system call (rawsock.Conn).
+type vectorWriter interface {
+	Writev(bufs [][]byte) (int, error)
+}
+
 // smallData is the largest data segment copied into the gather buffer.
 const smallData = 8 << 10
 
@@ -321,9 +326,14 @@ func (p *pduWriter) writePDU(h *bhs, data []byte) error {
 		return p.flushIfFull()
 	}
 	p.bufs[0], p.bufs[1], p.bufs[2] = p.out, data, p.trailer[:t]
-	p.vec = p.bufs[:]
-	// WriteTo uses writev on a TCP connection: queued headers, data and digest at once.
-	_, err := p.vec.WriteTo(p.w)
+	var err error
+	if v, ok := p.w.(vectorWriter); ok {
+		_, err = v.Writev(p.bufs[:])
+	} else {
+		p.vec = p.bufs[:]
+		// WriteTo uses writev on a TCP connection: queued headers, data and digest at once.
+		_, err = p.vec.WriteTo(p.w)
+	}
 	p.out = p.out[:0]
 	return err
 }

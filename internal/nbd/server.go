@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sync/semaphore"
 
 	"github.com/isboot/isboot/internal/blockdev"
+	"github.com/isboot/isboot/rawsock"
 )
 
 // Options bound what one Server may hold in memory and in flight.
@@ -144,7 +145,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	c.SetDeadline(time.Now().Add(30 * time.Second))
-	br := bufio.NewReaderSize(c, 64<<10)
+	br := bufio.NewReaderSize(rawsock.Reader(c), 64<<10)
 	neg, transmit, err := s.handshake(br, c)
 	if ctx.Err() != nil {
 		return nil
@@ -161,7 +162,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 // closes c.
 func (s *Server) ServeTransmission(ctx context.Context, c net.Conn) error {
 	defer c.Close()
-	return s.transmit(ctx, c, bufio.NewReaderSize(c, 64<<10), negotiated{kernel: true})
+	return s.transmit(ctx, c, bufio.NewReaderSize(rawsock.Reader(c), 64<<10), negotiated{kernel: true})
 }
 
 // errClientAbort ends a handshake without transmission and without complaint.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/isboot/isboot/internal/blockdev"
 	"github.com/isboot/isboot/internal/pipebuf"
+	"github.com/isboot/isboot/rawsock"
 )
 
 // The transmission phase: requests are read, checked and run here (or on the
@@ -99,7 +100,7 @@ type conn struct {
 func (s *Server) transmit(ctx context.Context, c net.Conn, br *bufio.Reader, neg negotiated) error {
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
-	cn := &conn{s: s, c: c, r: br, neg: neg, w: bufio.NewWriterSize(c, 64<<10), slots: make(chan struct{}, s.opts.QueueDepth)}
+	cn := &conn{s: s, c: c, r: br, neg: neg, w: bufio.NewWriterSize(rawsock.Writer(c), 64<<10), slots: make(chan struct{}, s.opts.QueueDepth)}
 	if a, ok := s.dev.(blockdev.Async); ok {
 		cn.async, cn.ops = a, make(chan *asyncOp, s.opts.QueueDepth)
 		cn.kick = make(chan struct{}, 1)

@@ -1,0 +1,73 @@
+package iscsi
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// Read coalescing. With many commands in flight, the target's responses arrive one
+// segment at a time, and waking for each cost the initiator most of its CPU per
+// I/O (a sleep, a wake-up and several system calls for one or two responses). The
+// reader instead tells the kernel how many bytes to gather before waking it
+// (rawsock.Coalesce, SO_RCVLOWAT): a quarter of the responses still due, so a burst
+// of failed commands, which answer with less than they were expected to, costs at
+// most coalesceWait, and a short queue wakes for every response as before.
+
+const (
+	// coalesceMin is the fewest commands in flight that make waiting for several
+	// responses worthwhile: below it the target may be waiting for us.
+	coalesceMin = 8
+	// coalesceWait bounds a wait for bytes that do not come.
+	coalesceWait = time.Millisecond
+)
+
+// inflightAcct counts what the connection's commands in flight will bring back.
+type inflightAcct struct {
+	commands atomic.Int64
+	bytes    atomic.Int64
+	// bySlot is what each task slot's current command was counted for, so that
+	// completing or abandoning it subtracts exactly that once.
+	bySlot []atomic.Int64
+}
+
+// respBytes is the least a command's response brings when it succeeds: the data
+// of a read and one PDU header.
+func respBytes(t *task) int64 {
+	if t.read {
+		return int64(len(t.buf)) + bhsLen
+	}
+	return bhsLen
+}
+
+// sent counts t, just sent on this connection.
+func (a *inflightAcct) sent(t *task) {
+	if t.slot >= len(a.bySlot) {
+		return // a connection built by hand in a test
+	}
+	n := respBytes(t)
+	if old := a.bySlot[t.slot].Swap(n); old != 0 {
+		a.commands.Add(-1)
+		a.bytes.Add(-old)
+	}
+	a.commands.Add(1)
+	a.bytes.Add(n)
+}
+
+// done stops counting t: it completed, or the target forgot it (aborted).
+func (a *inflightAcct) done(t *task) {
+	if t.slot >= len(a.bySlot) {
+		return
+	}
+	if old := a.bySlot[t.slot].Swap(0); old != 0 {
+		a.commands.Add(-1)
+		a.bytes.Add(-old)
+	}
+}
+
+// lowat is how many bytes the reader waits for when the socket is empty.
+func (a *inflightAcct) lowat() int {
+	if a.commands.Load() < coalesceMin {
+		return 1
+	}
+	return int(a.bytes.Load() / 4)
+}
