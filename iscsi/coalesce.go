@@ -19,6 +19,8 @@ const (
 	coalesceMin = 8
 	// coalesceWait bounds a wait for bytes that do not come.
 	coalesceWait = time.Millisecond
+	// coalesceMax is the most the reader waits for: four 4 KiB responses.
+	coalesceMax = 16 << 10
 )
 
 // inflightAcct counts what the connection's commands in flight will bring back.
@@ -64,10 +66,14 @@ func (a *inflightAcct) done(t *task) {
 	}
 }
 
-// lowat is how many bytes the reader waits for when the socket is empty.
+// lowat is how many bytes the reader waits for when the socket is empty. Large
+// responses are left alone: each wake-up already brings tens of kilobytes, and a
+// target that sends them in bursts with pauses (tgtd reads each from its disk first)
+// would make waits run out.
 func (a *inflightAcct) lowat() int {
-	if a.commands.Load() < coalesceMin {
+	n, b := a.commands.Load(), a.bytes.Load()
+	if n < coalesceMin || b > n*coalesceMax/2 {
 		return 1
 	}
-	return int(a.bytes.Load() / 4)
+	return int(min(b/4, coalesceMax))
 }
