@@ -9,9 +9,13 @@ import (
 // segment at a time, and waking for each cost the initiator most of its CPU per
 // I/O (a sleep, a wake-up and several system calls for one or two responses). The
 // reader instead tells the kernel how many bytes to gather before waking it
-// (rawsock.Coalesce, SO_RCVLOWAT): a quarter of the responses still due, so a burst
-// of failed commands, which answer with less than they were expected to, costs at
-// most coalesceWait, and a short queue wakes for every response as before.
+// (rawsock.Coalesce, SO_RCVLOWAT): an eighth of the bytes still due, at most four
+// 4 KiB responses. A burst of failed commands, which answer with less than they were
+// expected to, costs at most coalesceWait, and a short queue wakes for every response
+// as before. The price is latency: the responses held back are at most an eighth of
+// those in flight, which a target with internal parallelism and a caller at a fixed
+// queue depth could feel as up to that fraction of throughput; a target that is the
+// bottleneck (tgtd here) keeps the other seven eighths queued and loses nothing.
 
 const (
 	// coalesceMin is the fewest commands in flight that make waiting for several
@@ -75,5 +79,5 @@ func (a *inflightAcct) lowat() int {
 	if n < coalesceMin || b > n*coalesceMax/2 {
 		return 1
 	}
-	return int(min(b/4, coalesceMax))
+	return int(min(b/8, coalesceMax))
 }
