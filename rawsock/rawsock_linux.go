@@ -89,9 +89,18 @@ func Writer(nc net.Conn) io.Writer {
 // The reader calls want before each wait; it must not count bytes that might never
 // come, or the wait lasts maxWait. A Read returns what is there, however little,
 // once it wakes. Coalesce uses the connection's read deadline: the caller must not
-// set one.
+// set one. The mark stays on the socket between reads, so anything else that waits
+// for it to become readable (a splice) must wait through Read, or turn coalescing off
+// first: Coalesce(nil, 0) resets the mark to one byte.
 func (s *Conn) Coalesce(want func() int, maxWait time.Duration) {
 	s.want, s.maxWait = want, maxWait
+	if want == nil && s.lowat > 1 {
+		s.rc.Control(func(fd uintptr) {
+			if syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVLOWAT, 1) == nil {
+				s.lowat = 1
+			}
+		})
+	}
 }
 
 // maxLowat bounds the low-water mark: far below the receive buffer, where the kernel

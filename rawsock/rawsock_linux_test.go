@@ -171,4 +171,24 @@ func TestCoalesce(t *testing.T) {
 	if n, err = r.Read(buf); err != nil || n != 200 {
 		t.Fatalf("Read after the bound passed = %d, %v; want 200 bytes", n, err)
 	}
+
+	// Turned off, the mark is gone: a Read wakes for a single segment again.
+	want = 100
+	r.Coalesce(func() int { return want }, time.Second)
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		a.Write(make([]byte, 150))
+	}()
+	if n, err = r.Read(buf); err != nil || n != 150 {
+		t.Fatalf("Read = %d, %v; want 150 bytes", n, err)
+	}
+	r.Coalesce(nil, 0)
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		a.Write(make([]byte, 5))
+	}()
+	b.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	if n, err = r.Read(buf); err != nil || n != 5 {
+		t.Fatalf("Read with coalescing off = %d, %v; want 5 bytes at once", n, err)
+	}
 }
