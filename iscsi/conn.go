@@ -65,6 +65,9 @@ type conn struct {
 	draining    atomic.Bool
 	logoutAsked chan time.Duration
 
+	// sock reads and writes nc by raw system call (nil for a net.Pipe). A reader
+	// that waits for nc some other way must first turn its coalescing off.
+	sock *rawsock.Conn
 	// inflight counts the responses due, for the reader's coalescing.
 	inflight inflightAcct
 
@@ -118,7 +121,7 @@ func newConn(s *Session, nc net.Conn, res *loginResult, gen uint64) (*conn, erro
 	// Raw system calls: see package rawsock for the sysmon wake-ups they save.
 	c.inflight.bySlot = make([]atomic.Int64, len(s.tasks))
 	if rs := rawsock.New(nc); rs != nil {
-		r, w = rs, rs
+		r, w, c.sock = rs, rs, rs
 		rs.Coalesce(c.inflight.lowat, coalesceWait)
 	}
 	head := &headReader{r: r}
