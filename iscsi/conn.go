@@ -132,6 +132,10 @@ func newConn(s *Session, nc net.Conn, res *loginResult, gen uint64) (*conn, erro
 		c.rd.raw, _ = sc.SyscallConn()
 	}
 	c.wr = pduWriter{w: w, hdrDigest: c.rd.hdrDigest, dataDigest: c.rd.dataDigest}
+	if c.sock != nil {
+		// The splice of large segments sets the same socket's mark: one record of it.
+		c.sock.ShareMark(&c.rd.lowat)
+	}
 	c.wg.Add(3)
 	go c.readLoop()
 	go c.writeLoop()

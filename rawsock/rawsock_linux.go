@@ -38,6 +38,7 @@ type Conn struct {
 	// read deadline bounds the current wait, and whether the last wait ran into it.
 	want     func() int
 	maxWait  time.Duration
+	mark     MarkSetter // nil: the Conn keeps the mark itself, in lowat
 	lowat    int
 	armed    bool
 	fellBack bool
@@ -94,14 +95,21 @@ func Writer(nc net.Conn) io.Writer {
 // first: Coalesce(nil, 0) resets the mark to one byte.
 func (s *Conn) Coalesce(want func() int, maxWait time.Duration) {
 	s.want, s.maxWait = want, maxWait
-	if want == nil && s.lowat > 1 {
-		s.rc.Control(func(fd uintptr) {
-			if syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVLOWAT, 1) == nil {
-				s.lowat = 1
-			}
-		})
+	if want == nil {
+		s.rc.Control(func(fd uintptr) { s.setMark(fd, 1) })
 	}
 }
+
+// MarkSetter sets a socket's SO_RCVLOWAT and remembers the value in force, so as
+// to skip setting it again.
+type MarkSetter interface {
+	Set(fd uintptr, n int)
+}
+
+// ShareMark makes Coalesce set the low-water mark through m, which another reader
+// of the same socket also uses (iscsi's splice of large segments): with one record
+// of the mark in force, neither skips setting a mark the other has changed.
+func (s *Conn) ShareMark(m MarkSetter) { s.mark = m }
 
 // maxLowat bounds the low-water mark: far below the receive buffer, where the kernel
 // would have to grow it.
@@ -157,20 +165,34 @@ func (s *Conn) read(fd uintptr) bool {
 	}
 }
 
+// setMark puts the low-water mark at n bytes, unless it is there already. It reports
+// false when the socket refused it.
+func (s *Conn) setMark(fd uintptr, n int) bool {
+	if s.mark != nil {
+		s.mark.Set(fd, n)
+		return true
+	}
+	if n == s.lowat || n == 1 && s.lowat == 0 {
+		return true
+	}
+	v := int32(n)
+	_, _, e := syscall.RawSyscall6(syscall.SYS_SETSOCKOPT, fd, syscall.SOL_SOCKET, syscall.SO_RCVLOWAT,
+		uintptr(unsafe.Pointer(&v)), 4, 0)
+	if e != 0 {
+		return false
+	}
+	s.lowat = n
+	return true
+}
+
 // beforeWait sets the low-water mark for the wait to come and bounds the wait.
 func (s *Conn) beforeWait(fd uintptr) {
 	w := 1
 	if !s.fellBack {
 		w = min(max(s.want(), 1), maxLowat)
 	}
-	if w != s.lowat {
-		v := int32(w)
-		_, _, e := syscall.RawSyscall6(syscall.SYS_SETSOCKOPT, fd, syscall.SOL_SOCKET, syscall.SO_RCVLOWAT,
-			uintptr(unsafe.Pointer(&v)), 4, 0)
-		if e != 0 {
-			s.want, w = nil, 1 // not a TCP socket after all: wake for every segment
-		}
-		s.lowat = w
+	if !s.setMark(fd, w) {
+		s.want, w = nil, 1 // not a TCP socket after all: wake for every segment
 	}
 	if w > 1 && !s.armed {
 		s.nc.SetReadDeadline(time.Now().Add(s.maxWait))

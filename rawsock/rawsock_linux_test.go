@@ -133,6 +133,8 @@ func TestCoalesce(t *testing.T) {
 	want := 100
 	r.Coalesce(func() int { return want }, 2*time.Second)
 	go func() {
+		// After the Read below has found the socket empty and gone to sleep.
+		time.Sleep(50 * time.Millisecond)
 		a.Write(make([]byte, 60))
 		time.Sleep(100 * time.Millisecond)
 		a.Write(make([]byte, 60))

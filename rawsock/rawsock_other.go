@@ -20,6 +20,12 @@ func Reader(nc net.Conn) io.Reader { return nc }
 // Writer is nc.
 func Writer(nc net.Conn) io.Writer { return nc }
 
+// MarkSetter sets a socket's SO_RCVLOWAT.
+type MarkSetter interface {
+	Set(fd uintptr, n int)
+}
+
+func (*Conn) ShareMark(MarkSetter)               {}
 func (*Conn) Coalesce(func() int, time.Duration) {}
 func (*Conn) Read([]byte) (int, error)           { return 0, io.ErrClosedPipe }
 func (*Conn) Write([]byte) (int, error)          { return 0, io.ErrClosedPipe }
