@@ -34,13 +34,15 @@ type inflightAcct struct {
 	// bySlot is what each task slot's current command was counted for, so that
 	// completing or abandoning it subtracts exactly that once.
 	bySlot []atomic.Int64
+	// mark is the last lowat returned; the reader's alone.
+	mark int
 }
 
 // respBytes is the least a command's response brings when it succeeds: the data
-// of a read and one PDU header.
+// of a read (into its buffer or its pipe) and one PDU header.
 func respBytes(t *task) int64 {
 	if t.read {
-		return int64(len(t.buf)) + bhsLen
+		return int64(t.size) + bhsLen
 	}
 	return bhsLen
 }
@@ -77,7 +79,13 @@ func (a *inflightAcct) done(t *task) {
 func (a *inflightAcct) lowat() int {
 	n, b := a.commands.Load(), a.bytes.Load()
 	if n < coalesceMin || b > n*coalesceMax/2 {
+		a.mark = 1
 		return 1
 	}
-	return int(min(b/8, coalesceMax))
+	// A mark within a quarter of the last stays: every change is a setsockopt,
+	// and the commands in flight change by a few between most waits.
+	if w := int(min(b/8, coalesceMax)); w < a.mark*3/4 || w > a.mark*5/4 {
+		a.mark = w
+	}
+	return a.mark
 }

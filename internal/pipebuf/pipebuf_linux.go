@@ -18,6 +18,7 @@ import (
 	"io"
 	"sync"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -111,7 +112,12 @@ func (l *Lowat) Set(fd uintptr, n int) {
 	if n == l.cur || n == 1 && l.cur == 0 {
 		return
 	}
-	if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVLOWAT, n) == nil {
+	// A raw system call: through the scheduler's syscall path, the first one after
+	// the process went idle wakes sysmon (see package rawsock), and iscsi's read
+	// coalescing sets the mark here before most of its waits.
+	v := int32(n)
+	if _, _, e := unix.RawSyscall6(unix.SYS_SETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT,
+		uintptr(unsafe.Pointer(&v)), 4, 0); e == 0 {
 		l.cur = n
 	}
 }
