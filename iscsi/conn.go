@@ -4,14 +4,13 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
+	"github.com/isboot/isboot/internal/sockio"
 	"github.com/isboot/isboot/rawsock"
 )
 
@@ -116,26 +115,24 @@ func newConn(s *Session, nc net.Conn, res *loginResult, gen uint64) (*conn, erro
 	c.windowKnown.Store(!snLess(res.maxCmdSN, res.expCmdSN-1))
 	c.expStatSN.Store(res.expStatSN)
 	c.lastRecv.Store(nanotime())
-	var r io.Reader = nc
-	var w io.Writer = nc
-	// Raw system calls: see package rawsock for the sysmon wake-ups they save.
 	c.inflight.bySlot = make([]atomic.Int64, len(s.tasks))
-	if rs := rawsock.New(nc); rs != nil {
-		r, w, c.sock = rs, rs, rs
-		rs.Coalesce(c.inflight.lowat, coalesceWait)
+	sock := sockio.New(nc)
+	head := &headReader{r: nc}
+	c.wr = pduWriter{w: nc}
+	if sock != nil {
+		head.r, c.wr.w, c.wr.wv = sock, sock, sock
+		// The PDU stream's reads coalesce their wake-ups (coalesce.go); sockio reads
+		// and splices large segments, and keeps the record of the socket's one mark.
+		if rs := rawsock.New(nc); rs != nil {
+			rs.ShareMark(sockMark{sock})
+			rs.Coalesce(c.inflight.lowat, coalesceWait)
+			head.r, c.sock = rs, rs
+		}
 	}
-	head := &headReader{r: r}
 	br := bufio.NewReaderSize(head, 64<<10)
-	c.rd = pduReader{r: br, br: br, head: head, maxData: s.cfg.MaxRecvDataSegmentLength,
+	c.rd = pduReader{r: br, br: br, head: head, sock: sock, maxData: s.cfg.MaxRecvDataSegmentLength,
 		hdrDigest: p["HeaderDigest"] == "CRC32C", dataDigest: p["DataDigest"] == "CRC32C"}
-	if sc, ok := nc.(syscall.Conn); ok {
-		c.rd.raw, _ = sc.SyscallConn()
-	}
-	c.wr = pduWriter{w: w, hdrDigest: c.rd.hdrDigest, dataDigest: c.rd.dataDigest}
-	if c.sock != nil {
-		// The splice of large segments sets the same socket's mark: one record of it.
-		c.sock.ShareMark(&c.rd.lowat)
-	}
+	c.wr.hdrDigest, c.wr.dataDigest = c.rd.hdrDigest, c.rd.dataDigest
 	c.wg.Add(3)
 	go c.readLoop()
 	go c.writeLoop()

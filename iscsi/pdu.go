@@ -8,9 +8,9 @@ import (
 	"hash/crc32"
 	"io"
 	"net"
-	"syscall"
 
 	"github.com/isboot/isboot/internal/pipebuf"
+	"github.com/isboot/isboot/internal/sockio"
 )
 
 // Opcodes (RFC 7143 §11.2.1.2). Initiator opcodes first, then target opcodes.
@@ -119,12 +119,11 @@ var errDigest = errors.New("iscsi: digest mismatch")
 // pduReader reads PDUs from a connection. Its buffers are reused for every PDU.
 type pduReader struct {
 	r io.Reader
-	// In the full-feature phase r is br, reading through head from the socket raw
-	// (when it has one), so data segments can be spliced past the buffer (readDataTo).
+	// In the full-feature phase r is br, reading through head from the socket sock
+	// (when it is one), so data segments can be read or spliced past the buffer.
 	br         *bufio.Reader
 	head       *headReader
-	raw        syscall.RawConn
-	lowat      pipebuf.Lowat
+	sock       *sockio.Conn
 	hdrDigest  bool
 	dataDigest bool
 	maxData    int // our MaxRecvDataSegmentLength: the largest segment we accept
@@ -197,7 +196,7 @@ const lowatMin = 32 << 10
 // fill reads len(dst) bytes: what the buffer holds, then a large remainder straight
 // from the socket, with the reader woken only once it has all arrived.
 func (p *pduReader) fill(dst []byte) error {
-	if p.raw == nil || len(dst)-p.br.Buffered() < lowatMin {
+	if p.sock == nil || len(dst)-p.br.Buffered() < lowatMin {
 		_, err := io.ReadFull(p.r, dst)
 		return err
 	}
@@ -205,11 +204,11 @@ func (p *pduReader) fill(dst []byte) error {
 	if b := p.br.Buffered(); b > 0 {
 		got, _ = p.br.Read(dst[:b])
 	}
-	return pipebuf.ReadFull(p.raw, dst[got:], &p.lowat)
+	return p.sock.ReadFull(dst[got:])
 }
 
 // canSplice reports whether readDataTo moves data without copying it.
-func (p *pduReader) canSplice() bool { return p.raw != nil && !p.dataDigest }
+func (p *pduReader) canSplice() bool { return p.sock != nil && !p.dataDigest }
 
 // readDataTo moves the current PDU's data segment (n bytes) into pipe, then reads its
 // padding. Bytes the buffer already holds are copied in; the rest is spliced from
@@ -231,7 +230,7 @@ func (p *pduReader) readDataTo(pipe *pipebuf.Pipe, n int, scratch []byte) error 
 		p.br.Discard(k)
 	}
 	if n > k {
-		if err := pipe.SpliceFrom(p.raw, n-k, &p.lowat); err != nil {
+		if err := pipe.SpliceFrom(p.sock, n-k); err != nil {
 			return err
 		}
 	}
@@ -284,17 +283,13 @@ func (p *pduReader) discardData(scratch []byte) error {
 // are reused so sending a PDU does not allocate.
 type pduWriter struct {
 	w          io.Writer
+	wv         interface{ Writev([][]byte) (int64, error) } // w's gathering write, if it has one
 	hdrDigest  bool
 	dataDigest bool
 	out        []byte
 	trailer    [8]byte
 	bufs       [3][]byte
 	vec        net.Buffers
-}
-
-// vectorWriter writes several buffers in one system call (rawsock.Conn).
-type vectorWriter interface {
-	Writev(bufs [][]byte) (int, error)
 }
 
 // smallData is the largest data segment copied into the gather buffer.
@@ -326,12 +321,12 @@ func (p *pduWriter) writePDU(h *bhs, data []byte) error {
 		return p.flushIfFull()
 	}
 	p.bufs[0], p.bufs[1], p.bufs[2] = p.out, data, p.trailer[:t]
+	p.vec = p.bufs[:]
+	// One writev: queued headers, data and digest at once.
 	var err error
-	if v, ok := p.w.(vectorWriter); ok {
-		_, err = v.Writev(p.bufs[:])
+	if p.wv != nil {
+		_, err = p.wv.Writev(p.vec)
 	} else {
-		p.vec = p.bufs[:]
-		// WriteTo uses writev on a TCP connection: queued headers, data and digest at once.
 		_, err = p.vec.WriteTo(p.w)
 	}
 	p.out = p.out[:0]

@@ -185,7 +185,8 @@ func FuzzRequestDecoder(f *testing.F) {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			s.transmit(context.Background(), c, bufio.NewReader(c), neg)
+			src := &source{Reader: c}
+			s.transmit(context.Background(), c, src, bufio.NewReader(src), neg)
 		}()
 		select {
 		case <-done:

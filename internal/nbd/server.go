@@ -14,7 +14,6 @@ import (
 	"golang.org/x/sync/semaphore"
 
 	"github.com/isboot/isboot/internal/blockdev"
-	"github.com/isboot/isboot/rawsock"
 )
 
 // Options bound what one Server may hold in memory and in flight.
@@ -145,7 +144,8 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	c.SetDeadline(time.Now().Add(30 * time.Second))
-	br := bufio.NewReaderSize(rawsock.Reader(c), 64<<10)
+	src := &source{Reader: c}
+	br := bufio.NewReaderSize(src, 64<<10)
 	neg, transmit, err := s.handshake(br, c)
 	if ctx.Err() != nil {
 		return nil
@@ -154,7 +154,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 		return err
 	}
 	c.SetDeadline(time.Time{})
-	return s.transmit(ctx, c, br, neg)
+	return s.transmit(ctx, c, src, br, neg)
 }
 
 // ServeTransmission serves requests on c, which is already in the transmission phase
@@ -162,7 +162,8 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 // closes c.
 func (s *Server) ServeTransmission(ctx context.Context, c net.Conn) error {
 	defer c.Close()
-	return s.transmit(ctx, c, bufio.NewReaderSize(rawsock.Reader(c), 64<<10), negotiated{kernel: true})
+	src := &source{Reader: c}
+	return s.transmit(ctx, c, src, bufio.NewReaderSize(src, 64<<10), negotiated{kernel: true})
 }
 
 // errClientAbort ends a handshake without transmission and without complaint.

@@ -15,7 +15,7 @@ import (
 
 	"github.com/isboot/isboot/internal/blockdev"
 	"github.com/isboot/isboot/internal/pipebuf"
-	"github.com/isboot/isboot/rawsock"
+	"github.com/isboot/isboot/internal/sockio"
 )
 
 // The transmission phase: requests are read, checked and run here (or on the
@@ -97,22 +97,27 @@ type conn struct {
 	finished []*asyncOp // guarded by doneMu
 }
 
-func (s *Server) transmit(ctx context.Context, c net.Conn, br *bufio.Reader, neg negotiated) error {
+// source is what a connection's buffered reader reads from: the net.Conn during the
+// handshake, its raw side (sockio) from the transmission phase on.
+type source struct{ io.Reader }
+
+func (s *Server) transmit(ctx context.Context, c net.Conn, src *source, br *bufio.Reader, neg negotiated) error {
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
-	cn := &conn{s: s, c: c, r: br, neg: neg, w: bufio.NewWriterSize(rawsock.Writer(c), 64<<10), slots: make(chan struct{}, s.opts.QueueDepth)}
+	var w io.Writer = c
+	sock := sockio.New(c)
+	if sock != nil {
+		src.Reader, w = sock, sock
+	}
+	cn := &conn{s: s, c: c, r: br, neg: neg, w: bufio.NewWriterSize(w, 64<<10), slots: make(chan struct{}, s.opts.QueueDepth)}
 	if a, ok := s.dev.(blockdev.Async); ok {
 		cn.async, cn.ops = a, make(chan *asyncOp, s.opts.QueueDepth)
 		cn.kick = make(chan struct{}, 1)
 		_, isUnix := c.(*net.UnixConn)
-		if p, ok := a.(blockdev.PipeReader); ok && s.opts.SpliceMin > 0 && (!isUnix || pipebuf.ToUnixCheap()) {
-			if sc, ok := c.(syscall.Conn); ok {
-				if raw, err := sc.SyscallConn(); err == nil {
-					cn.piped, cn.raw = p, raw
-					cn.pipes = make(chan *pipebuf.Pipe, s.opts.QueueDepth)
-					defer cn.closePipes()
-				}
-			}
+		if p, ok := a.(blockdev.PipeReader); ok && sock != nil && s.opts.SpliceMin > 0 && (!isUnix || pipebuf.ToUnixCheap()) {
+			cn.piped, cn.raw = p, sock.RawConn()
+			cn.pipes = make(chan *pipebuf.Pipe, s.opts.QueueDepth)
+			defer cn.closePipes()
 		}
 		stopFlusher := cn.startFlusher()
 		defer stopFlusher()

@@ -15,11 +15,10 @@ package pipebuf
 import (
 	"errors"
 	"fmt"
-	"io"
 	"sync"
 	"syscall"
-	"unsafe"
 
+	"github.com/isboot/isboot/internal/sockio"
 	"golang.org/x/sys/unix"
 )
 
@@ -95,71 +94,10 @@ func (p *Pipe) Write(b []byte) error {
 // ErrShort is returned when the socket reached end of file before n bytes came.
 var ErrShort = errors.New("pipebuf: connection closed in the middle of a data segment")
 
-// Lowat keeps a TCP socket's SO_RCVLOWAT: a reader that knows how many bytes it
-// needs is woken once they are all there, not for every segment that arrives (each
-// wake-up is a context switch and a system call; under emulation, hundreds per MiB).
-// The mark must never exceed what is sure to come, or the reader sleeps forever: set
-// it to the bytes still missing before every wait, and back to 1 when done.
-type Lowat struct{ cur int }
-
-// lowatMax bounds the mark; the kernel also caps it at half the receive buffer.
-const lowatMax = 256 << 10
-
-// Set makes the socket readable once n bytes are queued. Failures are ignored: the
-// reader is then only woken more often.
-func (l *Lowat) Set(fd uintptr, n int) {
-	n = max(1, min(n, lowatMax))
-	if n == l.cur || n == 1 && l.cur == 0 {
-		return
-	}
-	// A raw system call: through the scheduler's syscall path, the first one after
-	// the process went idle wakes sysmon (see package rawsock), and iscsi's read
-	// coalescing sets the mark here before most of its waits.
-	v := int32(n)
-	if _, _, e := unix.RawSyscall6(unix.SYS_SETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT,
-		uintptr(unsafe.Pointer(&v)), 4, 0); e == 0 {
-		l.cur = n
-	}
-}
-
-// ReadFull reads len(b) bytes from the socket behind rc, waiting as a read would
-// (deadlines apply) but woken only when what is missing has arrived (l may be nil).
-func ReadFull(rc syscall.RawConn, b []byte, l *Lowat) error {
-	var opErr error
-	err := rc.Read(func(fd uintptr) bool {
-		for len(b) > 0 {
-			n, err := unix.Read(int(fd), b)
-			switch {
-			case n > 0:
-				b = b[n:]
-			case err == unix.EINTR:
-			case err == unix.EAGAIN:
-				if l != nil {
-					l.Set(fd, len(b))
-				}
-				return false
-			case err != nil:
-				opErr = err
-				return true
-			default:
-				opErr = io.ErrUnexpectedEOF
-				return true
-			}
-		}
-		if l != nil {
-			l.Set(fd, 1)
-		}
-		return true
-	})
-	if err != nil {
-		return err
-	}
-	return opErr
-}
-
-// SpliceFrom moves exactly n bytes from the socket behind rc into the pipe, waiting
-// for them as a read would (deadlines apply), woken as ReadFull is (l may be nil).
-func (p *Pipe) SpliceFrom(rc syscall.RawConn, n int, l *Lowat) error {
+// SpliceFrom moves exactly n bytes from the socket sc into the pipe, waiting for
+// them as a read would (deadlines apply), woken only once they are there.
+func (p *Pipe) SpliceFrom(sc *sockio.Conn, n int) error {
+	rc := sc.RawConn()
 	var opErr error
 	for n > 0 {
 		s, err := p.seg()
@@ -168,7 +106,7 @@ func (p *Pipe) SpliceFrom(rc syscall.RawConn, n int, l *Lowat) error {
 		}
 		err = rc.Read(func(fd uintptr) bool {
 			for n > 0 {
-				m, err := unix.Splice(int(fd), nil, s.w, nil, n, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+				m, err := splice(fd, uintptr(s.w), n, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
 				switch {
 				case m > 0:
 					s.n, p.n, n = s.n+int(m), p.n+int(m), n-int(m)
@@ -178,9 +116,7 @@ func (p *Pipe) SpliceFrom(rc syscall.RawConn, n int, l *Lowat) error {
 						p.fill++ // the next segment takes the rest
 						return true
 					}
-					if l != nil {
-						l.Set(fd, n)
-					}
+					sc.SetLowat(fd, n)
 					return false // the socket is empty: wait for it
 				case err != nil:
 					opErr = fmt.Errorf("pipebuf: splice from socket: %w", err)
@@ -190,9 +126,7 @@ func (p *Pipe) SpliceFrom(rc syscall.RawConn, n int, l *Lowat) error {
 					return true
 				}
 			}
-			if l != nil {
-				l.Set(fd, 1)
-			}
+			sc.SetLowat(fd, 1)
 			return true
 		})
 		if err != nil {
@@ -221,7 +155,7 @@ func (p *Pipe) SpliceTo(rc syscall.RawConn) error {
 		var opErr error
 		err := rc.Write(func(fd uintptr) bool {
 			for s.n > 0 {
-				m, err := unix.Splice(s.r, nil, int(fd), nil, s.n, flags)
+				m, err := splice(uintptr(s.r), fd, s.n, flags)
 				switch {
 				case m > 0:
 					s.n, p.n = s.n-int(m), p.n-int(m)
@@ -306,3 +240,13 @@ var ToUnixCheap = sync.OnceValue(func() bool {
 	fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &major, &minor)
 	return major > 6 || major == 6 && minor >= 5
 })
+
+// splice is splice(2) without telling the scheduler (see internal/sockio): every fd
+// involved is non-blocking and SPLICE_F_NONBLOCK is set, so it never sleeps.
+func splice(in, out uintptr, n int, flags int) (int64, error) {
+	m, _, e := unix.RawSyscall6(unix.SYS_SPLICE, in, 0, out, 0, uintptr(n), uintptr(flags))
+	if e != 0 {
+		return int64(m), e
+	}
+	return int64(m), nil
+}
