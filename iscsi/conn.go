@@ -64,8 +64,9 @@ type conn struct {
 	draining    atomic.Bool
 	logoutAsked chan time.Duration
 
-	// sock reads and writes nc by raw system call (nil for a net.Pipe). A reader
-	// that waits for nc some other way must first turn its coalescing off.
+	// sock reads the PDU stream from nc by raw system call, coalescing wake-ups (nil
+	// for a net.Pipe). sockio's reads of large segments set the mark through the
+	// shared record; a reader that waits for nc some other way must turn it off.
 	sock *rawsock.Conn
 	// inflight counts the responses due, for the reader's coalescing.
 	inflight inflightAcct
@@ -123,11 +124,10 @@ func newConn(s *Session, nc net.Conn, res *loginResult, gen uint64) (*conn, erro
 		head.r, c.wr.w, c.wr.wv = sock, sock, sock
 		// The PDU stream's reads coalesce their wake-ups (coalesce.go); sockio reads
 		// and splices large segments, and keeps the record of the socket's one mark.
-		if rs := rawsock.New(nc); rs != nil {
-			rs.ShareMark(sockMark{sock})
-			rs.Coalesce(c.inflight.lowat, coalesceWait)
-			head.r, c.sock = rs, rs
-		}
+		rs := rawsock.New(nc, sock.RawConn())
+		rs.ShareMark(sockMark{sock})
+		rs.Coalesce(c.inflight.lowat, coalesceWait)
+		head.r, c.sock = rs, rs
 	}
 	br := bufio.NewReaderSize(head, 64<<10)
 	c.rd = pduReader{r: br, br: br, head: head, sock: sock, maxData: s.cfg.MaxRecvDataSegmentLength,

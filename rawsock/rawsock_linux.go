@@ -1,5 +1,7 @@
-// Package rawsock reads and writes a non-blocking socket with raw system calls,
-// waiting for readiness through the Go runtime's poller as net.Conn does.
+// Package rawsock reads a non-blocking socket with raw system calls, waiting for
+// readiness through the Go runtime's poller as net.Conn does, and can coalesce the
+// reader's wake-ups (Coalesce). Writes and the rest of the data path's raw I/O are
+// internal/sockio's.
 //
 // A net.Conn enters every read and write through the scheduler's system-call path,
 // and the first such call after the process went idle wakes sysmon, the runtime's
@@ -22,9 +24,9 @@ import (
 	"unsafe"
 )
 
-// Conn reads and writes a socket's descriptor directly. One goroutine may read and
-// one write at a time: the call state lives in the Conn and the callbacks are bound
-// once, so a call does not allocate.
+// Conn reads a socket's descriptor directly. One goroutine may read at a time: the
+// call state lives in the Conn and the callback is bound once, so a call does not
+// allocate.
 type Conn struct {
 	nc net.Conn
 	rc syscall.RawConn
@@ -42,47 +44,13 @@ type Conn struct {
 	lowat    int
 	armed    bool
 	fellBack bool
-
-	wbufs   [][]byte
-	wvec    [1][]byte
-	iov     [maxIov]syscall.Iovec
-	wn      int
-	werrno  syscall.Errno
-	writeFn func(uintptr) bool
 }
 
-// maxIov bounds the buffers of one Writev.
-const maxIov = 4
-
-// New wraps nc, or returns nil when nc has no descriptor (a net.Pipe in tests).
-func New(nc net.Conn) *Conn {
-	sc, ok := nc.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return nil
-	}
+// New reads nc through rc, nc's raw side (sockio.Conn.RawConn).
+func New(nc net.Conn, rc syscall.RawConn) *Conn {
 	s := &Conn{nc: nc, rc: rc}
-	s.readFn, s.writeFn = s.read, s.write
+	s.readFn = s.read
 	return s
-}
-
-// Reader is nc's raw reader when it has one, otherwise nc.
-func Reader(nc net.Conn) io.Reader {
-	if s := New(nc); s != nil {
-		return s
-	}
-	return nc
-}
-
-// Writer is nc's raw writer when it has one, otherwise nc.
-func Writer(nc net.Conn) io.Writer {
-	if s := New(nc); s != nil {
-		return s
-	}
-	return nc
 }
 
 // Coalesce makes a Read that finds the socket empty sleep until want() bytes are
@@ -197,66 +165,6 @@ func (s *Conn) beforeWait(fd uintptr) {
 	if w > 1 && !s.armed {
 		s.nc.SetReadDeadline(time.Now().Add(s.maxWait))
 		s.armed = true
-	}
-}
-
-// Write writes all of p.
-func (s *Conn) Write(p []byte) (int, error) {
-	s.wvec[0] = p
-	n, err := s.Writev(s.wvec[:])
-	s.wvec[0] = nil
-	return n, err
-}
-
-// Writev writes every buffer of bufs (at most four), in one system call when the
-// socket takes them all. It consumes bufs: its elements are resliced as they go out.
-func (s *Conn) Writev(bufs [][]byte) (int, error) {
-	if len(bufs) > maxIov {
-		panic("rawsock: too many buffers")
-	}
-	s.wbufs, s.wn, s.werrno = bufs, 0, 0
-	err := s.rc.Write(s.writeFn)
-	s.wbufs = nil
-	if err == nil && s.werrno != 0 {
-		err = s.opErr("write", s.werrno)
-	}
-	return s.wn, err
-}
-
-func (s *Conn) write(fd uintptr) bool {
-	for {
-		v := s.iov[:0]
-		for _, b := range s.wbufs {
-			if len(b) > 0 {
-				iov := syscall.Iovec{Base: &b[0]}
-				iov.SetLen(len(b))
-				v = append(v, iov)
-			}
-		}
-		if len(v) == 0 {
-			return true
-		}
-		r, _, e := syscall.RawSyscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&v[0])), uintptr(len(v)))
-		switch e {
-		case 0:
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			return false // wait until writable
-		default:
-			s.werrno = e
-			return true
-		}
-		n := int(r)
-		s.wn += n
-		for n > 0 {
-			k := min(n, len(s.wbufs[0]))
-			s.wbufs[0] = s.wbufs[0][k:]
-			n -= k
-			if len(s.wbufs[0]) == 0 {
-				s.wbufs = s.wbufs[1:]
-			}
-		}
 	}
 }
 
