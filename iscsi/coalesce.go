@@ -3,8 +3,6 @@ package iscsi
 import (
 	"sync/atomic"
 	"time"
-
-	"github.com/isboot/isboot/internal/sockio"
 )
 
 // Read coalescing. With many commands in flight, the target's responses arrive one
@@ -91,9 +89,3 @@ func (a *inflightAcct) lowat() int {
 	}
 	return a.mark
 }
-
-// sockMark sets the socket's low-water mark through sockio's record of it: its reads
-// of large segments set the mark too, and with one record neither skips a change.
-type sockMark struct{ *sockio.Conn }
-
-func (m sockMark) Set(fd uintptr, n int) { m.SetLowat(fd, n) }

@@ -65,8 +65,8 @@ type conn struct {
 	logoutAsked chan time.Duration
 
 	// sock reads the PDU stream from nc by raw system call, coalescing wake-ups (nil
-	// for a net.Pipe). sockio's reads of large segments set the mark through the
-	// shared record; a reader that waits for nc some other way must turn it off.
+	// for a net.Pipe). A reader that waits for nc some other way must turn it off
+	// (Coalesce(nil, 0)) or wait no longer than coalesceWait.
 	sock *rawsock.Conn
 	// inflight counts the responses due, for the reader's coalescing.
 	inflight inflightAcct
@@ -123,9 +123,8 @@ func newConn(s *Session, nc net.Conn, res *loginResult, gen uint64) (*conn, erro
 	if sock != nil {
 		head.r, c.wr.w, c.wr.wv = sock, sock, sock
 		// The PDU stream's reads coalesce their wake-ups (coalesce.go); sockio reads
-		// and splices large segments, and keeps the record of the socket's one mark.
+		// and splices large segments, without a mark of its own.
 		rs := rawsock.New(nc, sock.RawConn())
-		rs.ShareMark(sockMark{sock})
 		rs.Coalesce(c.inflight.lowat, coalesceWait)
 		head.r, c.sock = rs, rs
 	}

@@ -166,7 +166,7 @@ func (p *pduReader) readHeader() error {
 // readData reads the current PDU's data segment into dst (len(dst) == dataLen), then
 // its padding and data digest.
 func (p *pduReader) readData(dst []byte) error {
-	if err := p.fill(dst); err != nil {
+	if _, err := io.ReadFull(p.r, dst); err != nil {
 		return err
 	}
 	pad := padLen(len(dst))
@@ -187,24 +187,6 @@ func (p *pduReader) readData(dst []byte) error {
 		}
 	}
 	return nil
-}
-
-// lowatMin is the smallest remainder of a data segment read from the socket with
-// a low-water mark: below it, the extra system calls cost more than the wake-ups saved.
-const lowatMin = 32 << 10
-
-// fill reads len(dst) bytes: what the buffer holds, then a large remainder straight
-// from the socket, with the reader woken only once it has all arrived.
-func (p *pduReader) fill(dst []byte) error {
-	if p.sock == nil || len(dst)-p.br.Buffered() < lowatMin {
-		_, err := io.ReadFull(p.r, dst)
-		return err
-	}
-	got := 0
-	if b := p.br.Buffered(); b > 0 {
-		got, _ = p.br.Read(dst[:b])
-	}
-	return p.sock.ReadFull(dst[got:])
 }
 
 // canSplice reports whether readDataTo moves data without copying it.

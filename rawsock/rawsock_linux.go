@@ -40,7 +40,6 @@ type Conn struct {
 	// read deadline bounds the current wait, and whether the last wait ran into it.
 	want     func() int
 	maxWait  time.Duration
-	mark     MarkSetter // nil: the Conn keeps the mark itself, in lowat
 	lowat    int
 	armed    bool
 	fellBack bool
@@ -67,17 +66,6 @@ func (s *Conn) Coalesce(want func() int, maxWait time.Duration) {
 		s.rc.Control(func(fd uintptr) { s.setMark(fd, 1) })
 	}
 }
-
-// MarkSetter sets a socket's SO_RCVLOWAT and remembers the value in force, so as
-// to skip setting it again.
-type MarkSetter interface {
-	Set(fd uintptr, n int)
-}
-
-// ShareMark makes Coalesce set the low-water mark through m, which another reader
-// of the same socket also uses (iscsi's splice of large segments): with one record
-// of the mark in force, neither skips setting a mark the other has changed.
-func (s *Conn) ShareMark(m MarkSetter) { s.mark = m }
 
 // maxLowat bounds the low-water mark: far below the receive buffer, where the kernel
 // would have to grow it.
@@ -136,10 +124,6 @@ func (s *Conn) read(fd uintptr) bool {
 // setMark puts the low-water mark at n bytes, unless it is there already. It reports
 // false when the socket refused it.
 func (s *Conn) setMark(fd uintptr, n int) bool {
-	if s.mark != nil {
-		s.mark.Set(fd, n)
-		return true
-	}
 	if n == s.lowat || n == 1 && s.lowat == 0 {
 		return true
 	}

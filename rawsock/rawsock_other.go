@@ -12,14 +12,8 @@ import (
 // Conn is only implemented on Linux; elsewhere New returns nil.
 type Conn struct{}
 
-// MarkSetter sets a socket's SO_RCVLOWAT.
-type MarkSetter interface {
-	Set(fd uintptr, n int)
-}
-
 // New returns nil: callers read the net.Conn itself.
 func New(net.Conn, syscall.RawConn) *Conn { return nil }
 
-func (*Conn) ShareMark(MarkSetter)               {}
 func (*Conn) Coalesce(func() int, time.Duration) {}
 func (*Conn) Read([]byte) (int, error)           { return 0, io.ErrClosedPipe }

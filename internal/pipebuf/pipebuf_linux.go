@@ -95,7 +95,7 @@ func (p *Pipe) Write(b []byte) error {
 var ErrShort = errors.New("pipebuf: connection closed in the middle of a data segment")
 
 // SpliceFrom moves exactly n bytes from the socket sc into the pipe, waiting for
-// them as a read would (deadlines apply), woken only once they are there.
+// them as a read would (deadlines apply).
 func (p *Pipe) SpliceFrom(sc *sockio.Conn, n int) error {
 	rc := sc.RawConn()
 	var opErr error
@@ -116,7 +116,6 @@ func (p *Pipe) SpliceFrom(sc *sockio.Conn, n int) error {
 						p.fill++ // the next segment takes the rest
 						return true
 					}
-					sc.SetLowat(fd, n)
 					return false // the socket is empty: wait for it
 				case err != nil:
 					opErr = fmt.Errorf("pipebuf: splice from socket: %w", err)
@@ -126,7 +125,6 @@ func (p *Pipe) SpliceFrom(sc *sockio.Conn, n int) error {
 					return true
 				}
 			}
-			sc.SetLowat(fd, 1)
 			return true
 		})
 		if err != nil {

@@ -21,8 +21,7 @@ import (
 
 // Conn is the raw side of a net.Conn.
 type Conn struct {
-	rc    syscall.RawConn
-	lowat int // SO_RCVLOWAT as last set; 0: the default (1)
+	rc syscall.RawConn
 }
 
 // New returns c's raw side, or nil if c is not a socket of this process.
@@ -78,60 +77,6 @@ func (c *Conn) Read(b []byte) (int, error) {
 		return n, err
 	}
 	return n, opErr
-}
-
-// ReadFull reads len(b) bytes, woken only once what is missing has arrived (see
-// SetLowat).
-func (c *Conn) ReadFull(b []byte) error {
-	var opErr error
-	err := c.rc.Read(func(fd uintptr) bool {
-		for len(b) > 0 {
-			m, e := rawRW(unix.SYS_READ, fd, b)
-			switch {
-			case m > 0 && e == 0:
-				b = b[m:]
-			case e == unix.EINTR:
-			case e == unix.EAGAIN:
-				c.SetLowat(fd, len(b))
-				return false
-			case e != 0:
-				opErr = e
-				return true
-			default:
-				opErr = io.ErrUnexpectedEOF
-				return true
-			}
-		}
-		c.SetLowat(fd, 1)
-		return true
-	})
-	if err != nil {
-		return err
-	}
-	return opErr
-}
-
-// lowatMax bounds the mark; the kernel also caps it at half the receive buffer.
-const lowatMax = 256 << 10
-
-// SetLowat sets the socket's SO_RCVLOWAT: a reader that knows how many bytes it needs
-// is woken once they are all there, not for every segment that arrives (each wake-up
-// a context switch; under emulation with a 1500-byte MTU, hundreds per MiB). The
-// mark must never exceed what is sure to come, or the reader sleeps until the window
-// closes: set it to the bytes still missing before every wait, and back to 1 when
-// done. A failure only means more wake-ups. Call it from a Read or Write callback.
-func (c *Conn) SetLowat(fd uintptr, n int) {
-	n = max(1, min(n, lowatMax))
-	if n == c.lowat || n == 1 && c.lowat == 0 {
-		return
-	}
-	// Raw too: through unix.SetsockoptInt the first call after the process went idle
-	// woke sysmon, and iscsi's read coalescing sets the mark before most waits.
-	v := int32(n)
-	if _, _, e := unix.RawSyscall6(unix.SYS_SETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT,
-		uintptr(unsafe.Pointer(&v)), 4, 0); e == 0 {
-		c.lowat = n
-	}
 }
 
 // Write writes all of b.

@@ -1,0 +1,98 @@
+package sockio
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+func tcpPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c, s
+}
+
+// TestStream moves 32 MiB through raw writes, gathered writes and raw reads while
+// the socket buffers fill and drain, then sees the peer's close as io.EOF.
+func TestStream(t *testing.T) {
+	c, s := tcpPair(t)
+	w, r := New(c), New(s)
+	if w == nil || r == nil {
+		t.Fatal("no raw side for a TCP connection")
+	}
+	data := make([]byte, 32<<20)
+	for i := range data {
+		data[i] = byte(i*31 + i>>13)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		half := len(data) / 2
+		if n, err := w.Write(data[:half]); err != nil || n != half {
+			errc <- errors.Join(err, io.ErrShortWrite)
+			return
+		}
+		var bufs [][]byte
+		for off := half; off < len(data); off += 1 << 20 {
+			bufs = append(bufs, data[off:off+16], nil, data[off+16:off+1<<20])
+		}
+		n, err := w.Writev(bufs)
+		if err == nil && n != int64(len(data)-half) {
+			err = io.ErrShortWrite
+		}
+		if err == nil {
+			err = c.Close()
+		}
+		errc <- err
+	}()
+	got, err := io.ReadAll(readerFunc(r.Read))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes, not the %d written", len(got), len(data))
+	}
+}
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(b []byte) (int, error) { return f(b) }
+
+// TestDeadline: a raw read waits in the runtime's poller, so the connection's read
+// deadline ends it.
+func TestDeadline(t *testing.T) {
+	_, s := tcpPair(t)
+	s.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	_, err := New(s).Read(make([]byte, 10))
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read past the deadline: %v", err)
+	}
+}
+
+func TestNotASocket(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if New(a) != nil {
+		t.Fatal("net.Pipe has no socket, yet New returned one")
+	}
+}
