@@ -8,26 +8,9 @@ import (
 	"os"
 	"testing"
 	"time"
-)
 
-func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	a, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a.(*net.TCPConn), b.(*net.TCPConn)
-}
+	"github.com/isboot/isboot/internal/testkit/netpair"
+)
 
 // raw is c's rawsock reader.
 func raw(t *testing.T, c *net.TCPConn) *Conn {
@@ -42,7 +25,7 @@ func raw(t *testing.T, c *net.TCPConn) *Conn {
 // A stream larger than the socket buffers arrives whole and in order through Read,
 // across waits for readiness, and the reader sees EOF after the writer closes.
 func TestReadWholeAndEOF(t *testing.T) {
-	a, b := tcpPair(t)
+	a, b := netpair.TCP(t)
 	rb := raw(t, b)
 	want := bytes.Repeat([]byte("0123456789abcdef"), 1<<16)
 	errc := make(chan error, 1)
@@ -66,7 +49,7 @@ func TestReadWholeAndEOF(t *testing.T) {
 // A read deadline and a Close from another goroutine end a waiting Read as they
 // would on the net.Conn.
 func TestReadDeadlineAndClose(t *testing.T) {
-	a, _ := tcpPair(t)
+	a, _ := netpair.TCP(t)
 	r := raw(t, a)
 	a.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 	if _, err := r.Read(make([]byte, 10)); !errors.Is(err, os.ErrDeadlineExceeded) {
@@ -81,7 +64,7 @@ func TestReadDeadlineAndClose(t *testing.T) {
 
 // A Read does not allocate: the daemon calls it for every batch of responses.
 func TestReadNoAllocs(t *testing.T) {
-	a, b := tcpPair(t)
+	a, b := netpair.TCP(t)
 	rb := raw(t, b)
 	msg, buf := []byte("0123456789"), make([]byte, 10)
 	allocs := testing.AllocsPerRun(100, func() {
@@ -97,7 +80,7 @@ func TestReadNoAllocs(t *testing.T) {
 // are there, not at the first segment; when they do not come, it returns what did
 // after maxWait, and the next wait takes any data at all.
 func TestCoalesce(t *testing.T) {
-	a, b := tcpPair(t)
+	a, b := netpair.TCP(t)
 	a.SetNoDelay(true)
 	r := raw(t, b)
 	want := 100
