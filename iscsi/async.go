@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/isboot/isboot/internal/pipebuf"
+	"github.com/isboot/isboot/iscsi/pipebuf"
 )
 
 // The asynchronous path serves callers that cannot afford a goroutine and two

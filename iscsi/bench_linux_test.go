@@ -41,7 +41,7 @@ func benchTarget(b *testing.B) *testtarget.Tgtd {
 
 // runOurs reads with QD workers for d and returns I/Os, bytes, allocations and
 // the CPU time it took.
-func runOurs(b *testing.B, l *LUN, size int, random bool, d time.Duration) (ios, bytes, allocs uint64, cpu time.Duration) {
+func runOurs(b *testing.B, l *LUN, size int, random bool, d time.Duration) (ios, bytes, allocs uint64, used usage) {
 	var wg sync.WaitGroup
 	var n atomic.Uint64
 	var next atomic.Int64
@@ -53,7 +53,7 @@ func runOurs(b *testing.B, l *LUN, size int, random bool, d time.Duration) (ios,
 	}
 	var ms0, ms1 runtime.MemStats
 	runtime.ReadMemStats(&ms0)
-	cpu0 := selfCPU()
+	used0 := selfUsage()
 	for w := 0; w < benchQD; w++ {
 		wg.Add(1)
 		go func(w int) {
@@ -83,15 +83,15 @@ func runOurs(b *testing.B, l *LUN, size int, random bool, d time.Duration) (ios,
 	time.Sleep(d)
 	close(stop)
 	wg.Wait()
-	cpu = selfCPU() - cpu0
+	used = selfUsage().sub(used0)
 	runtime.ReadMemStats(&ms1)
-	return n.Load(), n.Load() * uint64(size), ms1.Mallocs - ms0.Mallocs, cpu
+	return n.Load(), n.Load() * uint64(size), ms1.Mallocs - ms0.Mallocs, used
 }
 
 // runOursAsync is runOurs through ReadAtAsync, the path the NBD server takes: one
 // goroutine keeps benchQD reads in flight, starting the next as each completes, the
 // way iscsi-perf drives libiscsi.
-func runOursAsync(b *testing.B, l *LUN, size int, random bool, d time.Duration) (ios, bytes, allocs uint64, cpu time.Duration) {
+func runOursAsync(b *testing.B, l *LUN, size int, random bool, d time.Duration) (ios, bytes, allocs uint64, used usage) {
 	blocks := l.Size() / int64(size)
 	r := rand.New(rand.NewPCG(7, 3))
 	var next int64
@@ -120,7 +120,7 @@ func runOursAsync(b *testing.B, l *LUN, size int, random bool, d time.Duration) 
 	}
 	var ms0, ms1 runtime.MemStats
 	runtime.ReadMemStats(&ms0)
-	cpu0 := selfCPU()
+	used0 := selfUsage()
 	for i := range benchQD {
 		start(i)
 	}
@@ -137,23 +137,36 @@ func runOursAsync(b *testing.B, l *LUN, size int, random bool, d time.Duration) 
 			inFlight++
 		}
 	}
-	cpu = selfCPU() - cpu0
+	used = selfUsage().sub(used0)
 	runtime.ReadMemStats(&ms1)
-	return n, n * uint64(size), ms1.Mallocs - ms0.Mallocs, cpu
+	return n, n * uint64(size), ms1.Mallocs - ms0.Mallocs, used
 }
 
-// selfCPU is the user+system time this process has used (tgtd is a child, not counted).
-func selfCPU() time.Duration {
+// usage is CPU time and context switches: the switches count the times a process
+// went to sleep or was pushed off the CPU, the wake-ups an I/O costs.
+type usage struct {
+	cpu      time.Duration
+	switches int64
+}
+
+func (u usage) sub(v usage) usage { return usage{u.cpu - v.cpu, u.switches - v.switches} }
+
+func rusage(ru *syscall.Rusage) usage {
+	return usage{time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), ru.Nvcsw + ru.Nivcsw}
+}
+
+// selfUsage is what this process has used (tgtd is a child, not counted).
+func selfUsage() usage {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return rusage(&ru)
 }
 
 var perfAverage = regexp.MustCompile(`iops average (\d+) \((\d+) MB/s\)`)
 
 // runIscsiPerf runs libiscsi's iscsi-perf for secs and returns its average IOPS and
-// MB/s and the CPU time it used.
-func runIscsiPerf(b *testing.B, d *testtarget.Tgtd, blocks int, random bool, secs int) (iops, mbs float64, cpu time.Duration) {
+// MB/s and the CPU time and context switches it used.
+func runIscsiPerf(b *testing.B, d *testtarget.Tgtd, blocks int, random bool, secs int) (iops, mbs float64, used usage) {
 	testenv.RequireTools(b, "iscsi benchmark", "iscsi-perf")
 	args := []string{"-i", "iqn.2026-01.org.isboot.test:perf", "-m", strconv.Itoa(benchQD),
 		"-b", strconv.Itoa(blocks), "-t", strconv.Itoa(secs)}
@@ -172,7 +185,7 @@ func runIscsiPerf(b *testing.B, d *testtarget.Tgtd, blocks int, random bool, sec
 	last := m[len(m)-1]
 	iops, _ = strconv.ParseFloat(string(last[1]), 64)
 	mbs, _ = strconv.ParseFloat(string(last[2]), 64)
-	return iops, mbs, cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	return iops, mbs, rusage(cmd.ProcessState.SysUsage().(*syscall.Rusage))
 }
 
 // benchRead alternates 2-second rounds of ours and iscsi-perf (b.N of each), so load
@@ -192,24 +205,26 @@ func benchRead(b *testing.B, size int, random bool) {
 	type tally struct {
 		iops, mbs   float64
 		ios, allocs uint64
-		cpu         time.Duration
+		used        usage
 		ratios      []float64
-		run         func(*testing.B, *LUN, int, bool, time.Duration) (uint64, uint64, uint64, time.Duration)
+		run         func(*testing.B, *LUN, int, bool, time.Duration) (uint64, uint64, uint64, usage)
 		name        string
 	}
 	ours := []*tally{{run: runOursAsync, name: "async"}, {run: runOurs, name: "sync"}}
 	var libIOPS, libMBs, libIOs float64
-	var libCPU time.Duration
+	var libUsed usage
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		li, lm, lc := runIscsiPerf(b, d, size/512, random, int(round/time.Second))
-		libCPU, libIOs = libCPU+lc, libIOs+li*round.Seconds()
+		li, lm, lu := runIscsiPerf(b, d, size/512, random, int(round/time.Second))
+		libUsed.cpu, libUsed.switches = libUsed.cpu+lu.cpu, libUsed.switches+lu.switches
+		libIOs += li * round.Seconds()
 		libIOPS, libMBs = libIOPS+li, libMBs+lm
 		for _, t := range ours {
 			start := time.Now()
-			n, bytes, a, oc := t.run(b, l, size, random, round)
+			n, bytes, a, ou := t.run(b, l, size, random, round)
 			el := time.Since(start).Seconds()
-			t.ios, t.allocs, t.cpu = t.ios+n, t.allocs+a, t.cpu+oc
+			t.ios, t.allocs = t.ios+n, t.allocs+a
+			t.used.cpu, t.used.switches = t.used.cpu+ou.cpu, t.used.switches+ou.switches
 			t.iops, t.mbs = t.iops+float64(n)/el, t.mbs+float64(bytes)/el/1e6
 			t.ratios = append(t.ratios, float64(n)/el/li)
 		}
@@ -217,16 +232,21 @@ func benchRead(b *testing.B, size int, random bool) {
 	b.StopTimer()
 	nf := float64(b.N)
 	libIOPS, libMBs = libIOPS/nf, libMBs/nf
-	// CPU per I/O says how much of the shared two cores each initiator takes from tgtd.
-	libCPUPerIO := libCPU.Seconds() * 1e6 / max(libIOs, 1)
+	// CPU per I/O says how much of the shared two cores each initiator takes from tgtd;
+	// context switches per I/O how often it sleeps and wakes for them.
+	libCPUPerIO := libUsed.cpu.Seconds() * 1e6 / max(libIOs, 1)
+	libSwitches := float64(libUsed.switches) / max(libIOs, 1)
 	b.ReportMetric(libMBs, "libiscsi-MB/s")
 	b.ReportMetric(libIOPS, "libiscsi-IOPS")
 	b.ReportMetric(libCPUPerIO, "libiscsi-cpu-us/IO")
+	b.ReportMetric(libSwitches, "libiscsi-csw/IO")
 	for i, t := range ours {
 		slices.Sort(t.ratios)
 		ratio := t.ratios[len(t.ratios)/2]
-		perIO := float64(t.allocs) / float64(max(t.ios, 1))
-		cpuPerIO := t.cpu.Seconds() * 1e6 / float64(max(t.ios, 1))
+		ios := float64(max(t.ios, 1))
+		perIO := float64(t.allocs) / ios
+		cpuPerIO := t.used.cpu.Seconds() * 1e6 / ios
+		switches := float64(t.used.switches) / ios
 		unit := ""
 		if i > 0 {
 			unit = t.name + "-"
@@ -236,8 +256,9 @@ func benchRead(b *testing.B, size int, random bool) {
 		b.ReportMetric(ratio, unit+"ratio")
 		b.ReportMetric(perIO, unit+"allocs/IO")
 		b.ReportMetric(cpuPerIO, unit+"cpu-us/IO")
-		fmt.Printf("iscsi bench %s (%s): ours %.0f IOPS %.0f MB/s, libiscsi %.0f IOPS %.0f MB/s, ratio ours/libiscsi %.2f (median of %v), %.3f allocs per I/O, CPU per I/O ours %.1f µs vs libiscsi %.1f µs\n",
-			b.Name(), t.name, t.iops/nf, t.mbs/nf, libIOPS, libMBs, ratio, roundTo(t.ratios), perIO, cpuPerIO, libCPUPerIO)
+		b.ReportMetric(switches, unit+"csw/IO")
+		fmt.Printf("iscsi bench %s (%s): ours %.0f IOPS %.0f MB/s, libiscsi %.0f IOPS %.0f MB/s, ratio ours/libiscsi %.2f (median of %v), %.3f allocs per I/O, CPU per I/O ours %.1f µs vs libiscsi %.1f µs, context switches per I/O %.2f vs %.2f\n",
+			b.Name(), t.name, t.iops/nf, t.mbs/nf, libIOPS, libMBs, ratio, roundTo(t.ratios), perIO, cpuPerIO, libCPUPerIO, switches, libSwitches)
 	}
 }
 

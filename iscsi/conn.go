@@ -10,7 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/isboot/isboot/internal/sockio"
+	"github.com/isboot/isboot/iscsi/rawsock"
+	"github.com/isboot/isboot/iscsi/sockio"
 )
 
 // conn is one TCP connection in the full-feature phase with its reader, writer and
@@ -63,6 +64,13 @@ type conn struct {
 	draining    atomic.Bool
 	logoutAsked chan time.Duration
 
+	// sock reads the PDU stream from nc by raw system call, coalescing wake-ups (nil
+	// for a net.Pipe). A reader that waits for nc some other way must turn it off
+	// (Coalesce(nil, 0)) or wait no longer than coalesceWait.
+	sock *rawsock.Conn
+	// inflight counts the responses due, for the reader's coalescing.
+	inflight inflightAcct
+
 	hdr     bhs // writer scratch
 	nopData [4096]byte
 	scratch []byte // reader scratch for sense and discarded data
@@ -108,11 +116,17 @@ func newConn(s *Session, nc net.Conn, res *loginResult, gen uint64) (*conn, erro
 	c.windowKnown.Store(!snLess(res.maxCmdSN, res.expCmdSN-1))
 	c.expStatSN.Store(res.expStatSN)
 	c.lastRecv.Store(nanotime())
+	c.inflight.bySlot = make([]atomic.Int64, len(s.tasks))
 	sock := sockio.New(nc)
 	head := &headReader{r: nc}
 	c.wr = pduWriter{w: nc}
 	if sock != nil {
 		head.r, c.wr.w, c.wr.wv = sock, sock, sock
+		// The PDU stream's reads coalesce their wake-ups (coalesce.go); sockio reads
+		// and splices large segments, without a mark of its own.
+		rs := rawsock.New(nc, sock.RawConn())
+		rs.Coalesce(c.inflight.lowat, coalesceWait)
+		head.r, c.sock = rs, rs
 	}
 	br := bufio.NewReaderSize(head, 64<<10)
 	c.rd = pduReader{r: br, br: br, head: head, sock: sock, maxData: s.cfg.MaxRecvDataSegmentLength,

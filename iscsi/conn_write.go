@@ -225,6 +225,7 @@ func (c *conn) sendCmd(t *task) error {
 	t.cmdSN = c.cmdSN
 	c.cmdSN++
 	t.sentAt.Store(nanotime())
+	c.inflight.sent(t)
 	if err := c.wr.writePDU(h, imm); err != nil {
 		return err
 	}

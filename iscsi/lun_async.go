@@ -1,6 +1,6 @@
 package iscsi
 
-import "github.com/isboot/isboot/internal/pipebuf"
+import "github.com/isboot/isboot/iscsi/pipebuf"
 
 // ReadAtAsync starts reading len(p) bytes at off and returns; done runs once with the
 // outcome, possibly on the session's reader goroutine, so it must not block for long.
@@ -39,7 +39,7 @@ func (l *LUN) transferAsync(p []byte, off int64, write, fua bool, done func(int,
 
 // ReadAtPipe is ReadAtAsync for n bytes that go into pipe instead of memory: the
 // connection's reader splices them there from the socket, so a server can splice them
-// on to its client without ever copying them (see internal/pipebuf). done runs as for
+// on to its client without ever copying them (see iscsi/pipebuf). done runs as for
 // ReadAtAsync; on success pipe holds exactly n bytes, on failure the caller empties it.
 // It reports false, and does nothing, for a read above one command's maximum
 // transfer. (Where the bytes must be seen, for a data digest, they are copied in.)

@@ -9,8 +9,8 @@ import (
 	"io"
 	"net"
 
-	"github.com/isboot/isboot/internal/pipebuf"
-	"github.com/isboot/isboot/internal/sockio"
+	"github.com/isboot/isboot/iscsi/pipebuf"
+	"github.com/isboot/isboot/iscsi/sockio"
 )
 
 // Opcodes (RFC 7143 §11.2.1.2). Initiator opcodes first, then target opcodes.

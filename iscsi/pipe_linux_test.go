@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"testing"
 
-	"github.com/isboot/isboot/internal/pipebuf"
 	"github.com/isboot/isboot/internal/testkit/testtarget"
+	"github.com/isboot/isboot/iscsi/pipebuf"
 )
 
 // TestReadAtPipe reads extents of many sizes into pipes while the proxy cuts every

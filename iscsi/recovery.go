@@ -242,6 +242,7 @@ func (s *Session) requeue(c *conn, ref taskRef) {
 	}
 	s.mu.Unlock()
 	if ok {
+		c.inflight.done(ref.t) // the target forgot it: no response is due
 		select {
 		case c.ctrl <- ctrlReq{kind: ctrlRequeue, t: ref.t, seq: ref.seq}:
 		case <-c.dead: // the reconnect reissues it

@@ -4,7 +4,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/isboot/isboot/internal/pipebuf"
+	"github.com/isboot/isboot/iscsi/pipebuf"
 )
 
 // task is one SCSI command slot. Slots are allocated once per session (queue depth

@@ -88,6 +88,7 @@ func (s *Session) complete(c *conn, t *task) {
 	}
 	s.active[t.slot] = false
 	s.mu.Unlock()
+	c.inflight.done(t)
 	if !t.internal {
 		s.progress.Store(true)
 	}

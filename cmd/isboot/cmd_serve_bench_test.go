@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -39,9 +40,14 @@ func BenchmarkGatewayVsQemuNBD(b *testing.B) {
 	lunURL := fmt.Sprintf("iscsi://%s/%s/1", d.Addr(), d.IQN)
 
 	ours := "nbd+unix:///?socket=" + startServe(b, "--portal", d.Addr(), "--target", d.IQN, "--lun", "1")
-	qemu := "nbd+unix:///?socket=" + startQemuNBD(b, lunURL)
+	qemuSock, qemuPid := startQemuNBD(b, lunURL)
+	qemu := "nbd+unix:///?socket=" + qemuSock
+	// What each server used during fio: ours runs in this process (tgtd, fio and
+	// qemu-nbd are children, not counted), qemu-nbd is read from /proc.
+	usage := []func() serverUsage{selfServerUsage, func() serverUsage { return procServerUsage(qemuPid) }}
 
-	var seq, iops [2]float64 // [ours, qemu]
+	var seq, iops, ios [2]float64 // [ours, qemu]
+	var used [2]serverUsage
 	b.ResetTimer()
 	for i := range b.N {
 		for j := range 2 {
@@ -53,7 +59,13 @@ func BenchmarkGatewayVsQemuNBD(b *testing.B) {
 				b.Fatalf("nbdcopy %s: %v\n%s", uri, err, out)
 			}
 			seq[k] += float64(size) / (1 << 20) / time.Since(start).Seconds()
-			iops[k] += fioRandRead(b, uri)
+			u0 := usage[k]()
+			r := fioRandRead(b, uri)
+			u := usage[k]()
+			iops[k] += r
+			ios[k] += r * fioSeconds
+			used[k].cpu += u.cpu - u0.cpu
+			used[k].switches += u.switches - u0.switches
 		}
 	}
 	b.StopTimer()
@@ -64,13 +76,59 @@ func BenchmarkGatewayVsQemuNBD(b *testing.B) {
 	b.ReportMetric(iops[0]/n, "gateway-IOPS")
 	b.ReportMetric(iops[1]/n, "qemu-nbd-IOPS")
 	b.ReportMetric(iops[0]/iops[1], "randread-ratio")
+	var cpu, csw [2]float64
+	for k := range 2 {
+		cpu[k] = used[k].cpu.Seconds() * 1e6 / max(ios[k], 1)
+		csw[k] = float64(used[k].switches) / max(ios[k], 1)
+	}
+	b.ReportMetric(cpu[0], "gateway-randread-cpu-us/IO")
+	b.ReportMetric(cpu[1], "qemu-nbd-randread-cpu-us/IO")
 	fmt.Printf("gateway vs qemu-nbd on one tgtd LUN: nbdcopy 1 GiB to null: %.0f vs %.0f MiB/s (%.2fx); "+
-		"fio randread 4k QD32: %.0f vs %.0f IOPS (%.2fx)\n",
-		seq[0]/n, seq[1]/n, seq[0]/seq[1], iops[0]/n, iops[1]/n, iops[0]/iops[1])
+		"fio randread 4k QD32: %.0f vs %.0f IOPS (%.2fx), server CPU per I/O %.1f vs %.1f µs, context switches per I/O %.2f vs %.2f\n",
+		seq[0]/n, seq[1]/n, seq[0]/seq[1], iops[0]/n, iops[1]/n, iops[0]/iops[1], cpu[0], cpu[1], csw[0], csw[1])
 }
 
-// startQemuNBD serves lunURL with qemu-nbd on a unix socket until the benchmark ends.
-func startQemuNBD(b *testing.B, lunURL string) string {
+// serverUsage is a server's CPU time and context switches (its sleeps and wake-ups).
+type serverUsage struct {
+	cpu      time.Duration
+	switches int64
+}
+
+func selfServerUsage() serverUsage {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return serverUsage{time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), ru.Nvcsw + ru.Nivcsw}
+}
+
+// procServerUsage reads another process's totals from /proc: utime and stime from
+// stat (clock ticks of 10 ms on Linux/amd64), context switches summed over its threads.
+func procServerUsage(pid int) serverUsage {
+	var u serverUsage
+	stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if i := strings.LastIndexByte(string(stat), ')'); i > 0 {
+		f := strings.Fields(string(stat[i+1:]))
+		if len(f) > 12 {
+			ut, _ := strconv.ParseInt(f[11], 10, 64)
+			st, _ := strconv.ParseInt(f[12], 10, 64)
+			u.cpu = time.Duration(ut+st) * 10 * time.Millisecond
+		}
+	}
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	for _, t := range tasks {
+		st, _ := os.ReadFile(t)
+		for _, line := range strings.Split(string(st), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.HasSuffix(k, "ctxt_switches") {
+				n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				u.switches += n
+			}
+		}
+	}
+	return u
+}
+
+// startQemuNBD serves lunURL with qemu-nbd on a unix socket until the benchmark ends;
+// it returns the socket and qemu-nbd's pid.
+func startQemuNBD(b *testing.B, lunURL string) (string, int) {
 	sock := filepath.Join(b.TempDir(), "qemu-nbd.sock")
 	cmd := exec.Command("qemu-nbd", "-f", "raw", "--socket", sock, "--shared=16", "--persistent", lunURL)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -86,16 +144,19 @@ func startQemuNBD(b *testing.B, lunURL string) string {
 	})
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		if _, err := os.Stat(sock); err == nil {
-			return sock
+			return sock, cmd.Process.Pid
 		}
 	}
 	b.Fatalf("qemu-nbd did not create its socket: %s", stderr.String())
-	return ""
+	return "", 0
 }
+
+// fioSeconds is how long each fio run lasts.
+const fioSeconds = 5
 
 func fioRandRead(b *testing.B, uri string) float64 {
 	out, err := exec.Command("fio", "--name=randread", "--ioengine=nbd", "--uri="+uri,
-		"--rw=randread", "--bs=4k", "--iodepth=32", "--runtime=5", "--time_based",
+		"--rw=randread", "--bs=4k", "--iodepth=32", "--runtime="+strconv.Itoa(fioSeconds), "--time_based",
 		"--size=1G", "--output-format=json").Output()
 	if err != nil {
 		b.Fatalf("fio %s: %v\n%s", uri, err, out)

@@ -1,6 +1,6 @@
 package blockdev
 
-import "github.com/isboot/isboot/internal/pipebuf"
+import "github.com/isboot/isboot/iscsi/pipebuf"
 
 // Async is a Device that can start a read or write and return at once. done runs
 // exactly once with the outcome, possibly on the device's own goroutine (the iSCSI

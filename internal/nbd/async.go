@@ -1,6 +1,6 @@
 package nbd
 
-import "github.com/isboot/isboot/internal/pipebuf"
+import "github.com/isboot/isboot/iscsi/pipebuf"
 
 // Reads and writes take the device's asynchronous path when it has one (the iSCSI
 // LUN): the request leaves from the connection's reader, and its completion, on the

@@ -4,7 +4,7 @@ import (
 	"encoding/binary"
 	"time"
 
-	"github.com/isboot/isboot/internal/pipebuf"
+	"github.com/isboot/isboot/iscsi/pipebuf"
 )
 
 // Replies: simple and structured, built in place behind one writer lock.

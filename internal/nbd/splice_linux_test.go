@@ -11,10 +11,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/isboot/isboot/internal/pipebuf"
 	"github.com/isboot/isboot/internal/testkit/testenv"
 	"github.com/isboot/isboot/internal/testkit/testtarget"
 	"github.com/isboot/isboot/iscsi"
+	"github.com/isboot/isboot/iscsi/pipebuf"
 )
 
 // TestSplicedReadsThroughISCSI serves a tgtd LUN full of random bytes and reads it

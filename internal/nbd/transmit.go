@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/isboot/isboot/internal/blockdev"
-	"github.com/isboot/isboot/internal/pipebuf"
-	"github.com/isboot/isboot/internal/sockio"
+	"github.com/isboot/isboot/iscsi/pipebuf"
+	"github.com/isboot/isboot/iscsi/sockio"
 )
 
 // The transmission phase: requests are read, checked and run here (or on the

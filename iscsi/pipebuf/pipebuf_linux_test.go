@@ -3,35 +3,18 @@ package pipebuf
 import (
 	"bytes"
 	"io"
-	"net"
 	"testing"
 
-	"github.com/isboot/isboot/internal/sockio"
+	"github.com/isboot/isboot/internal/testkit/netpair"
+	"github.com/isboot/isboot/iscsi/sockio"
 )
 
 // TestSpliceThrough moves 8 MiB from one TCP connection through a Pipe to another,
 // in requests larger than one kernel pipe holds, with bytes written in ahead of each
 // splice, and checks them at the far end; Reset drops what a request left.
 func TestSpliceThrough(t *testing.T) {
-	pair := func() (net.Conn, net.Conn) {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		c, err := net.Dial("tcp", l.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := l.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close(); s.Close() })
-		return c, s
-	}
-	srcW, srcR := pair()
-	dstW, dstR := pair()
+	srcW, srcR := netpair.TCP(t)
+	dstW, dstR := netpair.TCP(t)
 	in, out := sockio.New(srcR), sockio.New(dstW)
 	data := make([]byte, 8<<20)
 	for i := range data {

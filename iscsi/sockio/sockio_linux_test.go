@@ -8,31 +8,14 @@ import (
 	"os"
 	"testing"
 	"time"
-)
 
-func tcpPair(t *testing.T) (net.Conn, net.Conn) {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	c, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := l.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c, s
-}
+	"github.com/isboot/isboot/internal/testkit/netpair"
+)
 
 // TestStream moves 32 MiB through raw writes, gathered writes and raw reads while
 // the socket buffers fill and drain, then sees the peer's close as io.EOF.
 func TestStream(t *testing.T) {
-	c, s := tcpPair(t)
+	c, s := netpair.TCP(t)
 	w, r := New(c), New(s)
 	if w == nil || r == nil {
 		t.Fatal("no raw side for a TCP connection")
@@ -80,7 +63,7 @@ func (f readerFunc) Read(b []byte) (int, error) { return f(b) }
 // TestDeadline: a raw read waits in the runtime's poller, so the connection's read
 // deadline ends it.
 func TestDeadline(t *testing.T) {
-	_, s := tcpPair(t)
+	_, s := netpair.TCP(t)
 	s.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 	_, err := New(s).Read(make([]byte, 10))
 	if !errors.Is(err, os.ErrDeadlineExceeded) {

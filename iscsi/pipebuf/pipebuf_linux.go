@@ -18,7 +18,7 @@ import (
 	"sync"
 	"syscall"
 
-	"github.com/isboot/isboot/internal/sockio"
+	"github.com/isboot/isboot/iscsi/sockio"
 	"golang.org/x/sys/unix"
 )
 
@@ -40,14 +40,6 @@ type Pipe struct {
 
 // Len is the number of bytes held.
 func (p *Pipe) Len() int { return p.n }
-
-// Supported reports whether this kernel can splice a socket into a pipe and out.
-func Supported() bool {
-	var p Pipe
-	defer p.Close()
-	_, err := p.seg()
-	return err == nil
-}
 
 // seg returns the segment being filled, opening it if needed.
 func (p *Pipe) seg() (*segment, error) {
@@ -239,7 +231,7 @@ var ToUnixCheap = sync.OnceValue(func() bool {
 	return major > 6 || major == 6 && minor >= 5
 })
 
-// splice is splice(2) without telling the scheduler (see internal/sockio): every fd
+// splice is splice(2) without telling the scheduler (see iscsi/sockio): every fd
 // involved is non-blocking and SPLICE_F_NONBLOCK is set, so it never sleeps.
 func splice(in, out uintptr, n int, flags int) (int64, error) {
 	m, _, e := unix.RawSyscall6(unix.SYS_SPLICE, in, 0, out, 0, uintptr(n), uintptr(flags))
