@@ -169,7 +169,7 @@ func alignedBuf(n int) ([]byte, error) {
 // cpuStat is the guest's CPU time so far, in clock ticks, and its context switches.
 type cpuStat struct {
 	user, sys, softirq, idle, ctxt float64
-	daemon                         float64 // isboot daemon's context switches, all threads
+	daemon                         float64            // isboot daemon's context switches, all threads
 	tcp                            map[string]float64 // TcpExt counters
 }
 
