@@ -132,6 +132,9 @@ func newConn(s *Session, nc net.Conn, res *loginResult, gen uint64) (*conn, erro
 	c.rd = pduReader{r: br, br: br, head: head, sock: sock, maxData: s.cfg.MaxRecvDataSegmentLength,
 		hdrDigest: p["HeaderDigest"] == "CRC32C", dataDigest: p["DataDigest"] == "CRC32C"}
 	c.wr.hdrDigest, c.wr.dataDigest = c.rd.hdrDigest, c.rd.dataDigest
+	if c.sock != nil {
+		c.rd.unmark = c.sock.Unmark
+	}
 	c.wg.Add(3)
 	go c.readLoop()
 	go c.writeLoop()

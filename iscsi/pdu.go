@@ -124,6 +124,7 @@ type pduReader struct {
 	br         *bufio.Reader
 	head       *headReader
 	sock       *sockio.Conn
+	unmark     func() // clears a coalescing mark before a splice waits (rawsock)
 	hdrDigest  bool
 	dataDigest bool
 	maxData    int // our MaxRecvDataSegmentLength: the largest segment we accept
@@ -212,6 +213,9 @@ func (p *pduReader) readDataTo(pipe *pipebuf.Pipe, n int, scratch []byte) error 
 		p.br.Discard(k)
 	}
 	if n > k {
+		if p.unmark != nil {
+			p.unmark()
+		}
 		if err := pipe.SpliceFrom(p.sock, n-k); err != nil {
 			return err
 		}

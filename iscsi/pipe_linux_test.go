@@ -87,3 +87,54 @@ func TestReadAtPipe(t *testing.T) {
 		})
 	}
 }
+
+// TestPipeReadsAmidSmallReads mixes 1 MiB pipe reads into a stream of 4 KiB reads at
+// queue depth 48, where the reader coalesces wake-ups with a low-water mark: a splice
+// waits for exactly the bytes its PDU still holds, never for the mark, so every read
+// completes, with the bytes written.
+func TestPipeReadsAmidSmallReads(t *testing.T) {
+	d := startTgtd(t, testtarget.TgtdOptions{Size: 32 << 20})
+	cfg := testConfig(d)
+	cfg.QueueDepth = 48
+	s := dial(t, cfg)
+	defer s.Close()
+	l := s.LUN()
+	const big = 1 << 20
+	data := pattern(16<<20, 5)
+	for off := 0; off < len(data); off += 4 << 20 {
+		if _, err := l.WriteAt(data[off:off+4<<20], int64(off)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const n = 2000
+	pipes := map[int]*pipebuf.Pipe{}
+	bufs := make([][]byte, n)
+	offs := make([]int, n)
+	errs := asyncAll(n, func(i int, done func(int, error)) {
+		if i%50 == 7 {
+			p := new(pipebuf.Pipe)
+			pipes[i] = p
+			offs[i] = (i * big) % (len(data) - big)
+			offs[i] -= offs[i] % 4096
+			l.ReadAtPipe(p, big, int64(offs[i]), done)
+			return
+		}
+		offs[i] = (i * 7919 * 4096) % len(data)
+		bufs[i] = make([]byte, 4096)
+		l.ReadAtAsync(bufs[i], int64(offs[i]), done)
+	})
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("read %d: %v", i, err)
+		}
+		if p := pipes[i]; p != nil {
+			b := make([]byte, big)
+			if m, err := p.Read(b); err != nil || m != big || !bytes.Equal(b, data[offs[i]:offs[i]+big]) {
+				t.Fatalf("pipe read %d: %d bytes (%v), other than written", i, m, err)
+			}
+			p.Close()
+		} else if !bytes.Equal(bufs[i], data[offs[i]:offs[i]+4096]) {
+			t.Fatalf("read %d returned other bytes", i)
+		}
+	}
+}

@@ -67,6 +67,13 @@ func (s *Conn) Coalesce(want func() int, maxWait time.Duration) {
 	}
 }
 
+// Unmark puts the mark back to one byte, coalescing staying on: for a reader about to
+// wait on the socket another way (a splice), which must wake for the bytes it is
+// sure to get, not for what the mark still asks. The next Read sets it again.
+func (s *Conn) Unmark() {
+	s.rc.Control(func(fd uintptr) { s.setMark(fd, 1) })
+}
+
 // maxLowat bounds the low-water mark: far below the receive buffer, where the kernel
 // would have to grow it.
 const maxLowat = 64 << 10

@@ -16,4 +16,5 @@ type Conn struct{}
 func New(net.Conn, syscall.RawConn) *Conn { return nil }
 
 func (*Conn) Coalesce(func() int, time.Duration) {}
+func (*Conn) Unmark()                            {}
 func (*Conn) Read([]byte) (int, error)           { return 0, io.ErrClosedPipe }
