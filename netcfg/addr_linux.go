@@ -68,13 +68,20 @@ func (ap *applier) route(l netlink.Link, r Route) error {
 		ap.logf("netcfg: warning: keeping the existing route %s; not adding %s", existing[0], desc)
 		return nil
 	}
-	if len(advertised) > 0 {
+	switch {
+	case len(advertised) > 0:
 		// The kernel learned this route from a router advertisement while DAD ran.
 		// The iBFT's gateway is the one the firmware booted through: it goes just
 		// ahead of the advertised router, which stays as a fallback. At an equal
 		// metric the kernel would alternate between them.
 		nr.Priority = lowestMetric(advertised) - 1
 		desc += fmt.Sprintf(" metric %d (ahead of the router-advertised route)", nr.Priority)
+	case nr.Priority == 0 && nr.Gw != nil && nr.Gw.To4() == nil:
+		// No advertisement yet, but one may come: its route gets the kernel's
+		// default metric (ra_defrtr_metric, 1024), so ours goes one ahead of that
+		// now, whichever arrives first.
+		nr.Priority = raDefaultMetric - 1
+		desc += fmt.Sprintf(" metric %d (ahead of a router-advertised route)", nr.Priority)
 	}
 	if err := ap.h.RouteAdd(nr); err != nil {
 		return fmt.Errorf("netcfg: add route %s: %w", desc, err)
@@ -87,6 +94,10 @@ func (ap *applier) route(l netlink.Link, r Route) error {
 	})
 	return nil
 }
+
+// raDefaultMetric is the metric Linux gives a route learned from a router
+// advertisement (IP6_RT_PRIO_USER, the default of net.ipv6.conf.*.ra_defrtr_metric).
+const raDefaultMetric = 1024
 
 // lowestMetric is the smallest metric of rs, at least 1 so one below it exists.
 func lowestMetric(rs []netlink.Route) int {
