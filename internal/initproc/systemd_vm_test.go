@@ -37,7 +37,9 @@ func TestBootSystemdRoot(t *testing.T) {
 	port, _ := strconv.Atoi(p)
 	hook := filepath.Join(dir, "hook")
 	script := `pid=$(grep '^net.isboot.pid:' /run/isboot/status | cut -d' ' -f2)
-echo "HOOK-DAEMON $(tr '\0' ' ' < /proc/$pid/cmdline)"
+line="HOOK-DAEMON $(tr '\0' ' ' < /proc/$pid/cmdline)"
+echo "$line" > /dev/ttyS1 # whole there: no printk can split it
+echo "$line"
 echo "HOOK-STATE $(grep '^net.isboot.state:' /run/isboot/status)"
 echo "HOOK-WRITE $(date +%s)" > /var/lib/isboot-test-write; sync
 systemctl poweroff
@@ -62,7 +64,10 @@ systemctl poweroff
 		t.Fatal(err)
 	}
 	t.Logf("multi-user.target over iSCSI after %.1f s", v.Elapsed().Seconds())
-	if _, err := v.WaitFor(ctx, 60*time.Second, `HOOK-DAEMON @isboot`); err != nil {
+	if _, err := v.WaitFor(ctx, 60*time.Second, `HOOK-DAEMON`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.WaitForReport(ctx, 10*time.Second, `HOOK-DAEMON @isboot`); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := v.WaitFor(ctx, 60*time.Second, `HOOK-STATE net.isboot.state: serving`); err != nil {

@@ -122,7 +122,10 @@ func table(t *testing.T, iqn string, port int) string {
 // handed one, reports the daemon again, writes a file and powers off.
 const hook = `status=/run/isboot/status
 pid=$(grep '^net.isboot.pid:' $status | cut -d' ' -f2)
-echo "HOOK-DAEMON pid=$pid comm=$(cat /proc/$pid/comm) argv0=$(tr '\0' ' ' < /proc/$pid/cmdline)"
+# Also on ttyS1, where no printk or systemd status line can split it.
+line="HOOK-DAEMON pid=$pid comm=$(cat /proc/$pid/comm) argv0=$(tr '\0' ' ' < /proc/$pid/cmdline)"
+echo "$line" > /dev/ttyS1
+echo "$line"
 echo "HOOK-STATE $(grep '^net.isboot.state:' $status)"
 echo "HOOK-ROOT $(findmnt -n -o SOURCE /)"
 echo "HOOK-CGROUP $(tr '\n' ' ' < /proc/$pid/cgroup)"
@@ -196,7 +199,10 @@ func boot(t *testing.T, fl Flavour, slot int, cmdline string, upgrade bool) {
 		t.Fatal(err)
 	}
 	ready := v.Elapsed()
-	m, err := v.WaitFor(ctx, 60*time.Second, `HOOK-DAEMON pid=(\d+) comm=(\S*) argv0=(\S*)`)
+	if _, err := v.WaitFor(ctx, 60*time.Second, `HOOK-DAEMON pid=`); err != nil {
+		t.Fatal(err)
+	}
+	m, err := v.WaitForReport(ctx, 10*time.Second, `HOOK-DAEMON pid=(\d+) comm=(\S*) argv0=(\S*)`)
 	if err != nil {
 		t.Fatal(err)
 	}

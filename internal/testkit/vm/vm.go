@@ -368,6 +368,38 @@ func (v *VM) Report() ([]byte, error) {
 	return bytes.ReplaceAll(b, []byte("\r\n"), []byte("\n")), err
 }
 
+// WaitForReport waits until what the guest wrote to ttyS1 matches the regular
+// expression pattern and returns the first match and its submatches. The report
+// channel carries no kernel or systemd messages, so a line there arrives whole;
+// on the console a printk can land in the middle of it.
+func (v *VM) WaitForReport(ctx context.Context, timeout time.Duration, pattern string) ([]string, error) {
+	re, err := regexp.Compile(pattern)
+	if err != nil {
+		return nil, fmt.Errorf("vm: pattern %q: %w", pattern, err)
+	}
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		b, _ := v.Report()
+		if m := re.FindSubmatch(b); m != nil {
+			out := make([]string, len(m))
+			for i := range m {
+				out[i] = string(m[i])
+			}
+			return out, nil
+		}
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			return nil, fmt.Errorf("vm: %q not in the ttyS1 report after %v", pattern, timeout)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
 // Elapsed is the time since QEMU started.
 func (v *VM) Elapsed() time.Duration { return time.Since(v.started) }
 
