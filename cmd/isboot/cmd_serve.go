@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/isboot/isboot/internal/blockdev"
 	"github.com/isboot/isboot/internal/nbd"
 	"github.com/isboot/isboot/internal/status"
 	"github.com/isboot/isboot/iscsi"
@@ -37,6 +38,7 @@ type serveConfig struct {
 	listen      string // "unix:PATH" or "tcp:HOST:PORT"
 	attach      string // "any" or "/dev/nbdN"
 	connections int
+	readAheadKB int
 	kernel      nbd.KernelConfig
 	// Testing aids: serve a file (--image) or memory instead of an iSCSI LUN.
 	file     string
@@ -67,7 +69,7 @@ const serveSynopsis = `(--ibft FILE | --portal HOST:PORT[,HOST:PORT] --target IQ
     [--initiator IQN] [--chap-user U --chap-secret-file F] [--rev-chap-user U --rev-chap-secret-file F]
     [--paths failover|multipath] [--header-digest none|crc32c] [--data-digest none|crc32c] [--read-only]
     (--listen unix:PATH | --listen tcp:HOST:PORT | --attach [/dev/nbdN]) [--connections N]
-    [--timeout D] [--dead-conn-timeout D] [--destroy-on-disconnect] [--disconnect-on-close]
+    [--read-ahead KiB] [--timeout D] [--dead-conn-timeout D] [--destroy-on-disconnect] [--disconnect-on-close]
     [--status PATH]`
 
 // parseServeFlags returns the config and the command line's cli (for errors), or an
@@ -93,6 +95,7 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveConfig, *cl
 	fl.StringVar(&cfg.listen, "listen", "", "serve NBD on unix:PATH or tcp:HOST:PORT (tcp: NO AUTHENTICATION: whoever reaches the port reads and writes the LUN)")
 	fl.StringVar(&cfg.attach, "attach", "", "attach to the kernel: /dev/nbdN, or no value for the first free device")
 	fl.IntVar(&cfg.connections, "connections", 1, "sockets to the kernel (--attach)")
+	fl.IntVar(&cfg.readAheadKB, "read-ahead", blockdev.DefaultReadAheadMax>>10, "largest read fetched ahead of a sequential reader, in KiB (0: none)")
 	fl.DurationVar(&timeout, "timeout", 0, "kernel per-request timeout (--attach; 0: none)")
 	fl.DurationVar(&deadTimeout, "dead-conn-timeout", 10*time.Minute, "how long the kernel waits for a new server once all sockets died (--attach)")
 	fl.BoolVar(&cfg.kernel.DestroyOnDisconnect, "destroy-on-disconnect", false, "delete the device when disconnected (never for a root device)")
@@ -142,6 +145,8 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveConfig, *cl
 		return usage("give exactly one of --listen and --attach")
 	case cfg.connections < 1 || cfg.connections > 16:
 		return usage("--connections %d: want 1..16", cfg.connections)
+	case cfg.readAheadKB < 0 || cfg.readAheadKB > 64<<10:
+		return usage("--read-ahead %d: want 0..65536 KiB", cfg.readAheadKB)
 	case (src.CHAPUser == "") != (chapFile == ""):
 		return usage("--chap-user and --chap-secret-file go together")
 	case (src.RevCHAPUser == "") != (revFile == ""):

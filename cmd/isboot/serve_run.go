@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/isboot/isboot/internal/blockdev"
 	"github.com/isboot/isboot/internal/daemon"
 	"github.com/isboot/isboot/internal/nbd"
 	"github.com/isboot/isboot/internal/status"
@@ -51,10 +52,13 @@ func serve(ctx context.Context, cfg *serveConfig, logf func(string, ...any)) (er
 			st.Portal = cfg.iscsi.Portals[0]
 		}
 	})
+	if cfg.readAheadKB > 0 {
+		dev = blockdev.NewReadAhead(dev, min(blockdev.DefaultReadAheadMin, cfg.readAheadKB<<10), cfg.readAheadKB<<10)
+	}
 	srv := nbd.NewServer(dev, nbd.Options{ExportName: cfg.iscsi.TargetName, Logf: logf})
 	var att *nbd.Attachment
 	sample := func() daemon.Sample {
-		s := daemon.Sample{Session: b.info(), NBD: srv.Stats()}
+		s := daemon.Sample{Session: b.info(), NBD: srv.Stats(), ReadAhead: blockdev.ReadAheadStatsOf(dev)}
 		if att != nil {
 			s.Attached, s.Live, s.Reconfigures = true, att.Live(), att.Reconfigures()
 		}

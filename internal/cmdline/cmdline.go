@@ -60,6 +60,11 @@ type CmdLine struct {
 	// Multipath is isboot.multipath=0|1: serve the LUN over all its paths at once
 	// (the iBFT's targets naming it, several netroot=) rather than failing over.
 	Multipath bool
+	// ReadAheadKB is isboot.readahead=KiB: the largest read the daemon fetches ahead
+	// of a sequential reader; 0: not given, the daemon's default. isboot.readahead=0
+	// sets NoReadAhead.
+	ReadAheadKB int
+	NoReadAhead bool
 }
 
 // RootKind says how root= names the root filesystem.
@@ -308,6 +313,10 @@ func (c *CmdLine) set(key, val string, hasVal bool) error {
 		c.Firmware, err = boolValue(val, hasVal)
 	case "isboot.multipath":
 		c.Multipath, err = boolValue(val, hasVal)
+	case "isboot.readahead":
+		if c.ReadAheadKB, err = intIn(val, 0, 64<<10); err == nil {
+			c.NoReadAhead = c.ReadAheadKB == 0
+		}
 	case "rd.iscsi.initiator":
 		if val == "" {
 			return errors.New("empty initiator name")

@@ -38,6 +38,9 @@ type Config struct {
 
 	Device      int // N of /dev/nbdN; -1 lets the kernel pick
 	Connections int // NBD sockets (the iSCSI session is shared)
+	// ReadAheadKB is the largest read fetched ahead of a sequential reader
+	// (blockdev.ReadAhead): 0 is the default (1 MiB), negative turns it off.
+	ReadAheadKB int `json:",omitempty"`
 
 	StatusDir string // "" disables the status file
 	NIC       string // interface carrying the session, for the status file

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/isboot/isboot/internal/blockdev"
 	"github.com/isboot/isboot/internal/nbd"
 	"github.com/isboot/isboot/internal/status"
 )
@@ -58,6 +59,8 @@ type Sample struct {
 	Live         int
 	Reconfigures uint64
 	LoginErrors  uint64 // failed logins before the session came up
+	// ReadAhead counts the read-ahead's work; nil when the device has none.
+	ReadAhead *blockdev.ReadAheadStats
 }
 
 // Observe takes a sample into the status (counters, session, serving or
@@ -81,6 +84,10 @@ func (p *Publisher) Observe(s Sample, force bool) {
 			Reconnects: info.Reconnects + s.Reconfigures,
 			Commands:   s.NBD.Commands, ReadBytes: s.NBD.ReadBytes, WriteBytes: s.NBD.WriteBytes,
 			Errors: s.LoginErrors + s.NBD.Errors + info.Errors,
+		}
+		if ra := s.ReadAhead; ra != nil {
+			st.ReadAhead = true
+			st.Counters.ReadAheadFetched, st.Counters.ReadAheadHits, st.Counters.ReadAheadWasted = ra.Fetched, ra.Hits, ra.Wasted
 		}
 		if info.Idle {
 			st.State = status.LoggedOut

@@ -146,7 +146,7 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 		return err
 	}
 	lun := sess.LUN()
-	srv := nbd.NewServer(lun, nbd.Options{ExportName: cfg.TargetName, Logf: o.Logf})
+	srv := nbd.NewServer(readAhead(lun, cfg.ReadAheadKB), nbd.Options{ExportName: cfg.TargetName, Logf: o.Logf})
 	att, err := o.Attach(srv, nbd.AttachConfig{
 		KernelConfig: nbd.KernelConfig{
 			Index: cfg.Device,
@@ -318,6 +318,7 @@ func (d *daemon) refresh(sess Session, srv *nbd.Server, att Attachment, force bo
 	d.pub.Observe(Sample{
 		Session: &info, NBD: srv.Stats(), Attached: true, Live: att.Live(),
 		Reconfigures: att.Reconfigures(), LoginErrors: d.loginErrors,
+		ReadAhead: blockdev.ReadAheadStatsOf(srv.Device()),
 	}, force)
 }
 
@@ -344,3 +345,15 @@ func (d *daemon) stop(sess Session, att Attachment) error {
 
 // ShutdownSignals are the signals that ask the daemon to stop.
 var ShutdownSignals = []os.Signal{syscall.SIGTERM, syscall.SIGINT}
+
+// readAhead wraps the LUN for the NBD server so that a sequential reader finds its
+// next read already fetched (blockdev.ReadAhead). kb: 0 default, negative off.
+func readAhead(lun blockdev.Device, kb int) blockdev.Device {
+	switch {
+	case kb < 0:
+		return lun
+	case kb == 0:
+		return blockdev.NewReadAhead(lun, blockdev.DefaultReadAheadMin, blockdev.DefaultReadAheadMax)
+	}
+	return blockdev.NewReadAhead(lun, min(blockdev.DefaultReadAheadMin, kb<<10), kb<<10)
+}

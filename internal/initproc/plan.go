@@ -20,7 +20,14 @@ func MakePlan(c *cmdline.CmdLine, t *ibft.Table) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Plan{Boot: bp, Daemon: daemon.Config{
+	p := &Plan{Boot: bp, Daemon: daemon.Config{
 		Config: bp.ISCSI, Paths: bp.Paths, Device: 0, Connections: 2, Debug: c.Debug, IBFT: bp.IBFT,
-	}}, nil
+	}}
+	switch {
+	case c.NoReadAhead:
+		p.Daemon.ReadAheadKB = -1
+	case c.ReadAheadKB > 0:
+		p.Daemon.ReadAheadKB = c.ReadAheadKB
+	}
+	return p, nil
 }

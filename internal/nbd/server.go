@@ -95,6 +95,9 @@ func NewServer(dev blockdev.Device, opts Options) *Server {
 	}
 }
 
+// Device is the device the server exports.
+func (s *Server) Device() blockdev.Device { return s.dev }
+
 // Stats returns the counters so far.
 func (s *Server) Stats() Stats {
 	return Stats{s.commands.Load(), s.readBytes.Load(), s.writeBytes.Load(), s.errs.Load(), s.spliced.Load()}

@@ -67,6 +67,8 @@ type Status struct {
 	Size      int64 // bytes
 	LastError string
 	Session   Session
+	// ReadAhead says the device is served with read-ahead (net.isboot.readahead.*).
+	ReadAhead bool
 	Counters  Counters
 	Guard     Guard
 	DHCP      *DHCP  // the lease the daemon keeps renewing; nil: none
@@ -131,6 +133,9 @@ type Counters struct {
 	ReadBytes  uint64
 	WriteBytes uint64
 	Errors     uint64
+	// Reads fetched ahead of a sequential reader, reads served from them, and those
+	// dropped unread (blockdev.ReadAhead); shown when Status.ReadAhead.
+	ReadAheadFetched, ReadAheadHits, ReadAheadWasted uint64
 }
 
 // KV is one line of the file.
@@ -185,6 +190,12 @@ func (s *Status) Lines() []KV {
 		KV{p + "write_bytes", strconv.FormatUint(s.Counters.WriteBytes, 10)},
 		KV{p + "errors", strconv.FormatUint(s.Counters.Errors, 10)},
 	)
+	if s.ReadAhead {
+		kv = append(kv,
+			KV{p + "readahead.fetched", strconv.FormatUint(s.Counters.ReadAheadFetched, 10)},
+			KV{p + "readahead.hits", strconv.FormatUint(s.Counters.ReadAheadHits, 10)},
+			KV{p + "readahead.wasted", strconv.FormatUint(s.Counters.ReadAheadWasted, 10)})
+	}
 	if s.Guard.Link != "" {
 		kv = append(kv, KV{p + "guard.link", s.Guard.Link},
 			KV{p + "guard.restores", strconv.FormatUint(s.Guard.Restores, 10)},

@@ -47,6 +47,8 @@ echo "BENCH-ROOT-UP $dev"
 if [ -f /run/isboot/status ]; then
 	pid=$(grep '^net.isboot.pid:' /run/isboot/status | cut -d' ' -f2)
 	echo "BENCH-DAEMON $(grep VmHWM /proc/$pid/status | tr -s ' \t' ' ')"
+	sleep 2 # the status file shows new counters within a second
+	echo "BENCH-COUNTERS $(grep -E '^net.isboot.(commands|read_bytes|write_bytes|readahead)' /run/isboot/status | tr '\n' ' ')"
 fi
 poweroff -f
 `, rootSize, scratchSize, randFor)
@@ -199,6 +201,9 @@ func run(b *testing.B, k vm.Kernel, g guest, tab string) result {
 		}
 		kb, _ := strconv.ParseFloat(hm[1], 64)
 		r.daemonHWM = kb / 1024
+		if m := counters.FindString(v.Console()); m != "" {
+			b.Logf("isboot: %s", strings.TrimSpace(m))
+		}
 	}
 	if g.name == "kernel" {
 		logLogin(b, v.Console())
@@ -209,7 +214,10 @@ func run(b *testing.B, k vm.Kernel, g guest, tab string) result {
 	return r
 }
 
-var cpuLine = regexp.MustCompile(`blkbench: cpu [^\r\n]*`)
+var (
+	cpuLine  = regexp.MustCompile(`blkbench: cpu [^\r\n]*`)
+	counters = regexp.MustCompile(`BENCH-COUNTERS [^\r\n]*`)
+)
 
 // logLogin shows that the anchor's disk came from the kernel initiator.
 func logLogin(b *testing.B, con string) {

@@ -1,0 +1,250 @@
+package blockdev_test
+
+import (
+	"bytes"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/isboot/isboot/internal/blockdev"
+)
+
+// slowAsync is a Mem with an asynchronous path like a target's: a read takes its
+// bytes when it is issued and completes later, from another goroutine, after a short
+// random delay or, for a read at holdOff, when the test releases it.
+type slowAsync struct {
+	*blockdev.Mem
+	mu      sync.Mutex
+	holdOff int64 // -1: hold nothing
+	held    []func()
+	reads   int
+	failOff int64 // the first read at this offset fails (0: none)
+	delay   bool
+}
+
+func newSlow(m *blockdev.Mem) *slowAsync { return &slowAsync{Mem: m, holdOff: -1} }
+
+func (s *slowAsync) ReadAtAsync(p []byte, off int64, done func(int, error)) {
+	s.mu.Lock()
+	s.reads++
+	fail := s.failOff != 0 && off == s.failOff
+	if fail {
+		s.failOff = 0
+	}
+	snap := make([]byte, len(p))
+	n, err := s.Mem.ReadAt(snap, off)
+	if fail {
+		n, err = 0, errors.New("target hiccup")
+	}
+	finish := func() {
+		copy(p, snap)
+		done(n, err)
+	}
+	if off == s.holdOff {
+		s.held = append(s.held, finish)
+		s.mu.Unlock()
+		return
+	}
+	delay := s.delay
+	s.mu.Unlock()
+	go func() {
+		if delay {
+			time.Sleep(time.Duration(rand.IntN(200)) * time.Microsecond)
+		}
+		finish()
+	}()
+}
+
+func (s *slowAsync) WriteAtAsync(p []byte, off int64, fua bool, done func(int, error)) {
+	n, err := s.Mem.WriteAt(p, off)
+	go done(n, err)
+}
+
+func (s *slowAsync) release() {
+	s.mu.Lock()
+	held := s.held
+	s.held, s.holdOff = nil, -1
+	s.mu.Unlock()
+	for _, f := range held {
+		go f()
+	}
+}
+
+func (s *slowAsync) readCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reads
+}
+
+func readAsync(t *testing.T, d blockdev.Device, n int, off int64) []byte {
+	t.Helper()
+	p := make([]byte, n)
+	ch := make(chan error, 1)
+	d.(blockdev.Async).ReadAtAsync(p, off, func(k int, err error) {
+		if err == nil && k != n {
+			err = errors.New("short read")
+		}
+		ch <- err
+	})
+	select {
+	case err := <-ch:
+		if err != nil {
+			t.Fatalf("read %d at %d: %v", n, off, err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("read %d at %d: no completion", n, off)
+	}
+	return p
+}
+
+func writeAsync(t *testing.T, d blockdev.Device, p []byte, off int64) {
+	t.Helper()
+	ch := make(chan error, 1)
+	d.(blockdev.Async).WriteAtAsync(p, off, false, func(_ int, err error) { ch <- err })
+	if err := <-ch; err != nil {
+		t.Fatalf("write at %d: %v", off, err)
+	}
+}
+
+func patterned(size int64, seed uint64) *blockdev.Mem {
+	m := blockdev.NewMem(size, 512, false)
+	b := make([]byte, size)
+	r := rand.New(rand.NewPCG(seed, 1))
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	m.WriteAt(b, 0)
+	return m
+}
+
+func TestReadAheadServesASequentialRun(t *testing.T) {
+	const size, bs = 16 << 20, 256 << 10
+	ref := patterned(size, 1)
+	dev := newSlow(patterned(size, 1))
+	ra := blockdev.NewReadAhead(dev, blockdev.DefaultReadAheadMin, blockdev.DefaultReadAheadMax)
+	if _, ok := ra.(blockdev.Extenter); !ok {
+		t.Error("the wrapper hides the device's allocation map")
+	}
+	want := make([]byte, bs)
+	for off := int64(0); off < size; off += bs {
+		got := readAsync(t, ra, bs, off)
+		ref.ReadAt(want, off)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("read at %d: wrong bytes", off)
+		}
+	}
+	st := ra.(interface {
+		Stats() blockdev.ReadAheadStats
+	}).Stats()
+	n := int(size / bs)
+	// The first read starts nothing; the second starts the run; from the third on,
+	// every read is served ahead. The last one fetched ahead would lie past the end.
+	if st.Hits != uint64(n-2) || st.Fetched != uint64(n-2) || st.Wasted != 0 {
+		t.Errorf("stats %+v, want %d hits, %d fetched, none wasted", st, n-2, n-2)
+	}
+	if got := dev.readCount(); got != n {
+		t.Errorf("the device saw %d reads for %d: want each range read once", got, n)
+	}
+}
+
+// A write to the range being fetched ahead, completed before the reader gets there,
+// must be what the reader sees, though the target read that range before the write.
+func TestReadAheadNeverServesBytesOlderThanAWrite(t *testing.T) {
+	const bs = 256 << 10
+	dev := newSlow(patterned(4<<20, 2))
+	ra := blockdev.NewReadAhead(dev, blockdev.DefaultReadAheadMin, blockdev.DefaultReadAheadMax)
+	dev.holdOff = 2 * bs // the read ahead of [2bs, 3bs) takes the old bytes and waits
+	readAsync(t, ra, bs, 0)
+	readAsync(t, ra, bs, bs)
+	if got, want := dev.readCount(), 2+blockdev.ReadAheadDepth; got != want {
+		t.Fatalf("device reads %d, want %d (two reads and the ranges ahead)", got, want)
+	}
+	fresh := bytes.Repeat([]byte{0xA5}, bs)
+	writeAsync(t, ra, fresh, 2*bs)
+	dev.release()
+	if got := readAsync(t, ra, bs, 2*bs); !bytes.Equal(got, fresh) {
+		t.Fatal("a read after a completed write got the bytes fetched ahead before it")
+	}
+	if st := ra.(interface {
+		Stats() blockdev.ReadAheadStats
+	}).Stats(); st.Wasted != uint64(blockdev.ReadAheadDepth) || st.Hits != 0 {
+		t.Errorf("stats %+v, want every read ahead dropped and no hit", st)
+	}
+}
+
+// A read ahead that fails costs nothing but time: the read waiting for it reads itself.
+func TestReadAheadFailureFallsBack(t *testing.T) {
+	const bs = 128 << 10
+	m := patterned(2<<20, 3)
+	dev := newSlow(patterned(2<<20, 3))
+	ra := blockdev.NewReadAhead(dev, blockdev.DefaultReadAheadMin, blockdev.DefaultReadAheadMax)
+	dev.holdOff = 2 * bs
+	readAsync(t, ra, bs, 0)
+	dev.failOff = 2 * bs // the read ahead fails
+	readAsync(t, ra, bs, bs)
+	go func() { time.Sleep(20 * time.Millisecond); dev.release() }()
+	got := readAsync(t, ra, bs, 2*bs) // waits for the failed read ahead, then reads itself
+	want := make([]byte, bs)
+	m.ReadAt(want, 2*bs)
+	if !bytes.Equal(got, want) {
+		t.Fatal("wrong bytes after the read ahead failed")
+	}
+}
+
+// A random mix of reads (many in sequential runs) and writes, each waited for, reads
+// back exactly what an in-memory reference holds.
+func TestReadAheadMatchesAReference(t *testing.T) {
+	const size = 8 << 20
+	ref := patterned(size, 4)
+	dev := newSlow(patterned(size, 4))
+	dev.delay = true
+	ra := blockdev.NewReadAhead(dev, 64<<10, 512<<10)
+	r := rand.New(rand.NewPCG(5, 6))
+	var off int64
+	for i := range 3000 {
+		n := (1 + r.IntN(8)) * 64 << 10
+		switch k := r.IntN(10); {
+		case k < 6: // continue the run
+		case k < 8:
+			off = int64(r.IntN(size/512)) * 512
+		default:
+			w := make([]byte, (1+r.IntN(16))*512)
+			for j := range w {
+				w[j] = byte(r.Uint32())
+			}
+			woff := int64(r.IntN((size-len(w))/512)) * 512
+			ref.WriteAt(w, woff)
+			writeAsync(t, ra, w, woff)
+			continue
+		}
+		if off+int64(n) > size {
+			off = 0
+		}
+		got := readAsync(t, ra, n, off)
+		want := make([]byte, n)
+		ref.ReadAt(want, off)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("op %d: read %d at %d differs from the reference", i, n, off)
+		}
+		off += int64(n)
+	}
+	st := ra.(interface {
+		Stats() blockdev.ReadAheadStats
+	}).Stats()
+	t.Logf("read-ahead: %+v", st)
+	if st.Hits == 0 {
+		t.Error("no read was served ahead: the test does not exercise the wrapper")
+	}
+}
+
+func TestReadAheadLeavesSyncDevicesAlone(t *testing.T) {
+	m := blockdev.NewMem(1<<20, 512, false)
+	if d := blockdev.NewReadAhead(m, blockdev.DefaultReadAheadMin, blockdev.DefaultReadAheadMax); d != blockdev.Device(m) {
+		t.Error("a device without an asynchronous path was wrapped")
+	}
+	if d := blockdev.NewReadAhead(newSlow(m), 0, 0); d == nil {
+		t.Error("nil")
+	}
+}
