@@ -3,12 +3,8 @@ package nbd
 import (
 	"bytes"
 	"context"
-	"net"
-	"os"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/isboot/isboot/internal/blockdev"
 	"github.com/isboot/isboot/internal/testkit/testenv"
@@ -23,16 +19,9 @@ import (
 func TestReadAheadThroughISCSI(t *testing.T) {
 	testenv.Require(t, "integration test", "tgtd")
 	const size, bs = 16 << 20, 256 << 10
-	d := testtarget.StartTgtd(t, testtarget.TgtdOptions{Port: testtarget.FreePort(t, 13400, 13449),
-		ControlPort: 43, Size: size})
+	d, sess := tgtdSession(t, testtarget.TgtdOptions{Size: size}, "readahead", iscsi.Config{Logf: t.Logf})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	sess, err := iscsi.Dial(ctx, iscsi.Config{Portals: []string{d.Addr()}, TargetName: d.IQN, LUN: 1,
-		InitiatorName: "iqn.2026-01.org.isboot.test:readahead", Logf: t.Logf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
 	lun := sess.LUN()
 	data := randBytes(size, 91)
 	if _, err := lun.WriteAt(data, 0); err != nil {
@@ -41,21 +30,7 @@ func TestReadAheadThroughISCSI(t *testing.T) {
 	ra := blockdev.NewReadAhead(lun, blockdev.DefaultReadAheadMin, blockdev.DefaultReadAheadMax)
 	srv := NewServer(ra, Options{ExportName: d.IQN, SpliceMin: -1}) // reads through memory, as on the kernel's socket before 6.5
 
-	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conns := make([]net.Conn, 2)
-	for i, fd := range pair {
-		f := os.NewFile(uintptr(fd), "socketpair")
-		if conns[i], err = net.FileConn(f); err != nil {
-			t.Fatal(err)
-		}
-		f.Close()
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.ServeTransmission(ctx, conns[0]) }()
-	tc := &testClient{c: conns[1], r: newReader(conns[1])}
+	tc, done := serveKernelStyle(t, ctx, srv)
 	writes := 0
 	for pass := range 2 {
 		for off := uint64(0); off < size; off += bs {
@@ -78,7 +53,9 @@ func TestReadAheadThroughISCSI(t *testing.T) {
 			}
 		}
 	}
-	st := ra.(interface{ Stats() blockdev.ReadAheadStats }).Stats()
+	st := ra.(interface {
+		Stats() blockdev.ReadAheadStats
+	}).Stats()
 	t.Logf("read-ahead %+v, %d writes", st, writes)
 	reads := uint64(2 * size / bs)
 	if st.Hits < reads/2 {

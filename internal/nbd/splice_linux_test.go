@@ -26,16 +26,9 @@ import (
 func TestSplicedReadsThroughISCSI(t *testing.T) {
 	testenv.Require(t, "integration test", "tgtd", "nbdcopy")
 	const size = 48 << 20
-	d := testtarget.StartTgtd(t, testtarget.TgtdOptions{Port: testtarget.FreePort(t, 13400, 13449),
-		ControlPort: 43, Size: size})
+	d, sess := tgtdSession(t, testtarget.TgtdOptions{Size: size}, "spliced", iscsi.Config{Logf: t.Logf})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	sess, err := iscsi.Dial(ctx, iscsi.Config{Portals: []string{d.Addr()}, TargetName: d.IQN, LUN: 1,
-		InitiatorName: "iqn.2026-01.org.isboot.test:spliced", Logf: t.Logf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
 	lun := sess.LUN()
 	data := randBytes(size, 77)
 	for off := 0; off < size; off += 4 << 20 {
@@ -63,21 +56,7 @@ func TestSplicedReadsThroughISCSI(t *testing.T) {
 	}
 
 	// The kernel's way.
-	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conns := make([]net.Conn, 2)
-	for i, fd := range pair {
-		f := os.NewFile(uintptr(fd), "socketpair")
-		if conns[i], err = net.FileConn(f); err != nil {
-			t.Fatal(err)
-		}
-		f.Close()
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.ServeTransmission(ctx, conns[0]) }()
-	tc := &testClient{c: conns[1], r: newReader(conns[1])}
+	tc, done := serveKernelStyle(t, ctx, srv)
 	type extent struct{ off, n uint64 }
 	var extents []extent
 	for i := range uint64(200) {
@@ -111,4 +90,45 @@ func TestSplicedReadsThroughISCSI(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("stats: %+v", srv.Stats())
+}
+
+// serveKernelStyle serves srv's transmission phase on one end of a socketpair, as the
+// kernel's driver is served (no handshake, simple replies), and returns a client on
+// the other end and the channel ServeTransmission's result arrives on.
+func serveKernelStyle(t *testing.T, ctx context.Context, srv *Server) (*testClient, <-chan error) {
+	t.Helper()
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns := make([]net.Conn, 2)
+	for i, fd := range pair {
+		f := os.NewFile(uintptr(fd), "socketpair")
+		if conns[i], err = net.FileConn(f); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.ServeTransmission(ctx, conns[0]) }()
+	return &testClient{c: conns[1], r: newReader(conns[1])}, done
+}
+
+// tgtdSession starts tgtd with opts (the package's ports: 13400-13449, control port
+// 43) and logs in to its LUN 1 as iqn.2026-01.org.isboot.test:<name>, with cfg's
+// other fields (QueueDepth, Logf) as given. The session closes when the test ends.
+func tgtdSession(t testing.TB, opts testtarget.TgtdOptions, name string, cfg iscsi.Config) (*testtarget.Tgtd, *iscsi.Session) {
+	t.Helper()
+	opts.Port, opts.ControlPort = testtarget.FreePort(t, 13400, 13449), 43
+	d := testtarget.StartTgtd(t, opts)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cfg.Portals, cfg.TargetName, cfg.LUN = []string{d.Addr()}, d.IQN, 1
+	cfg.InitiatorName = "iqn.2026-01.org.isboot.test:" + name
+	s, err := iscsi.Dial(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return d, s
 }
