@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/u-root/u-root/pkg/kmodule"
@@ -15,10 +16,19 @@ import (
 // dependencies in the Debian tree, without loading anything (DryRunCB).
 func TestKmoduleResolvesDebianVirtioNet(t *testing.T) {
 	root, kver := debianModules(t)
-	var paths []string
+	var (
+		mu    sync.Mutex
+		paths []string
+	)
 	err := kmodule.ProbeOptions("virtio_net", "", kmodule.ProbeOpts{
 		RootDir: root, KVer: kver, IgnoreProcMods: true,
-		DryRunCB: func(p string) { paths = append(paths, p) },
+		// kmodule loads a module's dependencies from goroutines of their own, so
+		// the callback runs concurrently: unguarded, appends got lost (1 run in 5).
+		DryRunCB: func(p string) {
+			mu.Lock()
+			paths = append(paths, p)
+			mu.Unlock()
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
