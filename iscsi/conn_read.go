@@ -108,9 +108,14 @@ func (c *conn) dataIn(h *bhs) error {
 		if err := c.rd.readDataTo(t.pipe, n, c.scratch); err != nil {
 			return err
 		}
-	} else if err := c.rd.readData(t.buf[off : off+n]); err != nil {
+	} else {
 		// Straight into the caller's buffer: no copy on the read path.
-		return err
+		if err := c.rd.readData(t.buf[off : off+n]); err != nil {
+			return err
+		}
+		if n >= largeSegment {
+			c.rd.headerNext(0) // the next segment is likely large too
+		}
 	}
 	t.received += n
 	if h.flags()&0x01 == 0 { // S bit: status collapsed into this Data-In

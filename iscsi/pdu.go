@@ -221,16 +221,30 @@ func (p *pduReader) readDataTo(pipe *pipebuf.Pipe, n int, scratch []byte) error 
 		}
 	}
 	pad := padLen(n)
-	p.head.n = pad + bhsLen
-	if p.hdrDigest {
-		p.head.n += 4
-	}
+	p.headerNext(pad)
 	if pad > 0 {
 		if _, err := io.ReadFull(p.br, p.trailer[:pad]); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// largeSegment is the data segment after which the next header is read on its own.
+// Reading it through the buffer would pull up to 64 KiB of the segment after it into
+// memory, which then costs a second copy to its destination; a read of 48 bytes costs
+// one system call, little next to a segment this size.
+const largeSegment = 32 << 10
+
+// headerNext limits the next read from the socket to pad bytes and one header.
+func (p *pduReader) headerNext(pad int) {
+	if p.head == nil {
+		return
+	}
+	p.head.n = pad + bhsLen
+	if p.hdrDigest {
+		p.head.n += 4
+	}
 }
 
 // headReader passes reads through, each at most n bytes until n bytes have gone

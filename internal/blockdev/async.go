@@ -17,3 +17,11 @@ type Async interface {
 type PipeReader interface {
 	ReadAtPipe(pipe *pipebuf.Pipe, n int, off int64, done func(n int, err error)) bool
 }
+
+// Exchanger is an Async device whose read can answer with a buffer of its own instead
+// of copying into the caller's: done gets q, which holds the bytes, has p's length and
+// capacity, and is the caller's from then on; p is then the device's. q is p itself when
+// the device had nothing to exchange. A read ahead served this way costs no copy.
+type Exchanger interface {
+	ReadAtAsyncExchange(p []byte, off int64, done func(q []byte, err error))
+}

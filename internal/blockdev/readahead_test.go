@@ -248,3 +248,125 @@ func TestReadAheadLeavesSyncDevicesAlone(t *testing.T) {
 		t.Error("nil")
 	}
 }
+
+// readExchange reads through ReadAtAsyncExchange into p and returns the buffer that
+// came back, which may be the range's own.
+func readExchange(t *testing.T, d blockdev.Device, p []byte, off int64) []byte {
+	t.Helper()
+	ch := make(chan []byte, 1)
+	d.(blockdev.Exchanger).ReadAtAsyncExchange(p, off, func(q []byte, err error) {
+		if err != nil {
+			t.Errorf("read %d at %d: %v", len(p), off, err)
+		}
+		ch <- q
+	})
+	select {
+	case q := <-ch:
+		return q
+	case <-time.After(5 * time.Second):
+		t.Fatalf("read %d at %d: no completion", len(p), off)
+		return nil
+	}
+}
+
+// Reads that take the range's buffer in exchange for their own, as the NBD server's
+// do, see the reference's bytes, and a buffer handed over is never written again by
+// the wrapper: the reader keeps the last few and checks they did not change.
+func TestReadAheadExchangeMatchesAReference(t *testing.T) {
+	const size, maxRead = 8 << 20, 512 << 10
+	ref := patterned(size, 7)
+	dev := newSlow(patterned(size, 7))
+	dev.delay = true
+	ra := blockdev.NewReadAhead(dev, 64<<10, maxRead)
+	r := rand.New(rand.NewPCG(8, 9))
+	type held struct{ buf, want []byte }
+	var pool [][]byte
+	var kept []held
+	exchanged := 0
+	var off int64
+	for i := range 2000 {
+		n := maxRead
+		if r.IntN(4) == 0 {
+			n = (1 + r.IntN(7)) * 64 << 10 // shorter: served by copy
+		}
+		switch k := r.IntN(10); {
+		case k < 7:
+		case k < 9:
+			off = int64(r.IntN(size/512)) * 512
+		default:
+			w := make([]byte, (1+r.IntN(16))*512)
+			for j := range w {
+				w[j] = byte(r.Uint32())
+			}
+			woff := int64(r.IntN((size-len(w))/512)) * 512
+			ref.WriteAt(w, woff)
+			writeAsync(t, ra, w, woff)
+			continue
+		}
+		if off+int64(n) > size {
+			off = 0
+		}
+		var p []byte
+		if k := len(pool); k > 0 {
+			p, pool = pool[k-1][:n], pool[:k-1]
+		} else {
+			p = make([]byte, n, maxRead)
+		}
+		q := readExchange(t, ra, p, off)
+		if len(q) != n || cap(q) != maxRead {
+			t.Fatalf("op %d: got a buffer of %d/%d bytes for a read of %d", i, len(q), cap(q), n)
+		}
+		if &q[:1][0] != &p[:1][0] {
+			exchanged++
+		}
+		want := make([]byte, n)
+		ref.ReadAt(want, off)
+		if !bytes.Equal(q, want) {
+			t.Fatalf("op %d: read %d at %d differs from the reference", i, n, off)
+		}
+		kept = append(kept, held{q, want})
+		if len(kept) > 4 {
+			pool = append(pool, kept[0].buf)
+			kept = kept[1:]
+		}
+		for j, h := range kept {
+			if !bytes.Equal(h.buf, h.want) {
+				t.Fatalf("op %d: a buffer handed over %d reads ago was written since", i, len(kept)-1-j)
+			}
+		}
+		off += int64(n)
+	}
+	t.Logf("%d reads answered by exchange, stats %+v", exchanged, blockdev.ReadAheadStatsOf(ra))
+	if exchanged == 0 {
+		t.Error("no read was answered by exchange: the test does not exercise it")
+	}
+}
+
+// A long run whose reads sometimes find their range fetched and sometimes wait for it
+// reuses the same few buffers: each one made and dropped was a megabyte of garbage,
+// and the collector let the daemon's RSS grow to its goal.
+func TestReadAheadReusesItsBuffers(t *testing.T) {
+	const size, bs = 32 << 20, 256 << 10
+	for _, exchange := range []bool{false, true} {
+		dev := newSlow(patterned(size, 10))
+		dev.delay = true
+		ra := blockdev.NewReadAhead(dev, blockdev.DefaultReadAheadMin, bs)
+		p := make([]byte, bs)
+		for off := int64(0); off < size; off += bs {
+			if exchange {
+				p = readExchange(t, ra, p, off)
+			} else {
+				readAsync(t, ra, bs, off)
+			}
+			if off%(4*bs) == 0 {
+				time.Sleep(300 * time.Microsecond) // let the next range arrive first
+			}
+		}
+		st := blockdev.ReadAheadStatsOf(ra)
+		made := blockdev.ReadAheadBuffersMade(ra)
+		t.Logf("exchange=%v: %d buffers made for %+v", exchange, made, *st)
+		if made > blockdev.ReadAheadDepth+1 {
+			t.Errorf("exchange=%v: %d buffers made for one run, want at most %d", exchange, made, blockdev.ReadAheadDepth+1)
+		}
+	}
+}

@@ -21,6 +21,7 @@ type asyncOp struct {
 	payload int64
 	errno   uint32
 	doneFn  func(int, error)
+	swapFn  func([]byte, error)
 }
 
 func (cn *conn) getOp() *asyncOp {
@@ -31,6 +32,7 @@ func (cn *conn) getOp() *asyncOp {
 	}
 	o := &asyncOp{cn: cn}
 	o.doneFn = o.done
+	o.swapFn = o.exchanged
 	return o
 }
 
@@ -103,12 +105,22 @@ func (cn *conn) startAsync(req request, buf []byte, payload int64) bool {
 	}
 	o := cn.getOp()
 	o.req, o.buf, o.payload = req, buf, payload
-	if req.typ == cmdRead {
+	switch {
+	case req.typ == cmdRead && cn.exchanger != nil:
+		cn.exchanger.ReadAtAsyncExchange(buf, int64(req.off), o.swapFn)
+	case req.typ == cmdRead:
 		dev.ReadAtAsync(buf, int64(req.off), o.doneFn)
-	} else {
+	default:
 		dev.WriteAtAsync(buf, int64(req.off), req.flags&cmdFlagFUA != 0, o.doneFn)
 	}
 	return true
+}
+
+// exchanged is done for a read answered in a buffer the device handed over: the
+// request's own went to the device, and this one goes back to the pool in its place.
+func (o *asyncOp) exchanged(q []byte, err error) {
+	o.buf = q
+	o.done(len(q), err)
 }
 
 // done records the outcome and hands the request to the flusher.

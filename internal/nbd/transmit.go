@@ -87,6 +87,9 @@ type conn struct {
 	// records for reuse, finished holds the completed ones for the flusher.
 	async blockdev.Async
 	ops   chan *asyncOp
+	// exchanger, when the device has it, answers reads with buffers of its own (the
+	// range read ahead), which replace the request's: a copy saved.
+	exchanger blockdev.Exchanger
 	// piped is the device's pipe path and raw the client's socket, when reads can be
 	// spliced through pipes (kept in pipes for reuse); see async.go.
 	piped    blockdev.PipeReader
@@ -112,6 +115,7 @@ func (s *Server) transmit(ctx context.Context, c net.Conn, src *source, br *bufi
 	cn := &conn{s: s, c: c, r: br, neg: neg, w: bufio.NewWriterSize(w, 64<<10), slots: make(chan struct{}, s.opts.QueueDepth)}
 	if a, ok := s.dev.(blockdev.Async); ok {
 		cn.async, cn.ops = a, make(chan *asyncOp, s.opts.QueueDepth)
+		cn.exchanger, _ = a.(blockdev.Exchanger)
 		cn.kick = make(chan struct{}, 1)
 		_, isUnix := c.(*net.UnixConn)
 		if p, ok := a.(blockdev.PipeReader); ok && sock != nil && s.opts.SpliceMin > 0 && (!isUnix || pipebuf.ToUnixCheap()) {
