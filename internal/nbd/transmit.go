@@ -63,6 +63,7 @@ type conn struct {
 	s     *Server
 	c     net.Conn
 	r     *bufio.Reader
+	src   *source // what r reads from
 	neg   negotiated
 	slots chan struct{}
 	wg    sync.WaitGroup
@@ -102,7 +103,27 @@ type conn struct {
 
 // source is what a connection's buffered reader reads from: the net.Conn during the
 // handshake, its raw side (sockio) from the transmission phase on.
-type source struct{ io.Reader }
+type source struct {
+	io.Reader
+	// limit, when positive, bounds the next reads to that many bytes in all: after a
+	// large write's payload the next request header is read alone, so the buffer does
+	// not pull in (and then copy out) the start of the payload after it.
+	limit int
+}
+
+func (s *source) Read(b []byte) (int, error) {
+	if s.limit > 0 && len(b) > s.limit {
+		b = b[:s.limit]
+	}
+	n, err := s.Reader.Read(b)
+	if s.limit > 0 {
+		s.limit = max(s.limit-n, 0)
+	}
+	return n, err
+}
+
+// largePayload is the write payload after which the next header is read on its own.
+const largePayload = 32 << 10
 
 func (s *Server) transmit(ctx context.Context, c net.Conn, src *source, br *bufio.Reader, neg negotiated) error {
 	stop := context.AfterFunc(ctx, func() { c.Close() })
@@ -112,7 +133,7 @@ func (s *Server) transmit(ctx context.Context, c net.Conn, src *source, br *bufi
 	if sock != nil {
 		src.Reader, w = sock, sock
 	}
-	cn := &conn{s: s, c: c, r: br, neg: neg, w: bufio.NewWriterSize(w, 64<<10), slots: make(chan struct{}, s.opts.QueueDepth)}
+	cn := &conn{s: s, c: c, r: br, src: src, neg: neg, w: bufio.NewWriterSize(w, 64<<10), slots: make(chan struct{}, s.opts.QueueDepth)}
 	if a, ok := s.dev.(blockdev.Async); ok {
 		cn.async, cn.ops = a, make(chan *asyncOp, s.opts.QueueDepth)
 		cn.exchanger, _ = a.(blockdev.Exchanger)
@@ -177,6 +198,9 @@ func (cn *conn) readRequests(ctx context.Context) error {
 			if _, err := io.ReadFull(br, buf); err != nil {
 				cn.release(buf, payload)
 				return fmt.Errorf("read write payload: %w", err)
+			}
+			if payload >= largePayload && br.Buffered() == 0 {
+				cn.src.limit = requestSize
 			}
 		}
 		cn.wg.Add(1)
