@@ -108,6 +108,35 @@ func writeAsync(t *testing.T, d blockdev.Device, p []byte, off int64) {
 	}
 }
 
+// nextStep picks a random workload's next step from off: a write (true) one time in
+// ten; otherwise a read of n bytes that continues the run cont times in ten and jumps
+// elsewhere in the rest, starting over at 0 past the end.
+func nextStep(r *rand.Rand, off int64, n, size, cont int) (int64, bool) {
+	switch k := r.IntN(10); {
+	case k >= 9:
+		return off, true
+	case k >= cont:
+		off = int64(r.IntN(size/512)) * 512
+	}
+	if off+int64(n) > int64(size) {
+		off = 0
+	}
+	return off, false
+}
+
+// writeRandom writes a few random sectors at a random place, to the reference and
+// through the wrapper.
+func writeRandom(t *testing.T, r *rand.Rand, ref *blockdev.Mem, ra blockdev.Device) {
+	t.Helper()
+	w := make([]byte, (1+r.IntN(16))*512)
+	for j := range w {
+		w[j] = byte(r.Uint32())
+	}
+	woff := int64(r.IntN((int(ref.Size())-len(w))/512)) * 512
+	ref.WriteAt(w, woff)
+	writeAsync(t, ra, w, woff)
+}
+
 func patterned(size int64, seed uint64) *blockdev.Mem {
 	m := blockdev.NewMem(size, 512, false)
 	b := make([]byte, size)
@@ -205,22 +234,10 @@ func TestReadAheadMatchesAReference(t *testing.T) {
 	var off int64
 	for i := range 3000 {
 		n := (1 + r.IntN(8)) * 64 << 10
-		switch k := r.IntN(10); {
-		case k < 6: // continue the run
-		case k < 8:
-			off = int64(r.IntN(size/512)) * 512
-		default:
-			w := make([]byte, (1+r.IntN(16))*512)
-			for j := range w {
-				w[j] = byte(r.Uint32())
-			}
-			woff := int64(r.IntN((size-len(w))/512)) * 512
-			ref.WriteAt(w, woff)
-			writeAsync(t, ra, w, woff)
+		var write bool
+		if off, write = nextStep(r, off, n, size, 6); write {
+			writeRandom(t, r, ref, ra)
 			continue
-		}
-		if off+int64(n) > size {
-			off = 0
 		}
 		got := readAsync(t, ra, n, off)
 		want := make([]byte, n)
@@ -289,22 +306,10 @@ func TestReadAheadExchangeMatchesAReference(t *testing.T) {
 		if r.IntN(4) == 0 {
 			n = (1 + r.IntN(7)) * 64 << 10 // shorter: served by copy
 		}
-		switch k := r.IntN(10); {
-		case k < 7:
-		case k < 9:
-			off = int64(r.IntN(size/512)) * 512
-		default:
-			w := make([]byte, (1+r.IntN(16))*512)
-			for j := range w {
-				w[j] = byte(r.Uint32())
-			}
-			woff := int64(r.IntN((size-len(w))/512)) * 512
-			ref.WriteAt(w, woff)
-			writeAsync(t, ra, w, woff)
+		var write bool
+		if off, write = nextStep(r, off, n, size, 7); write {
+			writeRandom(t, r, ref, ra)
 			continue
-		}
-		if off+int64(n) > size {
-			off = 0
 		}
 		var p []byte
 		if k := len(pool); k > 0 {
