@@ -36,7 +36,7 @@ func benchTarget(b *testing.B) *testtarget.Tgtd {
 	f, _ := os.OpenFile(backing, os.O_WRONLY, 0)
 	f.WriteAt(pattern(64<<20, 1), 0)
 	f.Close()
-	return startTgtd(b, testtarget.TgtdOptions{Backing: backing})
+	return startTgtd(b, testtarget.TgtdOptions{Backing: backing, KeepBuffers: true})
 }
 
 // runOurs reads with QD workers for d, worker i into bufs[i], and returns I/Os, bytes,

@@ -36,7 +36,7 @@ func BenchmarkGatewayVsQemuNBD(b *testing.B) {
 	}
 	f.Close()
 	d := testtarget.StartTgtd(b, testtarget.TgtdOptions{Port: testtarget.FreePort(b, portLo, portHi),
-		ControlPort: ctlBench, Backing: f.Name()})
+		ControlPort: ctlBench, Backing: f.Name(), KeepBuffers: true})
 	lunURL := fmt.Sprintf("iscsi://%s/%s/1", d.Addr(), d.IQN)
 
 	ours := "nbd+unix:///?socket=" + startServe(b, "--portal", d.Addr(), "--target", d.IQN, "--lun", "1")
@@ -47,19 +47,20 @@ func BenchmarkGatewayVsQemuNBD(b *testing.B) {
 	usage := []func() serverUsage{selfServerUsage, func() serverUsage { return procServerUsage(qemuPid) }}
 
 	var seq, iops, ios [2]float64 // [ours, qemu]
-	var used [2]serverUsage
+	var used, seqUsed [2]serverUsage
 	b.ResetTimer()
 	for i := range b.N {
 		for j := range 2 {
 			k := (i + j) % 2 // alternate who goes first
 			uri := []string{ours, qemu}[k]
-			start := time.Now()
+			s0, start := usage[k](), time.Now()
 			out, err := exec.Command("nbdcopy", uri, "null:").CombinedOutput()
 			if err != nil {
 				b.Fatalf("nbdcopy %s: %v\n%s", uri, err, out)
 			}
 			seq[k] += float64(size) / (1 << 20) / time.Since(start).Seconds()
 			u0 := usage[k]()
+			seqUsed[k].cpu += u0.cpu - s0.cpu
 			r := fioRandRead(b, uri)
 			u := usage[k]()
 			iops[k] += r
@@ -76,16 +77,19 @@ func BenchmarkGatewayVsQemuNBD(b *testing.B) {
 	b.ReportMetric(iops[0]/n, "gateway-IOPS")
 	b.ReportMetric(iops[1]/n, "qemu-nbd-IOPS")
 	b.ReportMetric(iops[0]/iops[1], "randread-ratio")
-	var cpu, csw [2]float64
+	var cpu, csw, seqCPU [2]float64
 	for k := range 2 {
+		seqCPU[k] = seqUsed[k].cpu.Seconds() * 1e6 / (n * float64(size) / (1 << 20))
 		cpu[k] = used[k].cpu.Seconds() * 1e6 / max(ios[k], 1)
 		csw[k] = float64(used[k].switches) / max(ios[k], 1)
 	}
 	b.ReportMetric(cpu[0], "gateway-randread-cpu-us/IO")
 	b.ReportMetric(cpu[1], "qemu-nbd-randread-cpu-us/IO")
-	fmt.Printf("gateway vs qemu-nbd on one tgtd LUN: nbdcopy 1 GiB to null: %.0f vs %.0f MiB/s (%.2fx); "+
+	b.ReportMetric(seqCPU[0], "gateway-seq-cpu-us/MiB")
+	b.ReportMetric(seqCPU[1], "qemu-nbd-seq-cpu-us/MiB")
+	fmt.Printf("gateway vs qemu-nbd on one tgtd LUN: nbdcopy 1 GiB to null: %.0f vs %.0f MiB/s (%.2fx), server CPU per MiB %.0f vs %.0f µs; "+
 		"fio randread 4k QD32: %.0f vs %.0f IOPS (%.2fx), server CPU per I/O %.1f vs %.1f µs, context switches per I/O %.2f vs %.2f\n",
-		seq[0]/n, seq[1]/n, seq[0]/seq[1], iops[0]/n, iops[1]/n, iops[0]/iops[1], cpu[0], cpu[1], csw[0], csw[1])
+		seq[0]/n, seq[1]/n, seq[0]/seq[1], seqCPU[0], seqCPU[1], iops[0]/n, iops[1]/n, iops[0]/iops[1], cpu[0], cpu[1], csw[0], csw[1])
 }
 
 // serverUsage is a server's CPU time and context switches (its sleeps and wake-ups).

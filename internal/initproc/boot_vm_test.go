@@ -274,15 +274,18 @@ func statusFrom(t testing.TB, con string) map[string]string {
 }
 
 var (
-	kernelStamp = `\[\s*([\d.]+)\] `
-	initStart   = regexp.MustCompile(kernelStamp + `isboot: isboot \S+ as /init on`)
-	initExec    = regexp.MustCompile(kernelStamp + `isboot: switch_root: executing init`)
-	daemonRSS   = regexp.MustCompile(`ISBOOT-DAEMON .*VmRSS: (\d+) kB`)
+	kernelStamp    = `\[\s*([\d.]+)\] `
+	kernelRunsInit = regexp.MustCompile(kernelStamp + `Run /init as init process`)
+	initStart      = regexp.MustCompile(kernelStamp + `isboot: isboot \S+ as /init on`)
+	initExec       = regexp.MustCompile(kernelStamp + `isboot: switch_root: executing init`)
+	daemonRSS      = regexp.MustCompile(`ISBOOT-DAEMON .*VmRSS: (\d+) kB`)
 )
 
-// BenchmarkBoot measures, from the guest's kernel log, /init start to the exec of the
-// real init (virtio NIC, tgtd, no CHAP), the daemon's RSS after switch_root, and the
-// initramfs size. Goals: 1.0 s, 16 MiB, 12 MiB.
+// BenchmarkBoot measures, from the guest's kernel log, /init start (the kernel's "Run
+// /init" line, so isboot's own start-up counts) to the exec of the real init (virtio
+// NIC, tgtd, no CHAP), the daemon's RSS after switch_root, and the initramfs size.
+// Goals: 1.0 s, 16 MiB, 12 MiB. It also reports the time from isboot's first log line,
+// which leaves out the Go runtime's start and the early mounts.
 func BenchmarkBoot(b *testing.B) {
 	vm.Require(b)
 	_, initrd := image(b)
@@ -290,7 +293,7 @@ func BenchmarkBoot(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var total, rss float64
+	var total, fromLog, rss float64
 	for i := 0; i < b.N; i++ {
 		con := runScenario(b, i, scenario{name: "bench", firmware: vm.Direct, nic: "virtio-net-pci", wantRoot: "/dev/nbd0p1", cmdline: os.Getenv("ISBOOT_BENCH_CMDLINE")})
 		if dir := os.Getenv("ISBOOT_BENCH_CONSOLE"); dir != "" { // the whole console, for profiling
@@ -298,18 +301,21 @@ func BenchmarkBoot(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		s, e, r := initStart.FindStringSubmatch(con), initExec.FindStringSubmatch(con), daemonRSS.FindStringSubmatch(con)
-		if s == nil || e == nil || r == nil {
-			b.Fatal("boot log lacks the /init, exec or RSS line")
+		k, s, e, r := kernelRunsInit.FindStringSubmatch(con), initStart.FindStringSubmatch(con), initExec.FindStringSubmatch(con), daemonRSS.FindStringSubmatch(con)
+		if k == nil || s == nil || e == nil || r == nil {
+			b.Fatal("boot log lacks the kernel's Run /init, isboot's /init, the exec or the RSS line (quiet on the command line?)")
 		}
+		tk, _ := strconv.ParseFloat(k[1], 64)
 		t0, _ := strconv.ParseFloat(s[1], 64)
 		t1, _ := strconv.ParseFloat(e[1], 64)
 		kb, _ := strconv.ParseFloat(r[1], 64)
-		total += t1 - t0
+		total += t1 - tk
+		fromLog += t1 - t0
 		rss = max(rss, kb/1024)
 	}
 	b.ReportMetric(total/float64(b.N), "init-to-exec-s")
+	b.ReportMetric(fromLog/float64(b.N), "first-log-to-exec-s")
 	b.ReportMetric(rss, "daemon-rss-MiB")
 	b.ReportMetric(float64(st.Size())/(1<<20), "initramfs-MiB")
-	b.Logf("initramfs %.1f MiB; daemon RSS %.1f MiB; /init to exec %.2f s", float64(st.Size())/(1<<20), rss, total/float64(b.N))
+	b.Logf("initramfs %.1f MiB; daemon RSS %.1f MiB; /init to exec %.2f s (from isboot's first log line %.2f s)", float64(st.Size())/(1<<20), rss, total/float64(b.N), fromLog/float64(b.N))
 }
