@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -216,5 +217,29 @@ func TestLoadDriverSeveralDomains(t *testing.T) {
 	ap.p.PCI = 0x3c00
 	if _, err := ap.loadDriver(); err == nil || !strings.Contains(err.Error(), "no network device at PCI 3c:00.0, in any domain") {
 		t.Errorf("missing device: %v", err)
+	}
+}
+
+// TestSplitPCIName checks the hand-written parser against the pattern it replaced,
+// on names sysfs writes and on near misses.
+func TestSplitPCIName(t *testing.T) {
+	pattern := regexp.MustCompile(`^([0-9a-f]{4,8}):([0-9a-f]{2}:[0-9a-f]{2}\.[0-7])$`)
+	names := []string{
+		"0000:00:02.0", "0001:3b:00.0", "10000:01:00.1", "ffffffff:ff:1f.7", "0000:00:1f.7",
+		"000:00:02.0", "000000000:00:02.0", "0000:00:02.8", "0000:00:02", "0000:00:02.00",
+		"0000:0:02.0", "0000:00:2.0", "0000:00-02.0", "0000:00:02:0", "0000:00:02.0 ",
+		"0000:AB:02.0", "000G:00:02.0", "0000.00:02.0", ":00:02.0", "", "virtio0", "pci0000:00",
+		"0000:00:02.0x", "0000::00:02.0", "00000000:00:02.0",
+	}
+	for _, n := range names {
+		m := pattern.FindStringSubmatch(n)
+		domain, bdf, ok := splitPCIName(n)
+		if ok != (m != nil) {
+			t.Errorf("%q: splitPCIName ok=%v, pattern matches=%v", n, ok, m != nil)
+			continue
+		}
+		if ok && (domain != m[1] || bdf != m[2]) {
+			t.Errorf("%q: got %q %q, want %q %q", n, domain, bdf, m[1], m[2])
+		}
 	}
 }
