@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/isboot/isboot/iscsi/pipebuf"
 )
 
 // Multipath is one logical unit reached over several sessions at once (active-active),
@@ -90,6 +92,9 @@ type mpOp struct {
 	write bool
 	fua   bool
 	done  func(int, error)
+	// A read into pipe (n bytes) rather than p: ReadAtPipe.
+	pipe *pipebuf.Pipe
+	n    int
 }
 
 // Path timing: a path that stops answering is given up within NopInterval+NopTimeout
@@ -455,16 +460,49 @@ func (m *Multipath) dispatch(o *mpOp) {
 		pa.count(kind, err)
 		o.done(n, err)
 	}
-	if o.write {
+	switch {
+	case o.write:
 		s.lun.WriteAtAsync(o.p, o.off, o.fua, done)
-	} else {
+	case o.pipe != nil:
+		if !s.lun.ReadAtPipe(o.pipe, o.n, o.off, done) {
+			// This path takes less per command than the first did: read through
+			// memory instead.
+			go func() { done(readIntoPipe(s.lun, o.pipe, o.n, o.off)) }()
+		}
+	default:
 		s.lun.ReadAtAsync(o.p, o.off, done)
 	}
+}
+
+// readIntoPipe reads n bytes at off with ReadAt and writes them into pipe, after
+// emptying it of what a lost path may have left.
+func readIntoPipe(l *LUN, pipe *pipebuf.Pipe, n int, off int64) (int, error) {
+	buf := make([]byte, n)
+	if _, err := l.ReadAt(buf, off); err != nil {
+		return 0, err
+	}
+	pipe.Reset()
+	if err := pipe.Write(buf); err != nil {
+		return 0, err
+	}
+	return n, nil
 }
 
 // ReadAtAsync is LUN.ReadAtAsync on the least busy path.
 func (m *Multipath) ReadAtAsync(p []byte, off int64, done func(n int, err error)) {
 	m.dispatch(&mpOp{p: p, off: off, done: done})
+}
+
+// ReadAtPipe is LUN.ReadAtPipe on the least busy path, so the NBD server splices
+// multipath reads to its client as it does a single session's. A read whose path
+// dies under it goes to another path, whose first Data-In empties the pipe of what
+// the lost one left (the dead session's reader has stopped before its commands fail).
+func (m *Multipath) ReadAtPipe(pipe *pipebuf.Pipe, n int, off int64, done func(n int, err error)) bool {
+	if n > m.ref.maxXfer {
+		return false
+	}
+	m.dispatch(&mpOp{pipe: pipe, n: n, off: off, done: done})
+	return true
 }
 
 // WriteAtAsync is LUN.WriteAtAsync on the least busy path.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/isboot/isboot/internal/testkit/tcpproxy"
 	"github.com/isboot/isboot/internal/testkit/testtarget"
+	"github.com/isboot/isboot/iscsi/pipebuf"
 )
 
 // The multipath tests take their ports from the fleet multipath slice (TCP
@@ -240,5 +241,81 @@ func TestMultipathNeedsDistinctISIDs(t *testing.T) {
 	_, err = DialMultipath(context.Background(), nil)
 	if err == nil {
 		t.Fatal("no path accepted")
+	}
+}
+
+// TestMultipathReadAtPipe reads through two proxies into pipes, as the NBD server
+// splices, and cuts path 0 in the middle of a read's data: every read completes with
+// the bytes written, those the dead path had started (one with part of its data
+// already in its pipe) going to the other path.
+func TestMultipathReadAtPipe(t *testing.T) {
+	tg := startMultipathTgtd(t)
+	p0 := newFaultProxy(t, tg.Addr())
+	p1 := tcpproxy.Start(t, "127.0.0.1:0", tg.Addr())
+	c0, c1 := testConfig(tg), testConfig(tg)
+	c0.Portals, c1.Portals = []string{p0.Addr()}, []string{p1.Addr()}
+	m := dialMultipath(t, []Config{c0, c1})
+	waitPaths(t, m, 10*time.Second, PathActive, PathActive)
+
+	extents := pipeExtents(40, 64<<10, 260<<10, 1<<20, 1<<20+4096, 512<<10)
+	for i, e := range extents {
+		if _, err := m.WriteAt(pattern(e.size, uint64(i)), e.off); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	pipes := make([]*pipebuf.Pipe, len(extents))
+	for i := range pipes {
+		pipes[i] = new(pipebuf.Pipe)
+		defer pipes[i].Close()
+	}
+	readAll := func(round int, during func()) {
+		t.Helper()
+		errs := make([]error, len(extents))
+		var wg sync.WaitGroup
+		for i, e := range extents {
+			pipes[i].Reset()
+			wg.Add(1)
+			if !m.ReadAtPipe(pipes[i], e.size, e.off, func(_ int, err error) { errs[i] = err; wg.Done() }) {
+				t.Fatalf("ReadAtPipe refused %d bytes", e.size)
+			}
+		}
+		if during != nil {
+			during()
+		}
+		wg.Wait()
+		for i, e := range extents {
+			if errs[i] != nil {
+				t.Fatalf("round %d, read %d: %v", round, i, errs[i])
+			}
+			got := make([]byte, e.size+1)
+			n, err := pipes[i].Read(got)
+			if err != nil || n != e.size || !bytes.Equal(got[:n], pattern(e.size, uint64(i))) {
+				t.Fatalf("round %d, extent %d (%d bytes): pipe held %d bytes, other than written (%v)", round, i, e.size, n, err)
+			}
+		}
+	}
+	readAll(0, nil)
+	before := m.Paths()
+	if before[0].Reads == 0 || before[1].Reads == 0 {
+		t.Errorf("both paths should carry pipe reads: %+v", before)
+	}
+	// Cut path 0 a megabyte and a bit into the round's replies, inside a Data-In: that
+	// read's pipe holds part of its data when it is reissued on path 1. The path
+	// stays down (its logins go through the proxy, which cuts no new link, but the
+	// upstream is gone) until the round is over.
+	p0.SetUpstream("127.0.0.1:1")
+	p0.CutRepliesAfter(1<<20 + 100<<10)
+	readAll(1, nil)
+	after := waitPaths(t, m, 10*time.Second, PathFailed, PathActive)
+	if after[0].Failovers != 1 || after[0].Errors == 0 {
+		t.Errorf("path 0 should have failed over once, with reads in flight: %+v", after)
+	}
+	readAll(2, nil)
+	if got := m.Paths(); got[1].Reads <= after[1].Reads {
+		t.Errorf("path 1 carried no reads after path 0 died: %+v", got)
+	}
+	t.Logf("paths: %+v", m.Paths())
+	if m.ReadAtPipe(new(pipebuf.Pipe), m.ref.maxXfer+m.BlockSize(), 0, func(int, error) {}) {
+		t.Error("a read above the maximum transfer was taken")
 	}
 }

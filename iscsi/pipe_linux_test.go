@@ -13,21 +13,28 @@ import (
 // are reissued: every pipe ends holding exactly its extent's bytes. With digests the
 // bytes are copied in (a data digest must see them) and the header digest follows a
 // spliced segment; the outcome must be the same.
+// pipeExtent is one read of the pipe tests: where, and how many bytes.
+type pipeExtent struct {
+	off  int64
+	size int
+}
+
+// pipeExtents lays count extents end to end, their sizes taken from sizes in turn.
+func pipeExtents(count int, sizes ...int) []pipeExtent {
+	var extents []pipeExtent
+	var off int64
+	for i := range count {
+		n := sizes[i%len(sizes)]
+		extents = append(extents, pipeExtent{off, n})
+		off += int64(n)
+	}
+	return extents
+}
+
 func TestReadAtPipe(t *testing.T) {
 	d := startTgtd(t, testtarget.TgtdOptions{Size: 64 << 20,
 		Params: [][2]string{{"HeaderDigest", "CRC32C,None"}, {"DataDigest", "CRC32C,None"}}})
-	sizes := []int{64 << 10, 68 << 10, 256 << 10, 260 << 10, 1 << 20, 1<<20 + 4096, 2 << 20}
-	type extent struct {
-		off  int64
-		size int
-	}
-	var extents []extent
-	var off int64
-	for i := range 48 {
-		n := sizes[i%len(sizes)]
-		extents = append(extents, extent{off, n})
-		off += int64(n)
-	}
+	extents := pipeExtents(48, 64<<10, 68<<10, 256<<10, 260<<10, 1<<20, 1<<20+4096, 2<<20)
 	{
 		s := dial(t, testConfig(d))
 		l := s.LUN()

@@ -25,7 +25,10 @@ type link struct {
 	client, server net.Conn
 	sent           atomic.Int64
 	stall          atomic.Bool
-	once           sync.Once
+	// replyCut armed: cut the link once replyLeft more target bytes went through.
+	replyCut  atomic.Bool
+	replyLeft atomic.Int64
+	once      sync.Once
 }
 
 func (k *link) close() {
@@ -102,6 +105,10 @@ func (p *faultProxy) pipe(k *link, from, to net.Conn, fromClient bool) {
 				// Swallow everything: the peer sees a silent network until a side closes.
 				continue
 			}
+			if !fromClient && k.replyCut.Load() && k.replyLeft.Add(-int64(n)) < 0 {
+				to.Write(buf[:n/2]) // part of the target's data, then nothing
+				return
+			}
 			if fromClient {
 				total := k.sent.Add(int64(n))
 				if lim := p.cutAfter.Load(); lim > 0 && total > lim {
@@ -116,6 +123,18 @@ func (p *faultProxy) pipe(k *link, from, to net.Conn, fromClient bool) {
 		if err != nil {
 			return
 		}
+	}
+}
+
+// CutRepliesAfter cuts every current connection once it has forwarded n more bytes
+// from the target, in the middle of what the target sent: a link that dies inside a
+// read's data.
+func (p *faultProxy) CutRepliesAfter(n int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k := range p.links {
+		k.replyLeft.Store(n)
+		k.replyCut.Store(true)
 	}
 }
 
