@@ -22,7 +22,7 @@ deps:
 	@$(GO) mod download
 
 initramfs: deps isboot
-	$(GO) run ./initramfs/cmd/mkinitramfs -isboot $(BUILD)/isboot -o $(BUILD)/isboot-initramfs.cpio.gz
+	$(GO) run ./initramfs/cmd/mkinitramfs -isboot $(BUILD)/isboot -o $(BUILD)/isboot-initramfs.img
 
 # Debian package: the binary, the initramfs-tools hook and boot script, the dracut
 # module and the docs (docs/distro.md). Its version sorts by commit count.

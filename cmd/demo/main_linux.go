@@ -93,7 +93,7 @@ func run(build, rescue string) error {
 			return err
 		}
 	}
-	initrd := filepath.Join(build, "isboot-initramfs.cpio.gz")
+	initrd := filepath.Join(build, "isboot-initramfs.img")
 	say("building the initramfs (%s)", initrd)
 	if err := goCmd("run", "./initramfs/cmd/mkinitramfs", "-isboot", isboot, "-o", initrd, "-rescue", rescue); err != nil {
 		return err

@@ -52,7 +52,7 @@ func image(t testing.TB) (isboot, initrd string) {
 		}
 		gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
 		built.isboot = filepath.Join(built.dir, "isboot")
-		built.initrd = filepath.Join(built.dir, "isboot-initramfs.cpio.gz")
+		built.initrd = filepath.Join(built.dir, "isboot-initramfs.img")
 		for _, args := range [][]string{
 			{"build", "-trimpath", "-ldflags=-s -w -X main.Version=vmtest", "-o", built.isboot, "./cmd/isboot"},
 			{"run", "./initramfs/cmd/mkinitramfs", "-isboot", built.isboot, "-o", built.initrd},

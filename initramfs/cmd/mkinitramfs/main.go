@@ -5,7 +5,7 @@
 // inputs give the same bytes. It prints the image's size and warns when it is over the
 // budget (docs/fleet.md).
 //
-//	mkinitramfs -isboot build/isboot -o build/isboot-initramfs.cpio.gz
+//	mkinitramfs -isboot build/isboot -o build/isboot-initramfs.img
 package main
 
 import (
@@ -35,7 +35,14 @@ var defaultModules = []string{
 	"ext4", "xfs", "btrfs", "vfat",
 }
 
-// sizeBudget bounds the gzipped image: the boot loader (PXE, UEFI, iPXE over HTTP or
+// defaultCompression is the image's: the kernel unpacks LZ4 in half the time gzip takes
+// (0.30-0.41 s against 0.61-0.81 s for the default image under TCG), for an image a
+// quarter larger (14.4 against 11.3 MiB). Ubuntu's initramfs-tools made the same
+// choice for the same reason. -compress gzip is for a kernel without CONFIG_RD_LZ4 or
+// a loader that fetches slowly (TFTP).
+const defaultCompression = initramfs.LZ4
+
+// sizeBudget bounds the compressed image: the boot loader (PXE, UEFI, iPXE over HTTP or
 // TFTP) fetches it and holds it in memory next to the kernel, and the kernel unpacks it
 // into RAM as well.
 const sizeBudget = 16 << 20
@@ -58,15 +65,20 @@ func main() {
 		cache = filepath.Join(home, ".cache", "isboot")
 	}
 	var o options
-	var extra string
+	var extra, compress string
 	flag.StringVar(&o.isboot, "isboot", "build/isboot", "the static isboot binary, installed as /init")
-	flag.StringVar(&o.out, "o", "build/isboot-initramfs.cpio.gz", "output file")
+	flag.StringVar(&o.out, "o", "build/isboot-initramfs.img", "output file")
 	flag.StringVar(&o.kver, "kver", "", "kernel version (default: the contents of $ISBOOT_CACHE/kernel/current)")
 	flag.StringVar(&o.kernelDir, "kernel-dir", "", "directory holding lib/modules/<kver> (default: $ISBOOT_CACHE/kernel/<kver>)")
 	flag.StringVar(&extra, "modules", "", "comma-separated extra modules")
 	flag.StringVar(&o.firmwareDir, "firmware-dir", "/lib/firmware", "where the firmware the modules declare is looked up (\"\": carry none)")
 	flag.StringVar(&o.rescue, "rescue", "uroot", "rescue shell: uroot (u-root's gosh and core commands), busybox (the host's static busybox) or none")
+	flag.StringVar(&compress, "compress", defaultCompression.String(), "lz4 (the LZ4 legacy frame: unpacked by the kernel in half gzip's time, a quarter larger), gzip (every kernel has it; for slow TFTP) or none")
 	flag.Parse()
+	c, err := initramfs.ParseCompression(compress)
+	if err != nil {
+		fatal(err)
+	}
 	if o.kver == "" {
 		b, err := os.ReadFile(filepath.Join(cache, "kernel", "current"))
 		if err != nil {
@@ -84,6 +96,7 @@ func main() {
 	if err != nil {
 		fatal(err)
 	}
+	a.Compression = c
 	if err := os.MkdirAll(filepath.Dir(o.out), 0o755); err != nil {
 		fatal(err)
 	}
@@ -102,7 +115,7 @@ func main() {
 	}
 }
 
-// budgetWarning is the line to print when a gzipped image of size bytes is over budget.
+// budgetWarning is the line to print when a compressed image of size bytes is over budget.
 func budgetWarning(size int64) string {
 	if size <= sizeBudget {
 		return ""

@@ -111,8 +111,8 @@ func TestBadInputs(t *testing.T) {
 }
 
 // TestDefaultImageWithinBudget builds what make initramfs builds (isboot, the default
-// modules of the cached kernel with the host's firmware, u-root's rescue shell) and fails
-// if the gzipped image is over the budget.
+// modules of the cached kernel with the host's firmware, u-root's rescue shell, its
+// default compression) and fails if the image is over the budget.
 func TestDefaultImageWithinBudget(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds isboot and the full image")
@@ -134,6 +134,7 @@ func TestDefaultImageWithinBudget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	a.Compression = defaultCompression
 	var buf bytes.Buffer
 	if _, err := a.WriteTo(&buf); err != nil {
 		t.Fatal(err)

@@ -75,7 +75,7 @@ func isbootInitrd(b *testing.B) string {
 		if ours.dir, ours.err = os.MkdirTemp("", "isboot-diskbench-"); ours.err != nil {
 			return
 		}
-		ours.path = filepath.Join(ours.dir, "isboot-initramfs.cpio.gz")
+		ours.path = filepath.Join(ours.dir, "isboot-initramfs.img")
 		cmd := exec.Command("go", "run", "../../../initramfs/cmd/mkinitramfs", "-isboot", isboot, "-o", ours.path)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {

@@ -84,7 +84,7 @@ func isbootInitrd(t *testing.T) string {
 			initrdOnce.err = err
 			return
 		}
-		initrdOnce.path = filepath.Join(dir, "initrd.cpio.gz")
+		initrdOnce.path = filepath.Join(dir, "initrd.img")
 		cmd := exec.Command("go", "run", "../../../initramfs/cmd/mkinitramfs", "-isboot", isboot,
 			"-o", initrdOnce.path, "-rescue", "none")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")

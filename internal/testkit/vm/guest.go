@@ -92,7 +92,7 @@ func Initramfs(t testing.TB, version string, mkArgs ...string) string {
 			b.err = err
 			return
 		}
-		b.path = filepath.Join(dir, fmt.Sprintf("%d-initramfs.cpio.gz", b.id))
+		b.path = filepath.Join(dir, fmt.Sprintf("%d-initramfs.img", b.id))
 		args := append([]string{"run", "github.com/isboot/isboot/initramfs/cmd/mkinitramfs", "-isboot", isboot, "-o", b.path}, mkArgs...)
 		cmd := exec.Command(goTool(), args...)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
