@@ -125,6 +125,7 @@ type pduReader struct {
 	head       *headReader
 	sock       *sockio.Conn
 	unmark     func() // clears a coalescing mark before a splice waits (rawsock)
+	promise    func(n int) // the next n bytes are one segment on its way (rawsock)
 	hdrDigest  bool
 	dataDigest bool
 	maxData    int // our MaxRecvDataSegmentLength: the largest segment we accept
@@ -167,6 +168,9 @@ func (p *pduReader) readHeader() error {
 // readData reads the current PDU's data segment into dst (len(dst) == dataLen), then
 // its padding and data digest.
 func (p *pduReader) readData(dst []byte) error {
+	if p.promise != nil {
+		p.promise(len(dst) - p.br.Buffered())
+	}
 	if _, err := io.ReadFull(p.r, dst); err != nil {
 		return err
 	}

@@ -147,3 +147,156 @@ func TestCoalesce(t *testing.T) {
 		t.Fatalf("Read with coalescing off = %d, %v; want 5 bytes at once", n, err)
 	}
 }
+
+// warm streams enough through a→r for the receive window to open wide (TCP starts
+// at 64 KiB), and makes r's next large Read sample it again.
+func warm(t *testing.T, a *net.TCPConn, r *Conn) {
+	t.Helper()
+	const total, chunk = 16 << 20, 32 << 10
+	go a.Write(make([]byte, total))
+	buf := make([]byte, chunk) // below segMin: plain reads
+	for got := 0; got < total; {
+		n, err := r.Read(buf)
+		if err != nil {
+			t.Fatalf("warm-up read: %v", err)
+		}
+		got += n
+	}
+	r.segLeft = 0
+}
+
+// writeSlowly writes n bytes in pieces, pausing between them, after the reader has
+// had time to start waiting.
+func writeSlowly(a *net.TCPConn, n, pieces int, pause time.Duration) {
+	go func() {
+		for i := 0; i < pieces; i++ {
+			time.Sleep(pause)
+			a.Write(make([]byte, n/pieces))
+		}
+	}()
+}
+
+// A Read for the rest of a large segment waits until all of it is queued and takes
+// it in one system call, rather than a piece per wake-up as the sender's data
+// arrives.
+func TestSegmentReadWaitsForTheSegment(t *testing.T) {
+	a, b := netpair.TCP(t)
+	a.SetNoDelay(true)
+	r := raw(t, b)
+	r.Coalesce(func() int { return 1 }, 2*time.Second)
+	warm(t, a, r)
+	const seg = 128 << 10
+	writeSlowly(a, seg, 4, 20*time.Millisecond)
+	r.Promise(seg)
+	n, err := r.Read(make([]byte, seg))
+	if err != nil || n != seg {
+		t.Fatalf("segment Read = %d, %v; want the whole %d-byte segment (window cap %d)", n, err, seg, r.segCap)
+	}
+	// A segment queued whole before the Read began is taken at once: it raises no
+	// new readiness, so waiting for one would last the whole bound.
+	a.Write(make([]byte, seg))
+	time.Sleep(50 * time.Millisecond)
+	r.Promise(seg)
+	start := time.Now()
+	if n, err = r.Read(make([]byte, seg)); err != nil || n != seg {
+		t.Fatalf("Read of a queued segment = %d, %v; want %d", n, err, seg)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("Read of a queued segment took %v: it waited for readiness that never came", d)
+	}
+}
+
+// Without a promise, a large Read takes what is there: a buffer's fill must not wait
+// for bytes nobody said would come.
+func TestLargeReadWithoutPromise(t *testing.T) {
+	a, b := netpair.TCP(t)
+	a.SetNoDelay(true)
+	r := raw(t, b)
+	r.Coalesce(func() int { return 1 }, 2*time.Second)
+	warm(t, a, r)
+	writeSlowly(a, 128<<10, 4, 20*time.Millisecond)
+	n, err := r.Read(make([]byte, 128<<10))
+	if err != nil || n != 32<<10 {
+		t.Fatalf("Read without a promise = %d, %v; want the first 32768 bytes", n, err)
+	}
+	// A promise covers its own bytes, not what follows them.
+	io.ReadFull(r, make([]byte, 96<<10))
+	r.Promise(64 << 10)
+	a.Write(make([]byte, 64<<10))
+	if n, err = io.ReadFull(r, make([]byte, 64<<10)); err != nil {
+		t.Fatalf("Read of the promised bytes = %d, %v", n, err)
+	}
+	writeSlowly(a, 64<<10, 2, 20*time.Millisecond)
+	if n, err = r.Read(make([]byte, 128<<10)); err != nil || n != 32<<10 {
+		t.Fatalf("Read after the promise = %d, %v; want the first 32768 bytes", n, err)
+	}
+}
+
+// The segment mark never asks for more than half of what the receive window lets the
+// sender have in flight: a fresh connection, whose window is 64 KiB, reads a large
+// segment as it arrives.
+func TestSegmentReadWithinTheWindow(t *testing.T) {
+	a, b := netpair.TCP(t)
+	a.SetNoDelay(true)
+	r := raw(t, b)
+	r.Coalesce(func() int { return 1 }, 2*time.Second)
+	const seg = 128 << 10
+	writeSlowly(a, seg, 4, 50*time.Millisecond)
+	r.Promise(seg)
+	start := time.Now()
+	n, err := r.Read(make([]byte, seg))
+	if err != nil || n != seg/4 {
+		t.Fatalf("Read on a narrow window = %d, %v; want the first %d bytes (window cap %d)", n, err, seg/4, r.segCap)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("Read on a narrow window took %v", d)
+	}
+}
+
+// A segment that stops arriving halfway is read as far as it came once the wait
+// bound passes; the reader does not wait for the rest longer than that.
+func TestSegmentReadFallsBack(t *testing.T) {
+	a, b := netpair.TCP(t)
+	a.SetNoDelay(true)
+	r := raw(t, b)
+	r.Coalesce(func() int { return 1 }, 100*time.Millisecond)
+	warm(t, a, r)
+	const seg = 128 << 10
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		a.Write(make([]byte, seg/2))
+	}()
+	r.Promise(seg)
+	start := time.Now()
+	n, err := r.Read(make([]byte, seg))
+	d := time.Since(start)
+	if err != nil || n != seg/2 {
+		t.Fatalf("Read of half a segment = %d, %v; want %d", n, err, seg/2)
+	}
+	if d < 90*time.Millisecond || d > time.Second {
+		t.Fatalf("Read of half a segment returned after %v; want the 100ms bound", d)
+	}
+	// The deadline is gone: the rest may come much later.
+	time.Sleep(200 * time.Millisecond)
+	a.Write(make([]byte, seg/2))
+	if n, err = io.ReadFull(r, make([]byte, seg/2)); err != nil {
+		t.Fatalf("Read of the rest = %d, %v", n, err)
+	}
+}
+
+// Segment reads do not allocate either.
+func TestSegmentReadNoAllocs(t *testing.T) {
+	a, b := netpair.TCP(t)
+	r := raw(t, b)
+	r.Coalesce(func() int { return 1 }, time.Second)
+	warm(t, a, r)
+	msg, buf := make([]byte, 128<<10), make([]byte, 128<<10)
+	allocs := testing.AllocsPerRun(50, func() {
+		a.Write(msg)
+		r.Promise(len(buf))
+		io.ReadFull(r, buf)
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations per segment read", allocs)
+	}
+}

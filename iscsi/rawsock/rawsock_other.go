@@ -17,4 +17,5 @@ func New(net.Conn, syscall.RawConn) *Conn { return nil }
 
 func (*Conn) Coalesce(func() int, time.Duration) {}
 func (*Conn) Unmark()                            {}
+func (*Conn) Promise(int)                        {}
 func (*Conn) Read([]byte) (int, error)           { return 0, io.ErrClosedPipe }
