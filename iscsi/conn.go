@@ -133,7 +133,7 @@ func newConn(s *Session, nc net.Conn, res *loginResult, gen uint64) (*conn, erro
 		hdrDigest: p["HeaderDigest"] == "CRC32C", dataDigest: p["DataDigest"] == "CRC32C"}
 	c.wr.hdrDigest, c.wr.dataDigest = c.rd.hdrDigest, c.rd.dataDigest
 	if c.sock != nil {
-		c.rd.unmark, c.rd.promise = c.sock.Unmark, c.sock.Promise
+		c.rd.unmark, c.rd.promise, c.rd.waitQueued = c.sock.Unmark, c.sock.Promise, c.sock.WaitQueued
 	}
 	c.wg.Add(3)
 	go c.readLoop()

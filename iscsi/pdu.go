@@ -124,8 +124,9 @@ type pduReader struct {
 	br         *bufio.Reader
 	head       *headReader
 	sock       *sockio.Conn
-	unmark     func() // clears a coalescing mark before a splice waits (rawsock)
-	promise    func(n int) // the next n bytes are one segment on its way (rawsock)
+	unmark     func()            // clears a coalescing mark before a splice waits (rawsock)
+	promise    func(n int)       // the next n bytes are one segment on its way (rawsock)
+	waitQueued func(n int) error // waits for a segment's n bytes before a splice (rawsock)
 	hdrDigest  bool
 	dataDigest bool
 	maxData    int // our MaxRecvDataSegmentLength: the largest segment we accept
@@ -217,7 +218,11 @@ func (p *pduReader) readDataTo(pipe *pipebuf.Pipe, n int, scratch []byte) error 
 		p.br.Discard(k)
 	}
 	if n > k {
-		if p.unmark != nil {
+		if p.waitQueued != nil {
+			if err := p.waitQueued(n - k); err != nil {
+				return err
+			}
+		} else if p.unmark != nil {
 			p.unmark()
 		}
 		if err := pipe.SpliceFrom(p.sock, n-k); err != nil {

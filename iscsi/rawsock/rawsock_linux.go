@@ -50,6 +50,7 @@ type Conn struct {
 	promised int
 	segMark  int
 	segFn    func(uintptr) bool
+	waitFn   func(uintptr) bool
 	segCap   int // the largest segment mark the receive window allows now
 	segLeft  int // segment reads until segCap is sampled again
 	info     unix.TCPInfo
@@ -59,7 +60,7 @@ type Conn struct {
 func New(nc net.Conn, rc syscall.RawConn) *Conn {
 	s := &Conn{nc: nc, rc: rc}
 	s.readFn = s.read
-	s.segFn = s.segRead
+	s.segFn, s.waitFn = s.segRead, s.waitSegment
 	return s
 }
 
@@ -96,12 +97,8 @@ func (s *Conn) Read(p []byte) (int, error) {
 	}
 	s.rbuf, s.rn, s.rerrno = p, 0, 0
 	fn := s.readFn
-	if s.want != nil && s.promised >= segMin && len(p) >= segMin {
-		if s.fellBack || s.segLeft <= 0 {
-			s.sampleWindow()
-		}
-		s.segLeft--
-		if m := min(len(p), s.promised, s.segCap); m >= segMin {
+	if s.promised >= segMin && len(p) >= segMin {
+		if m := s.segmentMark(min(len(p), s.promised)); m > 0 {
 			s.segMark = m
 			fn = s.segFn
 		}
@@ -187,25 +184,79 @@ func (s *Conn) sampleWindow() {
 	})
 }
 
-// segRead sets the segment mark and waits for it before its first read. The mark is
-// set even when it is there already: setting it makes the kernel look again whether
-// the bytes are queued, and say so, where a segment that arrived before this wait
-// began would raise no new readiness.
-func (s *Conn) segRead(fd uintptr) bool {
-	if m := s.segMark; m > 0 {
-		s.segMark = 0
-		old := s.lowat
-		s.lowat = -1 // force the setsockopt
-		if s.setMark(fd, m) {
-			if !s.armed {
-				s.nc.SetReadDeadline(time.Now().Add(s.maxWait))
-				s.armed = true
-			}
-			return false
+// WaitQueued waits until the next n bytes, one segment on its way, are queued on the
+// socket, without reading them: for a reader about to splice them, which then takes
+// them in one call. It waits as a promised Read does (within half the receive window,
+// for at most the Coalesce bound) and leaves the mark at one byte, so the splice's own
+// waits wake for any data. Only with coalescing on; otherwise, and for fewer than
+// segMin bytes, it only resets the mark, as Unmark does.
+func (s *Conn) WaitQueued(n int) error {
+	m := s.segmentMark(n)
+	if m == 0 {
+		s.Unmark()
+		return nil
+	}
+	s.segMark = m
+	err := s.rc.Read(s.waitFn)
+	s.fellBack = false
+	if s.armed {
+		s.armed = false
+		s.nc.SetReadDeadline(time.Time{})
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			s.fellBack, err = true, nil // the splice takes what came
 		}
+	}
+	s.Unmark()
+	return err
+}
+
+// segmentMark is the mark for a wait for the next n bytes of a segment: n within
+// segCap, or 0 for no wait.
+func (s *Conn) segmentMark(n int) int {
+	if s.want == nil || n < segMin {
+		return 0
+	}
+	if s.fellBack || s.segLeft <= 0 {
+		s.sampleWindow()
+	}
+	s.segLeft--
+	if m := min(n, s.segCap); m >= segMin {
+		return m
+	}
+	return 0
+}
+
+// armSegment sets the segment mark, even when it is there already: setting it makes
+// the kernel look again whether the bytes are queued, and say so, where a segment
+// that arrived before this wait began would raise no new readiness. It bounds the
+// wait, and reports false if the socket refused the mark.
+func (s *Conn) armSegment(fd uintptr) bool {
+	m := s.segMark
+	s.segMark = 0
+	old := s.lowat
+	s.lowat = -1 // force the setsockopt
+	if !s.setMark(fd, m) {
 		s.lowat = old
+		return false
+	}
+	if !s.armed {
+		s.nc.SetReadDeadline(time.Now().Add(s.maxWait))
+		s.armed = true
+	}
+	return true
+}
+
+// segRead waits for the segment mark before its first read.
+func (s *Conn) segRead(fd uintptr) bool {
+	if s.segMark > 0 && s.armSegment(fd) {
+		return false
 	}
 	return s.read(fd)
+}
+
+// waitSegment waits for the segment mark and reads nothing.
+func (s *Conn) waitSegment(fd uintptr) bool {
+	return !(s.segMark > 0 && s.armSegment(fd))
 }
 
 // setMark puts the low-water mark at n bytes, unless it is there already. It reports

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/isboot/isboot/internal/testkit/netpair"
+	"golang.org/x/sys/unix"
 )
 
 // raw is c's rawsock reader.
@@ -298,5 +299,65 @@ func TestSegmentReadNoAllocs(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Fatalf("%v allocations per segment read", allocs)
+	}
+}
+
+// queued is how many bytes wait in c's receive queue.
+func queued(t *testing.T, c *net.TCPConn) int {
+	t.Helper()
+	rc, _ := c.SyscallConn()
+	var n int
+	var err error
+	rc.Control(func(fd uintptr) { n, err = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+	if err != nil {
+		t.Fatalf("SIOCINQ: %v", err)
+	}
+	return n
+}
+
+// WaitQueued, for a splice, returns once the segment is all queued, reading none of
+// it; after a segment that stops halfway it returns at the bound. Either way the mark
+// is back to one byte: the splice's own waits wake for any data.
+func TestWaitQueued(t *testing.T) {
+	a, b := netpair.TCP(t)
+	a.SetNoDelay(true)
+	r := raw(t, b)
+	r.Coalesce(func() int { return 1 }, 200*time.Millisecond)
+	warm(t, a, r)
+	const seg = 128 << 10
+	writeSlowly(a, seg, 4, 20*time.Millisecond)
+	if err := r.WaitQueued(seg); err != nil {
+		t.Fatalf("WaitQueued: %v", err)
+	}
+	if n := queued(t, b); n != seg {
+		t.Fatalf("after WaitQueued %d bytes are queued, want the whole %d-byte segment", n, seg)
+	}
+	if r.lowat > 1 {
+		t.Fatalf("WaitQueued left a mark of %d bytes", r.lowat)
+	}
+	io.ReadFull(r, make([]byte, seg))
+
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		a.Write(make([]byte, seg/2))
+	}()
+	start := time.Now()
+	if err := r.WaitQueued(seg); err != nil {
+		t.Fatalf("WaitQueued for half a segment: %v", err)
+	}
+	if d := time.Since(start); d < 190*time.Millisecond || d > 2*time.Second {
+		t.Fatalf("WaitQueued for half a segment returned after %v; want the 200ms bound", d)
+	}
+	if n := queued(t, b); n != seg/2 {
+		t.Fatalf("after the bound %d bytes are queued, want %d", n, seg/2)
+	}
+	// The bound is gone with the wait, and the mark with it.
+	io.ReadFull(r, make([]byte, seg/2))
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		a.Write(make([]byte, 10))
+	}()
+	if n, err := r.Read(make([]byte, 100)); err != nil || n != 10 {
+		t.Fatalf("Read after WaitQueued = %d, %v; want 10 bytes", n, err)
 	}
 }

@@ -18,4 +18,5 @@ func New(net.Conn, syscall.RawConn) *Conn { return nil }
 func (*Conn) Coalesce(func() int, time.Duration) {}
 func (*Conn) Unmark()                            {}
 func (*Conn) Promise(int)                        {}
+func (*Conn) WaitQueued(int) error               { return nil }
 func (*Conn) Read([]byte) (int, error)           { return 0, io.ErrClosedPipe }
