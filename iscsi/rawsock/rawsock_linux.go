@@ -43,8 +43,13 @@ type Conn struct {
 	want     func() int
 	maxWait  time.Duration
 	lowat    int
-	armed    bool
 	fellBack bool
+	// The read deadline: dl as set on the connection (zero: none); armed while the
+	// current wait is bounded by it; lazy when it is a segment's bound, which may
+	// outlive its wait (bound).
+	dl    time.Time
+	armed bool
+	lazy  bool
 	// Segment reads (Promise): the bytes promised still to come, the mark to wait
 	// for before the next read, and segRead bound once.
 	promised int
@@ -104,15 +109,25 @@ func (s *Conn) Read(p []byte) (int, error) {
 		}
 	}
 	err := s.rc.Read(fn)
-	for s.armed {
-		s.armed = false
-		s.nc.SetReadDeadline(time.Time{})
-		if !errors.Is(err, os.ErrDeadlineExceeded) {
+	for {
+		timedOut := errors.Is(err, os.ErrDeadlineExceeded) && !s.dl.IsZero()
+		if s.armed {
+			s.armed = false
+			if timedOut {
+				// Fewer bytes came than expected: take what is there, and wait
+				// for any data at all until some arrives.
+				s.fellBack = true
+				s.segmentTimedOut()
+			}
+			if timedOut || !s.lazy {
+				s.unbound()
+			}
+		} else if timedOut {
+			s.unbound() // a segment's bound that outlived its wait: not this one's
+		}
+		if !timedOut {
 			break
 		}
-		// Fewer bytes came than expected: take what is there, and wait for any
-		// data at all until some arrives.
-		s.fellBack = true
 		err = s.rc.Read(s.readFn)
 	}
 	s.rbuf = nil
@@ -155,7 +170,9 @@ func (s *Conn) read(fd uintptr) bool {
 // tgtd's 256 KiB segments came in four to six reads, and the calls were most of the
 // CPU the initiator spent per MiB beyond libiscsi's. The wait asks for no more than
 // half of what the receive window lets the peer send (a narrow window would stall
-// the sender before the bytes were all there), and lasts at most the Coalesce bound.
+// the sender before the bytes were all there), and lasts at most segWait or the
+// Coalesce bound, the longer; after a wait that ran out, segment reads take what is
+// there until the window is sampled again.
 // Only with coalescing on.
 func (s *Conn) Promise(n int) { s.promised = n }
 
@@ -165,13 +182,18 @@ const (
 	segMin = 64 << 10
 	// segMax bounds the mark, as the receive buffer needs twice the mark.
 	segMax = 256 << 10
+	// segWait bounds a segment's wait (or the Coalesce bound, if longer). The bytes
+	// were promised, so it only guards against a window narrower than sampled; a
+	// 256 KiB segment takes 4 ms to cross QEMU's user network at 60 MiB/s.
+	segWait = 20 * time.Millisecond
+	// segSample is how many segment reads go by between samples of the window.
+	segSample = 16
 )
 
 // sampleWindow sets segCap from the receive window the kernel lets grow now (TCP's
-// rcv_ssthresh bounds the window it advertises), every 16 segment reads and after a
-// wait that ran out.
+// rcv_ssthresh bounds the window it advertises), every segSample segment reads.
 func (s *Conn) sampleWindow() {
-	s.segLeft = 16
+	s.segLeft = segSample
 	s.rc.Control(func(fd uintptr) {
 		n := uint32(unsafe.Sizeof(s.info))
 		_, _, e := syscall.RawSyscall6(syscall.SYS_GETSOCKOPT, fd, syscall.IPPROTO_TCP, syscall.TCP_INFO,
@@ -187,7 +209,7 @@ func (s *Conn) sampleWindow() {
 // WaitQueued waits until the next n bytes, one segment on its way, are queued on the
 // socket, without reading them: for a reader about to splice them, which then takes
 // them in one call. It waits as a promised Read does (within half the receive window,
-// for at most the Coalesce bound) and leaves the mark at one byte, so the splice's own
+// for at most its bound) and leaves the mark at one byte, so the splice's own
 // waits wake for any data. Only with coalescing on; otherwise, and for fewer than
 // segMin bytes, it only resets the mark, as Unmark does.
 func (s *Conn) WaitQueued(n int) error {
@@ -201,11 +223,12 @@ func (s *Conn) WaitQueued(n int) error {
 	s.fellBack = false
 	if s.armed {
 		s.armed = false
-		s.nc.SetReadDeadline(time.Time{})
 		if errors.Is(err, os.ErrDeadlineExceeded) {
+			s.segmentTimedOut()
 			s.fellBack, err = true, nil // the splice takes what came
 		}
 	}
+	s.unbound() // the splice's own waits take no deadline
 	s.Unmark()
 	return err
 }
@@ -216,7 +239,7 @@ func (s *Conn) segmentMark(n int) int {
 	if s.want == nil || n < segMin {
 		return 0
 	}
-	if s.fellBack || s.segLeft <= 0 {
+	if s.segLeft <= 0 {
 		s.sampleWindow()
 	}
 	s.segLeft--
@@ -240,8 +263,7 @@ func (s *Conn) armSegment(fd uintptr) bool {
 		return false
 	}
 	if !s.armed {
-		s.nc.SetReadDeadline(time.Now().Add(s.maxWait))
-		s.armed = true
+		s.bound(max(s.maxWait, segWait), true)
 	}
 	return true
 }
@@ -285,8 +307,40 @@ func (s *Conn) beforeWait(fd uintptr) {
 		s.want, w = nil, 1 // not a TCP socket after all: wake for every segment
 	}
 	if w > 1 && !s.armed {
-		s.nc.SetReadDeadline(time.Now().Add(s.maxWait))
-		s.armed = true
+		s.bound(s.maxWait, false)
+	}
+}
+
+// bound ends the current wait within d. A segment's bound (lazy) is left set after
+// its wait, and the next segment's wait keeps it while at least half of d is left:
+// each change of a deadline is a change of a runtime timer, which in the TCG guest
+// cost as much as the segment's read. A stale bound that runs out in some later wait
+// only makes that wait start over (Read).
+func (s *Conn) bound(d time.Duration, lazy bool) {
+	s.armed = true
+	now := time.Now()
+	if lazy && s.lazy && s.dl.Sub(now) >= d/2 {
+		return
+	}
+	s.dl, s.lazy = now.Add(d), lazy
+	s.nc.SetReadDeadline(s.dl)
+}
+
+// unbound clears the read deadline.
+func (s *Conn) unbound() {
+	if !s.dl.IsZero() {
+		s.dl, s.lazy = time.Time{}, false
+		s.nc.SetReadDeadline(time.Time{})
+	}
+}
+
+// segmentTimedOut turns segment waits off for a while after a bounded wait of the
+// current kind ran out while waiting for a segment: the window may be narrower than
+// sampled, or the link slow. Reads then take what is there until segCap is sampled
+// again.
+func (s *Conn) segmentTimedOut() {
+	if s.lazy {
+		s.segCap, s.segLeft = 0, segSample
 	}
 }
 

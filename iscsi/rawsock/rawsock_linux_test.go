@@ -283,6 +283,53 @@ func TestSegmentReadFallsBack(t *testing.T) {
 	if n, err = io.ReadFull(r, make([]byte, seg/2)); err != nil {
 		t.Fatalf("Read of the rest = %d, %v", n, err)
 	}
+	// After a wait that ran out, segment reads take what is there until the window
+	// is sampled again.
+	writeSlowly(a, seg, 4, 20*time.Millisecond)
+	r.Promise(seg)
+	if n, err = r.Read(make([]byte, seg)); err != nil || n != seg/4 {
+		t.Fatalf("segment Read after a fall-back = %d, %v; want the first %d bytes", n, err, seg/4)
+	}
+	io.ReadFull(r, make([]byte, seg-seg/4))
+}
+
+// A segment's bound outlives its wait, so that the next segment need not set a
+// deadline again; running out in a later wait, it only restarts that wait.
+func TestSegmentBoundOutlivesItsWait(t *testing.T) {
+	a, b := netpair.TCP(t)
+	a.SetNoDelay(true)
+	r := raw(t, b)
+	r.Coalesce(func() int { return 1 }, 100*time.Millisecond)
+	warm(t, a, r)
+	const seg = 128 << 10
+	writeSlowly(a, seg, 2, 10*time.Millisecond)
+	r.Promise(seg)
+	if n, err := r.Read(make([]byte, seg)); err != nil || n != seg {
+		t.Fatalf("segment Read = %d, %v; want %d", n, err, seg)
+	}
+	first := r.dl
+	if first.IsZero() {
+		t.Fatal("no bound left after the segment's wait")
+	}
+	writeSlowly(a, seg, 2, 10*time.Millisecond)
+	r.Promise(seg)
+	if n, err := r.Read(make([]byte, seg)); err != nil || n != seg {
+		t.Fatalf("second segment Read = %d, %v; want %d", n, err, seg)
+	}
+	if r.dl != first {
+		t.Fatalf("the second segment set its own deadline although the first's had %v left", time.Until(first))
+	}
+	// The bound runs out while a Read waits for a few bytes that come later.
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		a.Write(make([]byte, 10))
+	}()
+	if n, err := r.Read(make([]byte, 100)); err != nil || n != 10 {
+		t.Fatalf("Read past a segment's stale bound = %d, %v; want 10 bytes", n, err)
+	}
+	if !r.dl.IsZero() {
+		t.Fatal("the stale bound is still set")
+	}
 }
 
 // Segment reads do not allocate either.
@@ -336,6 +383,21 @@ func TestWaitQueued(t *testing.T) {
 		t.Fatalf("WaitQueued left a mark of %d bytes", r.lowat)
 	}
 	io.ReadFull(r, make([]byte, seg))
+	// Nor a deadline: a splice waits on the socket directly, past any bound.
+	rc, _ := b.SyscallConn()
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		a.Write(make([]byte, 10))
+	}()
+	var got int
+	err := rc.Read(func(fd uintptr) bool {
+		n, err := unix.Read(int(fd), make([]byte, 100))
+		got = n
+		return err != unix.EAGAIN
+	})
+	if err != nil || got != 10 {
+		t.Fatalf("a raw wait after WaitQueued = %d, %v; want 10 bytes", got, err)
+	}
 
 	go func() {
 		time.Sleep(20 * time.Millisecond)
