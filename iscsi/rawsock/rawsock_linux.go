@@ -215,6 +215,7 @@ func (s *Conn) sampleWindow() {
 func (s *Conn) WaitQueued(n int) error {
 	m := s.segmentMark(n)
 	if m == 0 {
+		s.unbound() // a segment's bound left by a Read: the splice takes none
 		s.Unmark()
 		return nil
 	}

@@ -362,6 +362,26 @@ func queued(t *testing.T, c *net.TCPConn) int {
 	return n
 }
 
+// rawWait waits on b as a splice does, directly on its descriptor, for 10 bytes a
+// writes after longer than any bound the tests set.
+func rawWait(t *testing.T, a, b *net.TCPConn) {
+	t.Helper()
+	rc, _ := b.SyscallConn()
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		a.Write(make([]byte, 10))
+	}()
+	var got int
+	err := rc.Read(func(fd uintptr) bool {
+		n, err := unix.Read(int(fd), make([]byte, 100))
+		got = n
+		return err != unix.EAGAIN
+	})
+	if err != nil || got != 10 {
+		t.Fatalf("a raw wait after WaitQueued = %d, %v; want 10 bytes", got, err)
+	}
+}
+
 // WaitQueued, for a splice, returns once the segment is all queued, reading none of
 // it; after a segment that stops halfway it returns at the bound. Either way the mark
 // is back to one byte: the splice's own waits wake for any data.
@@ -384,20 +404,17 @@ func TestWaitQueued(t *testing.T) {
 	}
 	io.ReadFull(r, make([]byte, seg))
 	// Nor a deadline: a splice waits on the socket directly, past any bound.
-	rc, _ := b.SyscallConn()
-	go func() {
-		time.Sleep(300 * time.Millisecond)
-		a.Write(make([]byte, 10))
-	}()
-	var got int
-	err := rc.Read(func(fd uintptr) bool {
-		n, err := unix.Read(int(fd), make([]byte, 100))
-		got = n
-		return err != unix.EAGAIN
-	})
-	if err != nil || got != 10 {
-		t.Fatalf("a raw wait after WaitQueued = %d, %v; want 10 bytes", got, err)
+	rawWait(t, a, b)
+	// Not even the bound a promised Read left behind, when WaitQueued need not wait.
+	writeSlowly(a, seg, 2, 10*time.Millisecond)
+	r.Promise(seg)
+	if n, err := r.Read(make([]byte, seg)); err != nil || n != seg {
+		t.Fatalf("segment Read = %d, %v; want %d", n, err, seg)
 	}
+	if err := r.WaitQueued(100); err != nil {
+		t.Fatalf("WaitQueued(100): %v", err)
+	}
+	rawWait(t, a, b)
 
 	go func() {
 		time.Sleep(20 * time.Millisecond)
