@@ -108,6 +108,17 @@ func (d *Tgtd) LUNNumber() uint64    { return d.LUN }
 func (d *Tgtd) Backing() string      { return d.opts.Backing }
 func (d *Tgtd) Options() TgtdOptions { return d.opts }
 
+// Pid is the running tgtd's process id (0 when it is not running), for benchmarks
+// that count the target's CPU time.
+func (d *Tgtd) Pid() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cmd == nil || d.cmd.Process == nil {
+		return 0
+	}
+	return d.cmd.Process.Pid
+}
+
 func (d *Tgtd) start() error {
 	logf, err := os.OpenFile(d.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
