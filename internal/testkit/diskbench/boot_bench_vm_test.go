@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -37,7 +38,9 @@ var bootTimes = regexp.MustCompile(`BENCH-BOOT unit=(\d+) userspace=(\d+)`)
 // command line), through isboot's initramfs and through the kernel-initiator anchor
 // (busybox + iscsistart + iscsi_tcp, then busybox switch_root), and reports
 // ours/anchor of kernel start → the start of a unit after multi-user.target (the
-// goal is ≤ 1.0), with both absolute times and kernel start → exec of systemd.
+// goal is ≤ 1.0), with both absolute times, kernel start → exec of systemd, and
+// /init → the exec of the real init (the kernel's "Run /init" line to isboot's exec or
+// the anchor's switch_root).
 // Every boot gets a fresh copy of the image; the first guest alternates.
 func BenchmarkBootVsIscsistart(b *testing.B) {
 	vm.Require(b)
@@ -66,7 +69,7 @@ func BenchmarkBootVsIscsistart(b *testing.B) {
 	}
 	b.ResetTimer()
 
-	var unit, userspace [2]float64 // sums, seconds
+	var unit, userspace, initExec [2]float64 // sums, seconds
 	for i := 0; i < b.N; i++ {
 		for j := range guests {
 			g := (i + j) % len(guests)
@@ -77,27 +80,36 @@ func BenchmarkBootVsIscsistart(b *testing.B) {
 				}
 				tgt.Restart()
 			}
-			u, us := bootOnce(b, k, guests[g], tab, hookArgs, i)
-			b.Logf("%s: kernel start → systemd %.2f s, → unit after multi-user.target %.2f s", guests[g].name, us, u)
+			u, us, ie := bootOnce(b, k, guests[g], tab, hookArgs, i)
+			b.Logf("%s: /init → exec %.2f s, kernel start → systemd %.2f s, → unit after multi-user.target %.2f s", guests[g].name, ie, us, u)
 			unit[g] += u
 			userspace[g] += us
+			initExec[g] += ie
 		}
 	}
 	b.StopTimer()
 	n := float64(b.N)
-	b.Logf("mean of %d: isboot %.2f s (systemd at %.2f s), anchor %.2f s (systemd at %.2f s)",
-		b.N, unit[0]/n, userspace[0]/n, unit[1]/n, userspace[1]/n)
+	b.Logf("mean of %d: isboot %.2f s (systemd at %.2f s, /init → exec %.2f s), anchor %.2f s (systemd at %.2f s, /init → exec %.2f s)",
+		b.N, unit[0]/n, userspace[0]/n, initExec[0]/n, unit[1]/n, userspace[1]/n, initExec[1]/n)
 	b.ReportMetric(unit[0]/unit[1], "unit-ours/anchor")
 	b.ReportMetric(unit[0]/n, "ours-unit-s")
 	b.ReportMetric(unit[1]/n, "anchor-unit-s")
 	b.ReportMetric(userspace[0]/n, "ours-systemd-s")
 	b.ReportMetric(userspace[1]/n, "anchor-systemd-s")
+	b.ReportMetric(initExec[0]/n, "ours-init-to-exec-s")
+	b.ReportMetric(initExec[1]/n, "anchor-init-to-exec-s")
 }
 
-// bootOnce boots g and returns kernel start → the hook unit's start and → systemd's
-// start, in seconds, from the guest's clock.
+var (
+	runsInit = regexp.MustCompile(`\[\s*([\d.]+)\] Run /init as init process`)
+	// isboot's exec of the real init, or the anchor's last line before switch_root.
+	execsInit = regexp.MustCompile(`\[\s*([\d.]+)\] (?:isboot: switch_root: executing init|anchor: switch_root to)`)
+)
+
+// bootOnce boots g and returns kernel start → the hook unit's start, → systemd's
+// start, and /init → the exec of the real init, in seconds, from the guest's clock.
 // With $ISBOOT_BENCH_CONSOLE set, each console goes to <guest>-<i>.log there.
-func bootOnce(b *testing.B, k vm.Kernel, g guest, tab string, hookArgs []string, i int) (unit, userspace float64) {
+func bootOnce(b *testing.B, k vm.Kernel, g guest, tab string, hookArgs []string, i int) (unit, userspace, initExec float64) {
 	b.Helper()
 	v := vm.Start(b, vm.Config{
 		Firmware: vm.Direct, Kernel: k.Image, Initrd: g.initrd,
@@ -135,5 +147,12 @@ func bootOnce(b *testing.B, k vm.Kernel, g guest, tab string, hookArgs []string,
 	if us == 0 || uss == 0 {
 		b.Fatalf("%s guest: systemd gave no timestamps: %s", g.name, m[0])
 	}
-	return us / 1e6, uss / 1e6
+	con := strings.ReplaceAll(v.Console(), "\r", "")
+	r, e := runsInit.FindStringSubmatch(con), execsInit.FindStringSubmatch(con)
+	if r == nil || e == nil {
+		b.Fatalf("%s guest: the console lacks the kernel's Run /init or the exec of the real init", g.name)
+	}
+	t0, _ := strconv.ParseFloat(r[1], 64)
+	t1, _ := strconv.ParseFloat(e[1], 64)
+	return us / 1e6, uss / 1e6, t1 - t0
 }
