@@ -271,7 +271,7 @@ func (s *Conn) armSegment(fd uintptr) bool {
 
 // segRead waits for the segment mark before its first read.
 func (s *Conn) segRead(fd uintptr) bool {
-	if s.segMark > 0 && s.armSegment(fd) {
+	if s.segMark > 0 && !s.segQueued(fd) && s.armSegment(fd) {
 		return false
 	}
 	return s.read(fd)
@@ -279,7 +279,21 @@ func (s *Conn) segRead(fd uintptr) bool {
 
 // waitSegment waits for the segment mark and reads nothing.
 func (s *Conn) waitSegment(fd uintptr) bool {
-	return !(s.segMark > 0 && s.armSegment(fd))
+	return !(s.segMark > 0 && !s.segQueued(fd) && s.armSegment(fd))
+}
+
+// segQueued reports whether the segment's bytes are queued already (SIOCINQ), and
+// then drops the mark: a segment that came in while its header was read needs no
+// wait, and setting the mark for it (and, before a splice, setting it back) would be
+// two system calls and a trip through the poller for nothing.
+func (s *Conn) segQueued(fd uintptr) bool {
+	var n int32
+	_, _, e := syscall.RawSyscall(syscall.SYS_IOCTL, fd, unix.SIOCINQ, uintptr(unsafe.Pointer(&n)))
+	if e != 0 || int(n) < s.segMark {
+		return false
+	}
+	s.segMark = 0
+	return true
 }
 
 // setMark puts the low-water mark at n bytes, unless it is there already. It reports

@@ -207,6 +207,43 @@ func TestSegmentReadWaitsForTheSegment(t *testing.T) {
 	}
 }
 
+// A segment already queued when its Read or WaitQueued begins is taken without a
+// mark: setting one (and, before a splice, setting it back) would only cost system
+// calls and a trip through the poller.
+func TestQueuedSegmentSetsNoMark(t *testing.T) {
+	a, b := netpair.TCP(t)
+	r := raw(t, b)
+	r.Coalesce(func() int { return 1 }, 2*time.Second)
+	warm(t, a, r)
+	const seg = 128 << 10
+	for _, splice := range []bool{false, true} {
+		r.Unmark()
+		a.Write(make([]byte, seg))
+		for deadline := time.Now().Add(5 * time.Second); queued(t, b) < seg; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("the segment never arrived")
+			}
+		}
+		if splice { // the same path; what is left must be what a splice needs
+			if err := r.WaitQueued(seg); err != nil {
+				t.Fatalf("WaitQueued: %v", err)
+			}
+			if r.lowat > 1 || r.armed || queued(t, b) != seg {
+				t.Fatalf("WaitQueued of a queued segment left mark %d, bound %v, %d bytes queued", r.lowat, r.armed, queued(t, b))
+			}
+			io.ReadFull(r, make([]byte, seg))
+			continue
+		}
+		r.Promise(seg)
+		if n, err := r.Read(make([]byte, seg)); err != nil || n != seg {
+			t.Fatalf("Read of a queued segment = %d, %v; want %d", n, err, seg)
+		}
+		if r.lowat > 1 || r.armed {
+			t.Fatalf("Read of a queued segment set a mark of %d bytes (bound %v)", r.lowat, r.armed)
+		}
+	}
+}
+
 // Without a promise, a large Read takes what is there: a buffer's fill must not wait
 // for bytes nobody said would come.
 func TestLargeReadWithoutPromise(t *testing.T) {
