@@ -21,9 +21,15 @@ import (
 // hook unit): it prints systemd's own monotonic timestamps, which count from the
 // kernel's start, so neither QEMU's start nor the host's reading of the console
 // is in them, and powers off cleanly so the next boot finds the filesystem as the
-// image left it.
+// image left it. Before that it prints systemd's critical chain to the unit and the
+// slowest units, for a reader of -v who wants to know where a slow boot went.
 const bootHook = `echo "BENCH-BOOT unit=$(systemctl show -P ExecMainStartTimestampMonotonic isboot-test-hook.service) userspace=$(systemctl show -P UserspaceTimestampMonotonic)"
 for d in nbd0 sda; do [ -e /sys/block/$d/stat ] && echo "BENCH-IO $d $(cat /sys/block/$d/stat)"; done
+systemd-analyze critical-chain --no-pager isboot-test-hook.service 2>&1 | sed 's/^/BENCH-CHAIN /'
+systemd-analyze blame --no-pager 2>&1 | head -n 8 | sed 's/^/BENCH-BLAME /'
+echo "BENCH-BLAME cpu: $(head -n 1 /proc/stat)"
+[ -e /run/isboot/status ] && grep -E '^net.isboot.(commands|read_bytes|readahead)' /run/isboot/status | sed 's/^/BENCH-BLAME /'
+for p in /proc/[0-9]*; do read -r c < $p/comm 2>/dev/null; case "$c" in *isboot*|iscsi*) echo "BENCH-BLAME $c: $(cut -d' ' -f14,15 $p/stat) ticks";; esac; done
 systemctl poweroff
 `
 
@@ -136,6 +142,17 @@ func bootOnce(b *testing.B, k vm.Kernel, g guest, tab string, hookArgs []string,
 	if io := benchIO.FindStringSubmatch(v.Console()); io != nil {
 		sectors, _ := strconv.ParseFloat(io[4], 64)
 		b.Logf("%s: %s read %s requests, %.1f MiB by the hook", g.name, io[1], io[2], sectors/2048)
+	}
+	if testing.Verbose() {
+		var where []string
+		for _, line := range strings.Split(strings.ReplaceAll(v.Console(), "\r", ""), "\n") {
+			if i := strings.Index(line, "BENCH-CHAIN "); i >= 0 {
+				where = append(where, "chain: "+line[i+len("BENCH-CHAIN "):])
+			} else if i := strings.Index(line, "BENCH-BLAME "); i >= 0 {
+				where = append(where, "blame: "+line[i+len("BENCH-BLAME "):])
+			}
+		}
+		b.Logf("%s: where systemd's time went:\n%s", g.name, strings.Join(where, "\n"))
 	}
 	if dir := os.Getenv("ISBOOT_BENCH_CONSOLE"); dir != "" {
 		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s-%d.log", g.name, i)), []byte(v.Console()), 0o644); err != nil {
