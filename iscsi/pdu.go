@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
-	"net"
 
 	"github.com/isboot/isboot/iscsi/pipebuf"
 	"github.com/isboot/isboot/iscsi/sockio"
@@ -287,9 +286,14 @@ func (p *pduReader) discardData(scratch []byte) error {
 	return nil
 }
 
-// pduWriter writes PDUs. Small PDUs are gathered in out and sent together by flush;
-// a large data segment goes straight from the caller's buffer with writev. The buffers
-// are reused so sending a PDU does not allocate.
+// pduWriter writes PDUs. Headers and small data segments are copied into out; a
+// larger data segment is not copied but gathered by reference, and flush sends
+// everything queued in one write, or one writev when something is gathered. The
+// buffers are reused, so sending a PDU does not allocate.
+//
+// A gathered segment must stay unchanged until the next flush. The callers' data are
+// task buffers, and a task cannot complete before the target has seen what is queued
+// for it. Whoever queues without flushing leaves the flush to the writer goroutine.
 type pduWriter struct {
 	w          io.Writer
 	wv         interface{ Writev([][]byte) (int64, error) } // w's gathering write, if it has one
@@ -297,12 +301,28 @@ type pduWriter struct {
 	dataDigest bool
 	out        []byte
 	trailer    [8]byte
-	bufs       [3][]byte
-	vec        net.Buffers
+	// vec is what flush sends when a segment was gathered: runs of out and the
+	// gathered segments, in order; out[:cut] is already in it. out never grows
+	// beyond its capacity, so the runs stay valid.
+	vec      [][]byte
+	cut      int
+	gathered int // bytes of gathered segments in vec
 }
 
-// smallData is the largest data segment copied into the gather buffer.
+// smallData is the room flushIfFull keeps in out for the next PDU: no data segment
+// larger than this is copied.
 const smallData = 8 << 10
+
+// gatherMin is the smallest data segment gathered rather than copied. Go copies
+// large blocks with REP MOVSQ, which under TCG moves a word per step: 4 ms per MiB,
+// and tgtd's 8 KiB MaxRecvDataSegmentLength sends every byte written that way.
+const gatherMin = 1 << 10
+
+// A flush comes once this much is gathered, or this many pieces.
+const (
+	maxGathered = 1 << 20
+	maxVec      = 128
+)
 
 // writePDU queues header h with data segment data (may be nil). The caller flushes.
 func (p *pduWriter) writePDU(h *bhs, data []byte) error {
@@ -324,22 +344,19 @@ func (p *pduWriter) writePDU(h *bhs, data []byte) error {
 		binary.LittleEndian.PutUint32(p.trailer[t:], sum)
 		t += 4
 	}
-	if len(data) <= smallData {
+	if len(data) < gatherMin || p.wv == nil {
 		p.out = append(p.out, data...)
 		p.out = append(p.out, p.trailer[:t]...)
 		return p.flushIfFull()
 	}
-	p.bufs[0], p.bufs[1], p.bufs[2] = p.out, data, p.trailer[:t]
-	p.vec = p.bufs[:]
-	// One writev: queued headers, data and digest at once.
-	var err error
-	if p.wv != nil {
-		_, err = p.wv.Writev(p.vec)
-	} else {
-		_, err = p.vec.WriteTo(p.w)
+	p.vec = append(p.vec, p.out[p.cut:], data)
+	p.cut = len(p.out)
+	p.gathered += len(data)
+	p.out = append(p.out, p.trailer[:t]...)
+	if p.gathered >= maxGathered || len(p.vec)+2 > maxVec {
+		return p.flush()
 	}
-	p.out = p.out[:0]
-	return err
+	return p.flushIfFull()
 }
 
 func (p *pduWriter) flushIfFull() error {
@@ -354,7 +371,17 @@ func (p *pduWriter) flush() error {
 	if len(p.out) == 0 {
 		return nil
 	}
-	_, err := p.w.Write(p.out)
+	var err error
+	if len(p.vec) == 0 {
+		_, err = p.w.Write(p.out)
+	} else {
+		if p.cut < len(p.out) {
+			p.vec = append(p.vec, p.out[p.cut:])
+		}
+		_, err = p.wv.Writev(p.vec)
+		clear(p.vec) // no reference to a caller's buffer outlives the flush
+		p.vec, p.cut, p.gathered = p.vec[:0], 0, 0
+	}
 	p.out = p.out[:0]
 	return err
 }

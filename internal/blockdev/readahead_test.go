@@ -375,3 +375,33 @@ func TestReadAheadReusesItsBuffers(t *testing.T) {
 		}
 	}
 }
+
+// The kernel's read-ahead of a file sends windows that grow and then stop at the
+// file's end; fetching after them wasted nearly every range at boot. Only reads of
+// one length, back to back, start a run.
+func TestReadAheadIgnoresGrowingWindows(t *testing.T) {
+	const size = 16 << 20
+	dev := newSlow(patterned(size, 7))
+	ra := blockdev.NewReadAhead(dev, blockdev.DefaultReadAheadMin, blockdev.DefaultReadAheadMax)
+	stats := func() blockdev.ReadAheadStats {
+		return ra.(interface{ Stats() blockdev.ReadAheadStats }).Stats()
+	}
+	// Three files, each read as the kernel reads it: 128 KiB, 256 KiB, 512 KiB.
+	for _, file := range []int64{1 << 20, 5 << 20, 9 << 20} {
+		off := file
+		for _, n := range []int{128 << 10, 256 << 10, 512 << 10} {
+			readAsync(t, ra, n, off)
+			off += int64(n)
+		}
+	}
+	if st := stats(); st.Fetched != 0 {
+		t.Fatalf("growing windows started %d reads ahead: %+v", st.Fetched, st)
+	}
+	// dd bs=1M: the second read starts the run.
+	for off := int64(12 << 20); off < 15<<20; off += 1 << 20 {
+		readAsync(t, ra, 1<<20, off)
+	}
+	if st := stats(); st.Fetched != 2 || st.Hits != 1 {
+		t.Fatalf("three 1 MiB reads in a row: %+v, want 2 fetched, 1 hit", st)
+	}
+}

@@ -21,7 +21,8 @@ import (
 
 // Conn is the raw side of a net.Conn.
 type Conn struct {
-	rc syscall.RawConn
+	rc  syscall.RawConn
+	iov []unix.Iovec // Writev's, reused: a Conn has one writer at a time
 }
 
 // New returns c's raw side, or nil if c is not a socket of this process.
@@ -109,7 +110,8 @@ func (c *Conn) Write(b []byte) (int, error) {
 // consumed.
 func (c *Conn) Writev(bufs [][]byte) (int64, error) {
 	var total int64
-	iov := make([]unix.Iovec, 0, len(bufs))
+	iov := c.iov[:0]
+	defer func() { clear(iov[:cap(iov)]); c.iov = iov[:0] }() // keep no buffer alive
 	var opErr error
 	err := c.rc.Write(func(fd uintptr) bool {
 		for {
