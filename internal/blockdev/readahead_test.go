@@ -384,7 +384,9 @@ func TestReadAheadIgnoresGrowingWindows(t *testing.T) {
 	dev := newSlow(patterned(size, 7))
 	ra := blockdev.NewReadAhead(dev, blockdev.DefaultReadAheadMin, blockdev.DefaultReadAheadMax)
 	stats := func() blockdev.ReadAheadStats {
-		return ra.(interface{ Stats() blockdev.ReadAheadStats }).Stats()
+		return ra.(interface {
+			Stats() blockdev.ReadAheadStats
+		}).Stats()
 	}
 	// Three files, each read as the kernel reads it: 128 KiB, 256 KiB, 512 KiB.
 	for _, file := range []int64{1 << 20, 5 << 20, 9 << 20} {
