@@ -50,6 +50,7 @@ func (s *Session) openLUN() (*LUN, error) {
 	inq, rc16 := s.query("INQUIRY", cdbInquiry(0, false, 96), 96), s.query("READ CAPACITY(16)", cdbReadCapacity16(), 32)
 	b0, b2 := s.query("INQUIRY VPD 0xB0", cdbInquiry(0xb0, true, 64), 64), s.query("INQUIRY VPD 0xB2", cdbInquiry(0xb2, true, 8), 8)
 	ms := s.query("MODE SENSE(6)", cdbModeSense6(), 192)
+	ws := s.query("REPORT SUPPORTED OPERATION CODES", cdbReportOpcode(0x93, 20), 20)
 	if b, err := inq.wait(); err != nil {
 		return nil, err
 	} else if len(b) < 1 {
@@ -91,9 +92,11 @@ func (s *Session) openLUN() (*LUN, error) {
 	if b, err := b2.wait(); err == nil && len(b) >= 6 {
 		l.unmap = b[5]&0x80 != 0 // LBPU
 	}
-	// Only trust WRITE SAME when the LUN advertises a length for it: some targets
-	// (gotgt) answer GOOD without writing anything.
-	l.writeSame.Store(l.limits.maxWriteSame > 0)
+	// Only trust WRITE SAME when the LUN advertises a length for it or lists it among
+	// its commands: some targets (gotgt) answer GOOD and zero the wrong blocks. tgtd
+	// lists it but gives no length.
+	b, err := ws.wait()
+	l.writeSame.Store(l.limits.maxWriteSame > 0 || err == nil && opcodeSupported(b))
 	if b, err := ms.wait(); err == nil && len(b) >= 4 {
 		l.readOnly = b[2]&0x80 != 0 // WP in the device-specific parameter
 	}
@@ -133,6 +136,9 @@ func (l *LUN) Inquiry() Inquiry { return l.inquiry }
 func (l *LUN) Size() int64    { return int64(l.blocks.Load()) * int64(l.blockSize) }
 func (l *LUN) BlockSize() int { return l.blockSize }
 func (l *LUN) ReadOnly() bool { return l.readOnly }
+
+// ZeroesCheaply reports whether WriteZeroes sends WRITE SAME, not the zeroes.
+func (l *LUN) ZeroesCheaply() bool { return !l.readOnly && l.writeSame.Load() }
 
 // check validates an I/O range and returns its first LBA.
 func (l *LUN) check(n int, off int64) (uint64, error) {

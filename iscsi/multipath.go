@@ -547,6 +547,9 @@ func (m *Multipath) Size() int64    { return m.size.Load() }
 func (m *Multipath) BlockSize() int { return m.ref.BlockSize() }
 func (m *Multipath) ReadOnly() bool { return m.ref.ReadOnly() }
 
+// ZeroesCheaply is the first path's: every path is the same LUN.
+func (m *Multipath) ZeroesCheaply() bool { return m.ref.ZeroesCheaply() }
+
 // Inquiry describes the logical unit as the first path read it.
 func (m *Multipath) Inquiry() Inquiry { return m.ref.Inquiry() }
 

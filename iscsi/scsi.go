@@ -240,6 +240,21 @@ func cdbWriteSame16(lba uint64, blocks uint32) cdb {
 	return c
 }
 
+// cdbReportOpcode is REPORT SUPPORTED OPERATION CODES (SPC-4) for one opcode without
+// a service action: byte 1 of its answer says whether the target implements it.
+func cdbReportOpcode(op byte, alloc int) cdb {
+	c := cdb{n: 12}
+	c.b[0], c.b[1], c.b[2], c.b[3] = 0xa3, 0x0c, 0x01, op
+	binary.BigEndian.PutUint32(c.b[6:], uint32(alloc))
+	return c
+}
+
+// opcodeSupported reads REPORT SUPPORTED OPERATION CODES' one-command answer: 011b
+// is supported as the standard says, 101b supported in a vendor-specific way.
+func opcodeSupported(b []byte) bool {
+	return len(b) >= 2 && (b[1]&7 == 3 || b[1]&7 == 5)
+}
+
 // cdbGetLBAStatus is SERVICE ACTION IN(16) / GET LBA STATUS (SBC-3) from lba.
 func cdbGetLBAStatus(lba uint64, alloc int) cdb {
 	c := cdb{n: 16}

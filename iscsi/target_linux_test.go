@@ -139,6 +139,11 @@ func TestTgtdReadWrite(t *testing.T) {
 	d := startTgtd(t, testtarget.TgtdOptions{})
 	s := dial(t, testConfig(d))
 	exerciseLUN(t, s, d.Backing())
+	// tgtd lists WRITE SAME(16), so exerciseLUN's WriteZeroes went through it (and
+	// read back as zeroes), with no fallback to writing them.
+	if !s.LUN().ZeroesCheaply() {
+		t.Error("tgtd lists WRITE SAME(16) but the LUN does not use it")
+	}
 	t.Logf("%s exercised", time.Now().Format("15:04:05.000"))
 	params := map[string]string{}
 	for _, kv := range s.Params() {
@@ -162,6 +167,11 @@ func TestGotgtReadWrite(t *testing.T) {
 	g := testtarget.StartGotgt(t, testtarget.GotgtOptions{Port: testtarget.FreePort(t, 13280, 13284)})
 	s := dial(t, testConfig(g))
 	exerciseLUN(t, s, g.Backing())
+	// gotgt answers WRITE SAME with GOOD and zeroes the wrong blocks; it does not list
+	// the command, so the LUN must not use it.
+	if s.LUN().ZeroesCheaply() {
+		t.Error("the LUN uses WRITE SAME on gotgt, which does not list it")
+	}
 	want := Inquiry{Vendor: "GOSTOR", Product: "GOTGT", Serial: "gotgt-1000", ID: "naa.30000000000003e8", BlockSize: 512}
 	if got := s.LUN().Inquiry(); got != want {
 		t.Errorf("Inquiry:\n got %+v\nwant %+v", got, want)

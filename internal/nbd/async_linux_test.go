@@ -151,3 +151,77 @@ func TestStalledClientHoldsUpOnlyItself(t *testing.T) {
 	}
 	stalled.c.Close()
 }
+
+// zeroingLUN counts the device's WriteZeroes calls.
+type zeroingLUN struct {
+	countingLUN
+	zeroes atomic.Int64
+}
+
+func (z *zeroingLUN) WriteZeroes(off, length int64) error {
+	z.zeroes.Add(1)
+	return z.LUN.WriteZeroes(off, length)
+}
+
+// A write of zeroes of 64 KiB or more goes to a target that lists WRITE SAME (tgtd)
+// as WriteZeroes, not as data; other writes, and small ones, go as they came. What
+// reads back is what was written either way.
+func TestZeroWritesBecomeWriteSame(t *testing.T) {
+	d := testtarget.StartTgtd(t, testtarget.TgtdOptions{Port: testtarget.FreePort(t, 13400, 13449),
+		ControlPort: 44, Size: 32 << 20})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := iscsi.Dial(ctx, iscsi.Config{Portals: []string{d.Addr()}, TargetName: d.IQN, LUN: 1,
+		InitiatorName: "iqn.2026-01.org.isboot.test:nbd-zeroes", QueueDepth: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if !s.LUN().ZeroesCheaply() {
+		t.Fatal("tgtd lists WRITE SAME(16) in REPORT SUPPORTED OPERATION CODES, but the LUN does not use it")
+	}
+	dev := &zeroingLUN{countingLUN: countingLUN{LUN: s.LUN()}}
+	srvEnd, cliEnd := net.Pipe()
+	srv := NewServer(dev, Options{Logf: t.Logf})
+	go srv.ServeTransmission(context.Background(), srvEnd)
+	tc := &testClient{c: cliEnd, r: newReader(cliEnd)}
+	defer tc.send(cmdDisc, 0, 0, 0, 0, nil)
+
+	fill := bytes.Repeat([]byte{0xa5}, 1<<20)
+	if errno, _, err := tc.do(cmdWrite, 0, 0, 1<<20, fill); err != nil || errno != 0 {
+		t.Fatalf("write pattern: %d, %v", errno, err)
+	}
+	writes := []struct {
+		off    uint64
+		data   []byte
+		zeroed bool // expected to go as WriteZeroes
+	}{
+		{0, make([]byte, 256<<10), true},
+		{256 << 10, make([]byte, 32<<10), false}, // too small to look at
+		{512 << 10, append(make([]byte, 128<<10-1), 1), false},
+	}
+	for _, w := range writes {
+		before := dev.zeroes.Load()
+		flags := uint16(0)
+		if w.zeroed {
+			flags = cmdFlagFUA
+		}
+		if errno, _, err := tc.do(cmdWrite, flags, w.off, uint32(len(w.data)), w.data); err != nil || errno != 0 {
+			t.Fatalf("write %d at %d: %d, %v", len(w.data), w.off, errno, err)
+		}
+		if got := dev.zeroes.Load() - before; got != map[bool]int64{true: 1, false: 0}[w.zeroed] {
+			t.Errorf("write %d at %d: %d WriteZeroes calls, want zeroed=%v", len(w.data), w.off, got, w.zeroed)
+		}
+	}
+	want := bytes.Clone(fill)
+	for _, w := range writes {
+		copy(want[w.off:], w.data)
+	}
+	errno, got, err := tc.do(cmdRead, 0, 0, 1<<20, nil)
+	if err != nil || errno != 0 || !bytes.Equal(got, want) {
+		t.Fatalf("read back: errno %d, err %v, equal %v", errno, err, bytes.Equal(got, want))
+	}
+	if st := srv.Stats(); st.ZeroWrites != 1 || st.WriteBytes != 1<<20+256<<10+32<<10+128<<10 {
+		t.Errorf("stats %+v: want 1 zero write, every written byte counted", st)
+	}
+}

@@ -50,6 +50,8 @@ type Stats struct {
 	Commands, ReadBytes, WriteBytes, Errors uint64
 	// SplicedBytes are the read bytes that went to the client through a pipe.
 	SplicedBytes uint64
+	// ZeroWrites are writes of zeroes sent to the device as WriteZeroes.
+	ZeroWrites uint64
 }
 
 // Server exports one blockdev.Device. It is safe to serve many connections at once;
@@ -64,7 +66,7 @@ type Server struct {
 	// touching the same block cannot lose each other's bytes.
 	rmw sync.Mutex
 
-	commands, readBytes, writeBytes, errs, spliced atomic.Uint64
+	commands, readBytes, writeBytes, errs, spliced, zeroWrites atomic.Uint64
 }
 
 // NewServer returns a server for dev.
@@ -100,7 +102,7 @@ func (s *Server) Device() blockdev.Device { return s.dev }
 
 // Stats returns the counters so far.
 func (s *Server) Stats() Stats {
-	return Stats{s.commands.Load(), s.readBytes.Load(), s.writeBytes.Load(), s.errs.Load(), s.spliced.Load()}
+	return Stats{s.commands.Load(), s.readBytes.Load(), s.writeBytes.Load(), s.errs.Load(), s.spliced.Load(), s.zeroWrites.Load()}
 }
 
 // TransmissionFlags are the flags the server offers for its device, both in the
