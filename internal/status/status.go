@@ -132,6 +132,8 @@ type Counters struct {
 	Commands   uint64
 	ReadBytes  uint64
 	WriteBytes uint64
+	// ZeroWrites are writes of zeroes sent to the target as WRITE SAME.
+	ZeroWrites uint64
 	Errors     uint64
 	// Reads fetched ahead of a sequential reader, reads served from them, and those
 	// dropped unread (blockdev.ReadAhead); shown when Status.ReadAhead.
@@ -188,6 +190,7 @@ func (s *Status) Lines() []KV {
 		KV{p + "commands", strconv.FormatUint(s.Counters.Commands, 10)},
 		KV{p + "read_bytes", strconv.FormatUint(s.Counters.ReadBytes, 10)},
 		KV{p + "write_bytes", strconv.FormatUint(s.Counters.WriteBytes, 10)},
+		KV{p + "zero_writes", strconv.FormatUint(s.Counters.ZeroWrites, 10)},
 		KV{p + "errors", strconv.FormatUint(s.Counters.Errors, 10)},
 	)
 	if s.ReadAhead {

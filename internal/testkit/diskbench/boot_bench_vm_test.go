@@ -28,7 +28,7 @@ for d in nbd0 sda; do [ -e /sys/block/$d/stat ] && echo "BENCH-IO $d $(cat /sys/
 systemd-analyze critical-chain --no-pager isboot-test-hook.service 2>&1 | sed 's/^/BENCH-CHAIN /'
 systemd-analyze blame --no-pager 2>&1 | head -n 8 | sed 's/^/BENCH-BLAME /'
 echo "BENCH-BLAME cpu: $(head -n 1 /proc/stat)"
-[ -e /run/isboot/status ] && grep -E '^net.isboot.(commands|read_bytes|readahead)' /run/isboot/status | sed 's/^/BENCH-BLAME /'
+[ -e /run/isboot/status ] && grep -E '^net.isboot.(commands|read_bytes|write_bytes|zero_writes|readahead)' /run/isboot/status | sed 's/^/BENCH-BLAME /'
 for p in /proc/[0-9]*; do read -r c < $p/comm 2>/dev/null; case "$c" in *isboot*|iscsi*) echo "BENCH-BLAME $c: $(cut -d' ' -f14,15 $p/stat) ticks";; esac; done
 systemctl poweroff
 `
