@@ -5,7 +5,9 @@
 //     then fdatasync (its cache flush is part of the cost of a write);
 //  2. sequential reads of the same region;
 //  3. random -rand-bs (4 KiB) O_DIRECT reads at queue depth -qd (32 goroutines, each
-//     blocking in its own pread) for -rand-for.
+//     blocking in its own pread) for -rand-for;
+//  4. the same reads one at a time for -qd1-for: the latency of a request alone in
+//     flight, which is what a booting system mostly waits on.
 //
 // Writes come first so that every read finds written data: on a sparse backing file
 // a hole reads faster than data. Only [-offset, -offset+-size) is touched.
@@ -15,7 +17,7 @@
 // then one result line, or "blkbench: ERROR ..." and exits 1:
 //
 //	blkbench: cpu seq-read user=0.4ms sys=6.1ms softirq=3.2ms idle=2.0ms ctxt=410 (per MiB)
-//	blkbench: dev=/dev/sda seq_write_MiBps=41.2 seq_read_MiBps=63.0 rand_read_iops=2875 rand_reads=28761
+//	blkbench: dev=/dev/sda seq_write_MiBps=41.2 seq_read_MiBps=63.0 rand_read_iops=2875 rand_reads=28761 qd1_read_us=812
 package main
 
 import (
@@ -42,14 +44,15 @@ func main() {
 	randBS := flag.Int("rand-bs", 4096, "random read size")
 	qd := flag.Int("qd", 32, "random reads in flight")
 	randFor := flag.Duration("rand-for", 10*time.Second, "random read phase duration")
+	qd1For := flag.Duration("qd1-for", 5*time.Second, "queue depth 1 random read phase duration")
 	flag.Parse()
-	if err := run(*dev, *offset, *size, *seqBS, *randBS, *qd, *randFor); err != nil {
+	if err := run(*dev, *offset, *size, *seqBS, *randBS, *qd, *randFor, *qd1For); err != nil {
 		fmt.Printf("blkbench: ERROR %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(dev string, offset, size int64, seqBS, randBS, qd int, randFor time.Duration) error {
+func run(dev string, offset, size int64, seqBS, randBS, qd int, randFor, qd1For time.Duration) error {
 	if dev == "" || offset%int64(seqBS) != 0 || size%int64(seqBS) != 0 || size < int64(randBS) {
 		return errors.New("need -dev, and -offset and -size multiples of -seq-bs")
 	}
@@ -114,8 +117,14 @@ func run(dev string, offset, size int64, seqBS, randBS, qd int, randFor time.Dur
 		return err
 	}
 	cpuSince("random", before, float64(reads)/1000, "1000 reads")
-	fmt.Printf("blkbench: dev=%s seq_write_MiBps=%.1f seq_read_MiBps=%.1f rand_read_iops=%.0f rand_reads=%d\n",
-		dev, wr, rd, iops, reads)
+	before = readCPU()
+	iops1, reads1, err := random(fd, offset, size, randBS, 1, qd1For)
+	if err != nil {
+		return err
+	}
+	cpuSince("random-qd1", before, float64(reads1)/1000, "1000 reads")
+	fmt.Printf("blkbench: dev=%s seq_write_MiBps=%.1f seq_read_MiBps=%.1f rand_read_iops=%.0f rand_reads=%d qd1_read_us=%.0f\n",
+		dev, wr, rd, iops, reads, 1e6/iops1)
 	return nil
 }
 
