@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -53,6 +54,15 @@ func mainWith(dial Dialer, version string, attach func(*nbd.Server, nbd.AttachCo
 	return superviseMain(version)
 }
 
+// servingGCPercent is the serving process's GOGC once it serves. Every page it
+// touches stays locked (mlockall), so the heap's high-water mark is its RSS for
+// good, and Go's default lets the heap reach twice what is live. While serving it
+// allocates almost nothing (the I/O buffers are pooled), so collecting sooner costs
+// next to no CPU: in the TCG guest the peak RSS went from 15.8-17.4 MiB to 14.1 MiB.
+// Before that, the login and the attach allocate, on the boot's critical path, and
+// keep the default.
+const servingGCPercent = 25
+
 // serveMain is the serving process: it reads its configuration from fd 3 and serves
 // until shut down. It exits 0 after a requested stop, exitGaveUp when it never
 // served and cannot (a refused login), anything else on failure.
@@ -95,6 +105,9 @@ func serveMain(dial Dialer, version string, attach func(*nbd.Server, nbd.AttachC
 		Attach: attach,
 		Logf:   log.Printf,
 		Report: func(e Event) {
+			if e.Kind == EventReady {
+				debug.SetGCPercent(servingGCPercent)
+			}
 			rep.send(e.Kind, e.Text)
 			if e.Kind != EventRetry {
 				rep.close()

@@ -13,16 +13,32 @@ package sockio
 import (
 	"io"
 	"net"
+	"sync"
 	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// Conn is the raw side of a net.Conn.
+// Conn is the raw side of a net.Conn. Read, Write and Writev allocate nothing: the
+// callbacks the runtime's RawConn runs are bound once, and each takes its arguments
+// from the Conn, under a lock of its own (a Conn normally has one reader and one
+// writer, so the locks are never contended).
 type Conn struct {
-	rc  syscall.RawConn
-	iov []unix.Iovec // Writev's, reused: a Conn has one writer at a time
+	rc syscall.RawConn
+	rd rawOp // Read's
+	wr rawOp // Write's and Writev's
+}
+
+// rawOp is one direction's call in progress.
+type rawOp struct {
+	mu      sync.Mutex
+	buf     []byte
+	bufs    [][]byte
+	iov     []unix.Iovec
+	n       int64
+	err     error
+	fn, vfn func(fd uintptr) bool
 }
 
 // New returns c's raw side, or nil if c is not a socket of this process.
@@ -35,7 +51,9 @@ func New(c net.Conn) *Conn {
 	if err != nil {
 		return nil
 	}
-	return &Conn{rc: rc}
+	k := &Conn{rc: rc}
+	k.rd.fn, k.wr.fn, k.wr.vfn = k.readFD, k.writeFD, k.writevFD
+	return k
 }
 
 // RawConn is the socket, for callers with system calls of their own (splice).
@@ -54,101 +72,121 @@ func (c *Conn) Read(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
-	var n int
-	var opErr error
-	err := c.rc.Read(func(fd uintptr) bool {
-		for {
-			m, e := rawRW(unix.SYS_READ, fd, b)
-			switch {
-			case e == unix.EINTR:
-				continue
-			case e == unix.EAGAIN:
-				return false
-			case e != 0:
-				opErr = e
-			case m == 0:
-				opErr = io.EOF
-			default:
-				n = m
-			}
-			return true
-		}
-	})
+	op := &c.rd
+	op.mu.Lock()
+	defer op.mu.Unlock()
+	op.buf, op.n, op.err = b, 0, nil
+	err := c.rc.Read(op.fn)
+	n, opErr := int(op.n), op.err
+	op.buf, op.err = nil, nil
 	if err != nil {
 		return n, err
 	}
 	return n, opErr
 }
 
-// Write writes all of b.
-func (c *Conn) Write(b []byte) (int, error) {
-	done := 0
-	var opErr error
-	err := c.rc.Write(func(fd uintptr) bool {
-		for done < len(b) {
-			m, e := rawRW(unix.SYS_WRITE, fd, b[done:])
-			switch {
-			case m > 0 && e == 0:
-				done += m
-			case e == unix.EINTR:
-			case e == unix.EAGAIN:
-				return false
-			default:
-				opErr = e
-				return true
-			}
+func (c *Conn) readFD(fd uintptr) bool {
+	op := &c.rd
+	for {
+		m, e := rawRW(unix.SYS_READ, fd, op.buf)
+		switch {
+		case e == unix.EINTR:
+			continue
+		case e == unix.EAGAIN:
+			return false
+		case e != 0:
+			op.err = e
+		case m == 0:
+			op.err = io.EOF
+		default:
+			op.n = int64(m)
 		}
 		return true
-	})
-	if err != nil {
-		return done, err
 	}
-	return done, opErr
+}
+
+// Write writes all of b.
+func (c *Conn) Write(b []byte) (int, error) {
+	op := &c.wr
+	op.mu.Lock()
+	defer op.mu.Unlock()
+	op.buf, op.n, op.err = b, 0, nil
+	err := c.rc.Write(op.fn)
+	n, opErr := int(op.n), op.err
+	op.buf, op.err = nil, nil
+	if err != nil {
+		return n, err
+	}
+	return n, opErr
+}
+
+func (c *Conn) writeFD(fd uintptr) bool {
+	op := &c.wr
+	for int(op.n) < len(op.buf) {
+		m, e := rawRW(unix.SYS_WRITE, fd, op.buf[op.n:])
+		switch {
+		case m > 0 && e == 0:
+			op.n += int64(m)
+		case e == unix.EINTR:
+		case e == unix.EAGAIN:
+			return false
+		default:
+			op.err = e
+			return true
+		}
+	}
+	return true
 }
 
 // Writev writes every byte of bufs, in order, with as few calls as it can. bufs is
 // consumed.
 func (c *Conn) Writev(bufs [][]byte) (int64, error) {
-	var total int64
-	iov := c.iov[:0]
-	defer func() { clear(iov[:cap(iov)]); c.iov = iov[:0] }() // keep no buffer alive
-	var opErr error
-	err := c.rc.Write(func(fd uintptr) bool {
-		for {
-			iov = iov[:0]
-			for _, b := range bufs {
-				if len(b) > 0 {
-					iov = append(iov, unix.Iovec{Base: &b[0], Len: uint64(len(b))})
-				}
-			}
-			if len(iov) == 0 {
-				return true
-			}
-			m, _, e := unix.RawSyscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
-			switch {
-			case e == unix.EINTR:
-				continue
-			case e == unix.EAGAIN:
-				return false
-			case e != 0:
-				opErr = e
-				return true
-			}
-			total += int64(m)
-			for n := int(m); n > 0 && len(bufs) > 0; {
-				k := min(n, len(bufs[0]))
-				bufs[0], n = bufs[0][k:], n-k
-				if len(bufs[0]) == 0 {
-					bufs = bufs[1:]
-				}
-			}
-			for len(bufs) > 0 && len(bufs[0]) == 0 {
-				bufs = bufs[1:]
+	op := &c.wr
+	op.mu.Lock()
+	defer op.mu.Unlock()
+	op.bufs, op.n, op.err = bufs, 0, nil
+	err := c.rc.Write(op.vfn)
+	n, opErr := op.n, op.err
+	clear(op.iov[:cap(op.iov)]) // keep no buffer alive
+	op.bufs, op.iov, op.err = nil, op.iov[:0], nil
+	if err != nil {
+		return n, err
+	}
+	return n, opErr
+}
+
+func (c *Conn) writevFD(fd uintptr) bool {
+	op := &c.wr
+	for {
+		op.iov = op.iov[:0]
+		for _, b := range op.bufs {
+			if len(b) > 0 {
+				op.iov = append(op.iov, unix.Iovec{Base: &b[0], Len: uint64(len(b))})
 			}
 		}
-	})
-	if err != nil {
-		return total, err
+		if len(op.iov) == 0 {
+			return true
+		}
+		m, _, e := unix.RawSyscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&op.iov[0])), uintptr(len(op.iov)))
+		switch {
+		case e == unix.EINTR:
+			continue
+		case e == unix.EAGAIN:
+			return false
+		case e != 0:
+			op.err = e
+			return true
+		}
+		op.n += int64(m)
+		for n := int(m); n > 0 && len(op.bufs) > 0; {
+			k := min(n, len(op.bufs[0]))
+			op.bufs[0], n = op.bufs[0][k:], n-k
+			if len(op.bufs[0]) == 0 {
+				op.bufs = op.bufs[1:]
+			}
+		}
+		for len(op.bufs) > 0 && len(op.bufs[0]) == 0 {
+			op.bufs = op.bufs[1:]
+		}
 	}
-	return total, opErr
 }

@@ -79,3 +79,31 @@ func TestNotASocket(t *testing.T) {
 		t.Fatal("net.Pipe has no socket, yet New returned one")
 	}
 }
+
+// Read, Write and Writev allocate nothing: they run for every PDU and reply.
+func TestNoAllocs(t *testing.T) {
+	c, s := netpair.TCP(t)
+	w, r := New(c), New(s)
+	out, in := make([]byte, 4096), make([]byte, 4096)
+	vec := make([][]byte, 2)
+	round := func() {
+		if _, err := w.Write(out[:100]); err != nil {
+			t.Fatal(err)
+		}
+		vec[0], vec[1] = out[:48], out[48:148]
+		if _, err := w.Writev(vec); err != nil {
+			t.Fatal(err)
+		}
+		for got := 0; got < 248; {
+			n, err := r.Read(in[:248-got])
+			if err != nil {
+				t.Fatal(err)
+			}
+			got += n
+		}
+	}
+	round()
+	if a := testing.AllocsPerRun(100, round); a != 0 {
+		t.Fatalf("%v allocations per round of Write, Writev and Read", a)
+	}
+}

@@ -46,7 +46,7 @@ echo "BENCH-ROOT-UP $dev"
 /bin/blkbench -dev "$dev" -offset %d -size %d -rand-for %s
 if [ -f /run/isboot/status ]; then
 	pid=$(grep '^net.isboot.pid:' /run/isboot/status | cut -d' ' -f2)
-	echo "BENCH-DAEMON $(grep VmHWM /proc/$pid/status | tr -s ' \t' ' ')"
+	echo "BENCH-DAEMON $(grep -E '^(VmHWM|VmRSS|RssAnon|RssFile)' /proc/$pid/status | tr -s ' \t\n' ' ')"
 	sleep 2 # the status file shows new counters within a second
 	echo "BENCH-COUNTERS $(grep -E '^net.isboot.(commands|read_bytes|write_bytes|readahead)' /run/isboot/status | tr '\n' ' ')"
 fi
@@ -94,6 +94,7 @@ type result struct{ seqRead, seqWrite, randIOPS, qd1Micros, daemonHWM float64 }
 var (
 	resultRE  = regexp.MustCompile(`seq_write_MiBps=([\d.]+) seq_read_MiBps=([\d.]+) rand_read_iops=([\d.]+) rand_reads=\d+ qd1_read_us=([\d.]+)`)
 	daemonHWM = regexp.MustCompile(`BENCH-DAEMON VmHWM: (\d+) kB`)
+	daemonMem = regexp.MustCompile(`BENCH-DAEMON [^\r\n]*`)
 )
 
 // guest is one side of the comparison.
@@ -204,6 +205,9 @@ func run(b *testing.B, k vm.Kernel, g guest, tab string) result {
 		}
 		kb, _ := strconv.ParseFloat(hm[1], 64)
 		r.daemonHWM = kb / 1024
+		if m := daemonMem.FindString(v.Console()); m != "" {
+			b.Logf("isboot: %s", strings.TrimSpace(m))
+		}
 		if m := counters.FindString(v.Console()); m != "" {
 			b.Logf("isboot: %s", strings.TrimSpace(m))
 		}
