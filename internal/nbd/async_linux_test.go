@@ -34,16 +34,7 @@ func (c *countingLUN) WriteAtAsync(p []byte, off int64, fua bool, done func(int,
 // writes are answered from the iSCSI reader, the rest the ordinary way, and every
 // reply matches its request.
 func TestKernelConnectionAsyncThroughISCSI(t *testing.T) {
-	d := testtarget.StartTgtd(t, testtarget.TgtdOptions{Port: testtarget.FreePort(t, 13400, 13449),
-		ControlPort: 43, Size: 32 << 20})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	s, err := iscsi.Dial(ctx, iscsi.Config{Portals: []string{d.Addr()}, TargetName: d.IQN, LUN: 1,
-		InitiatorName: "iqn.2026-01.org.isboot.test:nbd-async", QueueDepth: 16})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	_, s := tgtdSession(t, testtarget.TgtdOptions{Size: 32 << 20}, "nbd-async", iscsi.Config{QueueDepth: 16})
 	dev := &countingLUN{LUN: s.LUN()}
 	srvEnd, cliEnd := net.Pipe()
 	srv := NewServer(dev, Options{Logf: t.Logf})
@@ -167,16 +158,7 @@ func (z *zeroingLUN) WriteZeroes(off, length int64) error {
 // as WriteZeroes, not as data; other writes, and small ones, go as they came. What
 // reads back is what was written either way.
 func TestZeroWritesBecomeWriteSame(t *testing.T) {
-	d := testtarget.StartTgtd(t, testtarget.TgtdOptions{Port: testtarget.FreePort(t, 13400, 13449),
-		ControlPort: 44, Size: 32 << 20})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	s, err := iscsi.Dial(ctx, iscsi.Config{Portals: []string{d.Addr()}, TargetName: d.IQN, LUN: 1,
-		InitiatorName: "iqn.2026-01.org.isboot.test:nbd-zeroes", QueueDepth: 16})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	_, s := tgtdSession(t, testtarget.TgtdOptions{Size: 32 << 20}, "nbd-zeroes", iscsi.Config{QueueDepth: 16})
 	if !s.LUN().ZeroesCheaply() {
 		t.Fatal("tgtd lists WRITE SAME(16) in REPORT SUPPORTED OPERATION CODES, but the LUN does not use it")
 	}

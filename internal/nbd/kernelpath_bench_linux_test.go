@@ -24,16 +24,7 @@ import (
 // time per I/O covers this process: the server and the benchmark's client. Each
 // iteration is kernelPathIOs reads, so `make bench`'s -benchtime 3x means something.
 func BenchmarkKernelPathRandRead4KiB(b *testing.B) {
-	d := testtarget.StartTgtd(b, testtarget.TgtdOptions{Port: testtarget.FreePort(b, 13400, 13449),
-		ControlPort: 43, Size: 64 << 20})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	s, err := iscsi.Dial(ctx, iscsi.Config{Portals: []string{d.Addr()}, TargetName: d.IQN, LUN: 1,
-		InitiatorName: "iqn.2026-01.org.isboot.test:kernel-path"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	_, s := tgtdSession(b, testtarget.TgtdOptions{Size: 64 << 20}, "kernel-path", iscsi.Config{})
 	iops := map[string]float64{}
 	for _, c := range []struct {
 		name string

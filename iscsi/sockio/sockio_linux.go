@@ -76,9 +76,16 @@ func (c *Conn) Read(b []byte) (int, error) {
 	op.mu.Lock()
 	defer op.mu.Unlock()
 	op.buf, op.n, op.err = b, 0, nil
-	err := c.rc.Read(op.fn)
-	n, opErr := int(op.n), op.err
-	op.buf, op.err = nil, nil
+	n, err := op.result(c.rc.Read(op.fn))
+	return int(n), err
+}
+
+// result is the call's outcome, the runtime's error first; it drops the call's
+// arguments, so no buffer stays referenced.
+func (op *rawOp) result(err error) (int64, error) {
+	n, opErr := op.n, op.err
+	clear(op.iov[:cap(op.iov)])
+	op.buf, op.bufs, op.iov, op.err = nil, nil, op.iov[:0], nil
 	if err != nil {
 		return n, err
 	}
@@ -111,13 +118,8 @@ func (c *Conn) Write(b []byte) (int, error) {
 	op.mu.Lock()
 	defer op.mu.Unlock()
 	op.buf, op.n, op.err = b, 0, nil
-	err := c.rc.Write(op.fn)
-	n, opErr := int(op.n), op.err
-	op.buf, op.err = nil, nil
-	if err != nil {
-		return n, err
-	}
-	return n, opErr
+	n, err := op.result(c.rc.Write(op.fn))
+	return int(n), err
 }
 
 func (c *Conn) writeFD(fd uintptr) bool {
@@ -145,14 +147,7 @@ func (c *Conn) Writev(bufs [][]byte) (int64, error) {
 	op.mu.Lock()
 	defer op.mu.Unlock()
 	op.bufs, op.n, op.err = bufs, 0, nil
-	err := c.rc.Write(op.vfn)
-	n, opErr := op.n, op.err
-	clear(op.iov[:cap(op.iov)]) // keep no buffer alive
-	op.bufs, op.iov, op.err = nil, op.iov[:0], nil
-	if err != nil {
-		return n, err
-	}
-	return n, opErr
+	return op.result(c.rc.Write(op.vfn))
 }
 
 func (c *Conn) writevFD(fd uintptr) bool {
