@@ -9,6 +9,18 @@ import (
 // exec runs one command to completion, retrying what SCSI says to retry.
 // It is the I/O hot path: the slot, its buffers and channels are all reused.
 func (s *Session) exec(op string, cd cdb, read bool, buf []byte) (int, error) {
+	return s.execCounted(op, cd, read, buf, false)
+}
+
+// probe is exec for a query the target need not implement (a VPD page, READ
+// CAPACITY(16), REPORT SUPPORTED OPERATION CODES). ILLEGAL REQUEST is then an
+// answer: it reaches the caller but is not counted among the session's errors, which
+// users read as I/O errors.
+func (s *Session) probe(op string, cd cdb, buf []byte) (int, error) {
+	return s.execCounted(op, cd, true, buf, true)
+}
+
+func (s *Session) execCounted(op string, cd cdb, read bool, buf []byte, probe bool) (int, error) {
 	var slot int
 	select {
 	case slot = <-s.free:
@@ -18,7 +30,12 @@ func (s *Session) exec(op string, cd cdb, read bool, buf []byte) (int, error) {
 	t := &s.tasks[slot]
 	n, err := s.execSlot(t, op, cd, read, buf)
 	s.free <- slot
-	s.account(read, n, len(buf), err)
+	counted := err
+	var se *SCSIError
+	if probe && errors.As(err, &se) && se.Key == senseIllegalRequest {
+		counted = nil
+	}
+	s.account(read, n, len(buf), counted)
 	return n, err
 }
 

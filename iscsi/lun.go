@@ -117,7 +117,7 @@ func (s *Session) query(name string, c cdb, alloc int) *pendingCmd {
 	p := &pendingCmd{done: make(chan struct{}), buf: make([]byte, alloc)}
 	go func() {
 		defer close(p.done)
-		n, err := s.exec(name, c, true, p.buf)
+		n, err := s.probe(name, c, p.buf)
 		p.buf, p.err = p.buf[:n], err
 	}()
 	return p
