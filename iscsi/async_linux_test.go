@@ -78,3 +78,41 @@ func TestAsyncReadWrite(t *testing.T) {
 		t.Fatalf("read after Close: %v", errs[0])
 	}
 }
+
+// TestAsyncAloneSkipsTheWriter reads one block at a time through the asynchronous
+// path, as systemd mostly does at boot: a command alone in flight must leave from the
+// caller's goroutine, not wake the writer goroutine to send it. Batches still go
+// through the writer, one write for many commands.
+func TestAsyncAloneSkipsTheWriter(t *testing.T) {
+	d := startTgtd(t, testtarget.TgtdOptions{Size: 16 << 20})
+	s := dial(t, testConfig(d))
+	l := s.LUN()
+	writerWrites := func() uint64 {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.conn.writerFlushes.Load()
+	}
+	const reads = 200
+	before := writerWrites()
+	buf := make([]byte, 4096)
+	for i := range reads {
+		errs := asyncAll(1, func(_ int, done func(int, error)) { l.ReadAtAsync(buf, int64(i%512)*4096, done) })
+		if errs[0] != nil {
+			t.Fatalf("read %d: %v", i, errs[0])
+		}
+	}
+	if n := writerWrites() - before; n > reads/20 {
+		t.Fatalf("the writer goroutine made %d writes for %d reads sent one at a time", n, reads)
+	}
+	// Many at once: the caller leaves them to the writer, which sends them together.
+	before = writerWrites()
+	errs := asyncAll(256, func(i int, done func(int, error)) { l.ReadAtAsync(make([]byte, 4096), int64(i)*4096, done) })
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("batch read %d: %v", i, err)
+		}
+	}
+	if writerWrites() == before {
+		t.Fatal("a batch of 256 reads never went through the writer")
+	}
+}

@@ -207,3 +207,51 @@ func TestZeroWritesBecomeWriteSame(t *testing.T) {
 		t.Errorf("stats %+v: want 1 zero write, every written byte counted", st)
 	}
 }
+
+// TestAloneRepliesSkipTheFlusher: on a kernel connection, a request alone in flight
+// is answered by the goroutine that completed it, straight into the socket. When the
+// client stops reading and the socket fills, what it does not take goes to the
+// flusher, and every reply still arrives whole, in the order completed.
+func TestAloneRepliesSkipTheFlusher(t *testing.T) {
+	_, s := tgtdSession(t, testtarget.TgtdOptions{Size: 16 << 20}, "nbd-alone", iscsi.Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv := NewServer(s.LUN(), Options{Logf: t.Logf})
+	// A small send buffer: a few replies fill it.
+	tc, _ := serveKernelStyleSndbuf(t, ctx, srv, 16<<10)
+	defer tc.send(cmdDisc, 0, 0, 0, 0, nil)
+	const n, size = 64, 4096
+	for i := range uint64(n) {
+		if errno, _, err := tc.do(cmdWrite, 0, i*size, size, randBytes(size, i)); err != nil || errno != 0 {
+			t.Fatalf("write %d: errno %d, %v", i, errno, err)
+		}
+	}
+	for i := range uint64(n) {
+		errno, got, err := tc.do(cmdRead, 0, i*size, size, nil)
+		if err != nil || errno != 0 || !bytes.Equal(got, randBytes(size, i)) {
+			t.Fatalf("read %d: errno %d, %v, equal %v", i, errno, err, bytes.Equal(got, randBytes(size, i)))
+		}
+	}
+	if a := srv.aloneReplies.Load(); a < 2*n*9/10 {
+		t.Fatalf("%d of %d replies to requests sent one at a time were written by their completion", a, 2*n)
+	}
+	// Now the client stops reading: each read is still alone when it completes (the
+	// next is sent later), but soon the socket takes only part of a reply, or none.
+	before := srv.aloneReplies.Load()
+	for i := range uint64(n) {
+		if err := tc.send(cmdRead, 0, i, i*size, size, nil); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if srv.aloneReplies.Load()-before >= n {
+		t.Fatalf("all %d replies went straight into a %d-byte socket buffer nobody read", n, 16<<10)
+	}
+	tc.c.SetReadDeadline(time.Now().Add(10 * time.Second)) // a lost remainder fails, not hangs
+	for range n {
+		cookie, errno, got, err := tc.recv(func(uint64) int { return size })
+		if err != nil || errno != 0 || !bytes.Equal(got, randBytes(size, cookie)) {
+			t.Fatalf("reply %d: errno %d, %v", cookie, errno, err)
+		}
+	}
+}

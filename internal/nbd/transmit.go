@@ -93,10 +93,14 @@ type conn struct {
 	exchanger blockdev.Exchanger
 	// piped is the device's pipe path and raw the client's socket, when reads can be
 	// spliced through pipes (kept in pipes for reuse); see async.go.
-	piped    blockdev.PipeReader
-	raw      syscall.RawConn
-	pipes    chan *pipebuf.Pipe
-	kick     chan struct{} // wakes the flusher: replies wait in w or in finished
+	piped blockdev.PipeReader
+	raw   syscall.RawConn
+	pipes chan *pipebuf.Pipe
+	kick  chan struct{} // wakes the flusher: replies wait in w or in finished
+	// sock is c's raw side (nil for a net.Pipe), for replies written without the
+	// flusher (replyAlone); iov is their scratch, guarded by wmu.
+	sock     *sockio.Conn
+	iov      [2][]byte
 	doneMu   sync.Mutex
 	finished []*asyncOp // guarded by doneMu
 }
@@ -133,7 +137,8 @@ func (s *Server) transmit(ctx context.Context, c net.Conn, src *source, br *bufi
 	if sock != nil {
 		src.Reader, w = sock, sock
 	}
-	cn := &conn{s: s, c: c, r: br, src: src, neg: neg, w: bufio.NewWriterSize(w, 64<<10), slots: make(chan struct{}, s.opts.QueueDepth)}
+	cn := &conn{s: s, c: c, r: br, src: src, neg: neg, w: bufio.NewWriterSize(w, replyBuffer), sock: sock,
+		slots: make(chan struct{}, s.opts.QueueDepth)}
 	if a, ok := s.dev.(blockdev.Async); ok {
 		cn.async, cn.ops = a, make(chan *asyncOp, s.opts.QueueDepth)
 		cn.exchanger, _ = a.(blockdev.Exchanger)

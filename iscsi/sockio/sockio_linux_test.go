@@ -107,3 +107,49 @@ func TestNoAllocs(t *testing.T) {
 		t.Fatalf("%v allocations per round of Write, Writev and Read", a)
 	}
 }
+
+// TestTryWritevNeverWaits fills a socket nobody reads: TryWritev returns what the
+// socket took, short and without error once it is full, and the bytes that went
+// through arrive whole and in order.
+func TestTryWritevNeverWaits(t *testing.T) {
+	c, s := netpair.TCP(t)
+	w, r := New(c), New(s)
+	data := make([]byte, 64<<20)
+	for i := range data {
+		data[i] = byte(i*7 + i>>11)
+	}
+	var sent int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for sent < int64(len(data)) {
+			off := sent
+			n, err := w.TryWritev([][]byte{data[off : off+16], data[off+16 : min(off+1<<20, int64(len(data)))]})
+			if err != nil {
+				t.Errorf("TryWritev: %v", err)
+				return
+			}
+			if n < min(1<<20, int64(len(data))-off) {
+				sent += n
+				return // the socket is full: the call came back instead of waiting
+			}
+			sent += n
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("TryWritev waited for a socket nobody reads")
+	}
+	if sent == 0 || sent == int64(len(data)) {
+		t.Fatalf("TryWritev wrote %d of %d bytes into a socket nobody reads", sent, len(data))
+	}
+	c.Close()
+	got, err := io.ReadAll(readerFunc(r.Read))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data[:sent]) {
+		t.Fatalf("read %d bytes, not the %d written", len(got), sent)
+	}
+}
