@@ -92,16 +92,16 @@ func TestBootScenarios(t *testing.T) {
 		{name: "missing-root", firmware: vm.Direct, nic: "e1000", cmdline: "root=LABEL=nosuchlabel",
 			disk: rootimg.Options{}, wantFail: `boot failed: find root: rootfind: no partition with LABEL=nosuchlabel`},
 	}
-	for i, sc := range scenarios {
+	for _, sc := range scenarios {
 		t.Run(sc.name, func(t *testing.T) {
 			t.Parallel()
-			runScenario(t, i, sc)
+			runScenario(t, sc)
 		})
 	}
 }
 
 // runScenario boots sc and checks the outcome; it returns the console.
-func runScenario(t testing.TB, slot int, sc scenario) string {
+func runScenario(t testing.TB, sc scenario) string {
 	_, initrd := image(t)
 	k := vm.DebianKernel(t)
 	disk := filepath.Join(t.TempDir(), "disk.img")
@@ -115,7 +115,7 @@ func runScenario(t testing.TB, slot int, sc scenario) string {
 		addr, iqn = g.Addr(), g.IQN
 	} else {
 		g := testtarget.StartTgtd(t, testtarget.TgtdOptions{
-			Port: testtarget.FreePort(t, portLo, 13379), ControlPort: ctlBase + 2 + slot%8,
+			Port: testtarget.FreePort(t, portLo, 13379), ControlPort: testtarget.FreeControlPort(t, ctlBase+2, ctlBase+9),
 			Backing: disk, CHAP: sc.chap, MutualCHAP: sc.mutual})
 		addr, iqn = g.Addr(), g.IQN
 	}
@@ -295,7 +295,7 @@ func BenchmarkBoot(b *testing.B) {
 	}
 	var total, fromLog, rss float64
 	for i := 0; i < b.N; i++ {
-		con := runScenario(b, i, scenario{name: "bench", firmware: vm.Direct, nic: "virtio-net-pci", wantRoot: "/dev/nbd0p1", cmdline: os.Getenv("ISBOOT_BENCH_CMDLINE")})
+		con := runScenario(b, scenario{name: "bench", firmware: vm.Direct, nic: "virtio-net-pci", wantRoot: "/dev/nbd0p1", cmdline: os.Getenv("ISBOOT_BENCH_CMDLINE")})
 		if dir := os.Getenv("ISBOOT_BENCH_CONSOLE"); dir != "" { // the whole console, for profiling
 			if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("boot-%d.log", i)), []byte(con), 0o644); err != nil {
 				b.Fatal(err)

@@ -284,16 +284,37 @@ func (d *Tgtd) signal(sig syscall.Signal) {
 // Log returns the daemon's output so far, for failure messages.
 func (d *Tgtd) Log() string { return logTail(d.log) }
 
+// handedOutControl holds the control ports FreeControlPort has given to tests still
+// running: parallel subtests would otherwise both find a port free before either
+// tgtd takes it, and the second tgtd exits at start.
+var handedOutControl = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
+
 // FreeControlPort returns a tgtd control port in [lo, hi] that no running tgtd
-// answers on (its management socket is /var/run/tgtd/socket.N).
+// answers on (its management socket is /var/run/tgtd/socket.N) and that no other
+// test of this process holds until t ends.
 func FreeControlPort(t testing.TB, lo, hi int) int {
 	t.Helper()
+	handedOutControl.Lock()
+	defer handedOutControl.Unlock()
 	for p := lo; p <= hi; p++ {
-		c, err := net.DialTimeout("unix", fmt.Sprintf("/var/run/tgtd/socket.%d", p), 100*time.Millisecond)
-		if err != nil {
-			return p
+		if handedOutControl.ports[p] {
+			continue
 		}
-		c.Close()
+		c, err := net.DialTimeout("unix", fmt.Sprintf("/var/run/tgtd/socket.%d", p), 100*time.Millisecond)
+		if err == nil {
+			c.Close()
+			continue
+		}
+		handedOutControl.ports[p] = true
+		t.Cleanup(func() {
+			handedOutControl.Lock()
+			delete(handedOutControl.ports, p)
+			handedOutControl.Unlock()
+		})
+		return p
 	}
 	t.Fatalf("testtarget: every tgtd control port in %d-%d is in use", lo, hi)
 	return 0
