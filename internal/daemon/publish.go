@@ -83,8 +83,8 @@ func (p *Publisher) Observe(s Sample, force bool) {
 		st.Counters = status.Counters{
 			Reconnects: info.Reconnects + s.Reconfigures,
 			Commands:   s.NBD.Commands, ReadBytes: s.NBD.ReadBytes, WriteBytes: s.NBD.WriteBytes,
-			ZeroWrites: s.NBD.ZeroWrites,
-			Errors:     s.LoginErrors + s.NBD.Errors + info.Errors,
+			ZeroWrites: s.NBD.ZeroWrites, MergedReads: s.NBD.MergedReads,
+			Errors: s.LoginErrors + s.NBD.Errors + info.Errors,
 		}
 		if ra := s.ReadAhead; ra != nil {
 			st.ReadAhead = true

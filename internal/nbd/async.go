@@ -14,10 +14,13 @@ import "github.com/isboot/isboot/iscsi/pipebuf"
 // asyncOp is one request in flight on the asynchronous path. Ops are kept for reuse
 // with their completion function bound once, so dispatching allocates nothing.
 type asyncOp struct {
-	cn      *conn
-	req     request
-	buf     []byte
-	pipe    *pipebuf.Pipe // a read's bytes, when they come spliced (startPiped)
+	cn   *conn
+	req  request
+	buf  []byte
+	pipe *pipebuf.Pipe // a read's bytes, when they come spliced (startPiped)
+	// subs are the requests a merged read answers, in order (req is then their
+	// union); empty for a request on its own.
+	subs    []request
 	payload int64
 	errno   uint32
 	doneFn  func(int, error)
@@ -48,8 +51,9 @@ func (cn *conn) asyncOK(req request, payload int64) bool {
 }
 
 // startPiped starts a large read whose bytes the device leaves in a pipe, for the
-// flusher to splice to the client, and reports whether it did.
-func (cn *conn) startPiped(req request, payload int64) bool {
+// flusher to splice to the client, and reports whether it did. With merge, the reads
+// that continue it and already wait in the reader's buffer go along in one command.
+func (cn *conn) startPiped(req request, payload int64, merge bool) bool {
 	if cn.piped == nil || req.typ != cmdRead || int64(req.length) < int64(cn.s.opts.SpliceMin) || !cn.asyncOK(req, payload) {
 		return false
 	}
@@ -61,18 +65,76 @@ func (cn *conn) startPiped(req request, payload int64) bool {
 	}
 	o := cn.getOp()
 	o.req, o.buf, o.payload, o.pipe = req, nil, payload, p
+	if merge {
+		o.req, o.subs = cn.mergeFollowers(req, o.subs[:0])
+		o.payload = int64(o.req.length)
+	}
 	cn.wg.Add(1)
-	if cn.piped.ReadAtPipe(p, int(req.length), int64(req.off), o.doneFn) {
+	if cn.piped.ReadAtPipe(p, int(o.req.length), int64(o.req.off), o.doneFn) {
 		return true
 	}
 	cn.wg.Done()
-	o.pipe = nil
+	subs := o.subs
+	o.pipe, o.subs = nil, subs[:0]
 	cn.putPipe(p)
 	select {
 	case cn.ops <- o:
 	default:
 	}
+	if len(subs) == 0 {
+		return false
+	}
+	// The device cannot take a read this large (above its largest transfer): merge
+	// less from now on, and start the reads taken along on their own.
+	cn.mergeMax = max(cn.mergeMax/2, uint32(cn.s.opts.SpliceMin))
+	for _, sub := range subs[1:] {
+		cn.dispatch(sub, int64(sub.length), false) // reads: no payload to fail on
+	}
 	return false
+}
+
+// mergeMax is the largest read that adjacent piped reads are merged into. A network
+// client copying a disk (nbdcopy: 256 KiB requests, 64 at a time) sends runs of
+// adjacent reads; one SCSI command per MiB instead of four costs the target about
+// 30 % less CPU per MiB (tgtd on this project's machine) and the gateway a fifth less.
+// The kernel's own requests arrive merged already.
+const mergeMax = 1 << 20
+
+// mergeFollowers takes from the reader's buffer the reads that continue req (the
+// next offset, the same flags), up to cn.mergeMax in all, and returns their union,
+// with subs holding req and each read taken, in order (subs stays empty when none
+// was). It takes only requests already buffered, each with a slot and budget free at
+// once: it never waits for a client.
+func (cn *conn) mergeFollowers(req request, subs []request) (request, []request) {
+	union := req
+	for cn.r.Buffered() >= requestSize {
+		b, _ := cn.r.Peek(requestSize)
+		next, err := decodeRequest((*[requestSize]byte)(b))
+		if err != nil || next.typ != cmdRead || next.flags != req.flags ||
+			next.off != union.off+uint64(union.length) || uint64(union.length)+uint64(next.length) > uint64(cn.mergeMax) {
+			break
+		}
+		payload, _ := cn.s.payload(next)
+		if int64(next.length) < int64(cn.s.opts.SpliceMin) || !cn.asyncOK(next, payload) {
+			break
+		}
+		select {
+		case cn.slots <- struct{}{}:
+		default:
+			return union, subs
+		}
+		if !cn.s.budget.TryAcquire(payload) {
+			<-cn.slots
+			break
+		}
+		cn.r.Discard(requestSize)
+		if len(subs) == 0 {
+			subs = append(subs, req)
+		}
+		subs = append(subs, next)
+		union.length += next.length
+	}
+	return union, subs
 }
 
 func (cn *conn) putPipe(p *pipebuf.Pipe) {
@@ -126,8 +188,17 @@ func (o *asyncOp) exchanged(q []byte, err error) {
 // done records the outcome and hands the request to the flusher.
 func (o *asyncOp) done(_ int, err error) {
 	cn, s := o.cn, o.cn.s
+	if len(o.subs) > 0 {
+		if err != nil {
+			go cn.rerun(o)
+			return
+		}
+		s.commands.Add(uint64(len(o.subs)))
+		s.mergedReads.Add(uint64(len(o.subs) - 1))
+	} else {
+		s.commands.Add(1)
+	}
 	o.errno = s.errno(o.req, err)
-	s.commands.Add(1)
 	switch {
 	case o.errno != 0:
 		s.errs.Add(1)
@@ -207,19 +278,43 @@ func (cn *conn) replyAlone(o *asyncOp) bool {
 	return true
 }
 
-// finish returns a request's op, buffer and slot once its reply is written or
-// buffered.
+// rerun answers the requests of a merged read that failed each with a read of its
+// own, so a bad block fails only the requests that cover it, with its own error.
+func (cn *conn) rerun(o *asyncOp) {
+	s := cn.s
+	o.pipe.Reset()
+	for _, sub := range o.subs {
+		if cn.gone.Load() {
+			break
+		}
+		buf := s.bufs.get(int(sub.length))
+		errno, good := s.do(sub, buf, cn.neg)
+		s.commands.Add(1)
+		if errno != 0 {
+			s.errs.Add(1)
+		}
+		cn.reply(sub, errno, buf[:good])
+		s.bufs.put(buf)
+	}
+	cn.finish(o)
+}
+
+// finish returns a request's op, buffer and slot (a merged read's: one per request
+// it answered) once its reply is written or buffered.
 func (cn *conn) finish(o *asyncOp) {
-	buf, payload := o.buf, o.payload
+	buf, payload, extra := o.buf, o.payload, max(len(o.subs)-1, 0)
 	if o.pipe != nil {
 		cn.putPipe(o.pipe)
 	}
-	o.buf, o.pipe = nil, nil
+	o.buf, o.pipe, o.subs = nil, nil, o.subs[:0]
 	select {
 	case cn.ops <- o:
 	default:
 	}
 	cn.release(buf, payload)
+	for range extra {
+		<-cn.slots
+	}
 	cn.wg.Done()
 }
 
@@ -238,8 +333,12 @@ func (cn *conn) startFlusher() (stop func()) {
 			cn.writeDeadline()
 			for _, o := range batch {
 				switch {
+				case o.pipe != nil && o.errno == 0 && len(o.subs) > 0:
+					for _, sub := range o.subs {
+						cn.writePipedReply(sub, o.pipe, int(sub.length))
+					}
 				case o.pipe != nil && o.errno == 0:
-					cn.writePipedReply(o.req, o.pipe)
+					cn.writePipedReply(o.req, o.pipe, o.pipe.Len())
 				case o.errno == 0 && o.req.typ == cmdRead:
 					cn.writeReply(o.req, 0, o.buf)
 				default:

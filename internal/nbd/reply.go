@@ -63,24 +63,23 @@ func (cn *conn) fail(err error) {
 	}
 }
 
-// writePipedReply answers a successful read whose bytes wait in p: the header goes
-// through the buffer, which is flushed, and the bytes are spliced after it. Caller
-// holds the lock.
-func (cn *conn) writePipedReply(req request, p *pipebuf.Pipe) {
+// writePipedReply answers a successful read whose n bytes are the next in p: the
+// header goes through the buffer, which is flushed, and the bytes are spliced after
+// it. Caller holds the lock.
+func (cn *conn) writePipedReply(req request, p *pipebuf.Pipe, n int) {
 	if cn.werr != nil {
 		return
 	}
 	if cn.neg.structured {
-		b := cn.chunk(replyFlagDone, replyOffsetData, req.cookie, 8+uint32(p.Len()))
+		b := cn.chunk(replyFlagDone, replyOffsetData, req.cookie, 8+uint32(n))
 		binary.BigEndian.PutUint64(b, req.off)
 		cn.w.Write(cn.hdr[:chunkSize+8])
 	} else {
 		cn.simple(req.cookie, 0)
 	}
-	n := p.Len()
 	err := cn.w.Flush()
 	if err == nil {
-		err = p.SpliceTo(cn.raw)
+		err = p.SpliceNTo(cn.raw, n)
 	}
 	if err == nil {
 		cn.s.spliced.Add(uint64(n))

@@ -52,6 +52,9 @@ type Stats struct {
 	SplicedBytes uint64
 	// ZeroWrites are writes of zeroes sent to the device as WriteZeroes.
 	ZeroWrites uint64
+	// MergedReads are the reads answered from a read merged with the one before it:
+	// device commands saved.
+	MergedReads uint64
 }
 
 // Server exports one blockdev.Device. It is safe to serve many connections at once;
@@ -66,7 +69,7 @@ type Server struct {
 	// touching the same block cannot lose each other's bytes.
 	rmw sync.Mutex
 
-	commands, readBytes, writeBytes, errs, spliced, zeroWrites atomic.Uint64
+	commands, readBytes, writeBytes, errs, spliced, zeroWrites, mergedReads atomic.Uint64
 	// aloneReplies counts the replies replyAlone wrote whole (for tests).
 	aloneReplies atomic.Uint64
 }
@@ -104,7 +107,7 @@ func (s *Server) Device() blockdev.Device { return s.dev }
 
 // Stats returns the counters so far.
 func (s *Server) Stats() Stats {
-	return Stats{s.commands.Load(), s.readBytes.Load(), s.writeBytes.Load(), s.errs.Load(), s.spliced.Load(), s.zeroWrites.Load()}
+	return Stats{s.commands.Load(), s.readBytes.Load(), s.writeBytes.Load(), s.errs.Load(), s.spliced.Load(), s.zeroWrites.Load(), s.mergedReads.Load()}
 }
 
 // TransmissionFlags are the flags the server offers for its device, both in the

@@ -26,16 +26,9 @@ import (
 func TestSplicedReadsThroughISCSI(t *testing.T) {
 	testenv.Require(t, "integration test", "tgtd", "nbdcopy")
 	const size = 48 << 20
-	d, sess := tgtdSession(t, testtarget.TgtdOptions{Size: size}, "spliced", iscsi.Config{Logf: t.Logf})
+	d, lun, data := randomLUN(t, size, "spliced", 77)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	lun := sess.LUN()
-	data := randBytes(size, 77)
-	for off := 0; off < size; off += 4 << 20 {
-		if _, err := lun.WriteAt(data[off:off+4<<20], int64(off)); err != nil {
-			t.Fatal(err)
-		}
-	}
 
 	sock, srv := serveUnix(t, lun, Options{ExportName: d.IQN})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -124,6 +117,21 @@ func serveKernelStyleSndbuf(t *testing.T, ctx context.Context, srv *Server, sndb
 	done := make(chan error, 1)
 	go func() { done <- srv.ServeTransmission(ctx, conns[0]) }()
 	return &testClient{c: conns[1], r: newReader(conns[1])}, done
+}
+
+// randomLUN starts tgtd with a LUN of size bytes, logs in as name and fills the LUN
+// with random bytes from seed, which it returns.
+func randomLUN(t *testing.T, size int, name string, seed uint64) (*testtarget.Tgtd, *iscsi.LUN, []byte) {
+	t.Helper()
+	d, sess := tgtdSession(t, testtarget.TgtdOptions{Size: int64(size)}, name, iscsi.Config{Logf: t.Logf})
+	lun := sess.LUN()
+	data := randBytes(size, seed)
+	for off := 0; off < size; off += 4 << 20 {
+		if _, err := lun.WriteAt(data[off:off+4<<20], int64(off)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return d, lun, data
 }
 
 // tgtdSession starts tgtd with opts (the package's ports: 13400-13449, control port

@@ -54,7 +54,13 @@ func (tc *testClient) optionReplies(t testing.TB, opt uint32, data []byte) (fina
 // base:allocation context, and enters transmission.
 func dialStructured(t testing.TB, sock string, meta bool) *testClient {
 	t.Helper()
-	c, err := net.Dial("unix", sock)
+	return dialStructuredNet(t, "unix", sock, meta)
+}
+
+// dialStructuredNet is dialStructured on any network.
+func dialStructuredNet(t testing.TB, network, addr string, meta bool) *testClient {
+	t.Helper()
+	c, err := net.Dial(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}

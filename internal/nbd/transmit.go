@@ -96,7 +96,10 @@ type conn struct {
 	piped blockdev.PipeReader
 	raw   syscall.RawConn
 	pipes chan *pipebuf.Pipe
-	kick  chan struct{} // wakes the flusher: replies wait in w or in finished
+	// mergeMax is the largest read that adjacent piped reads are merged into (see
+	// mergeFollowers); lowered when the device refuses one that large.
+	mergeMax uint32
+	kick     chan struct{} // wakes the flusher: replies wait in w or in finished
 	// sock is c's raw side (nil for a net.Pipe), for replies written without the
 	// flusher (replyAlone); iov is their scratch, guarded by wmu.
 	sock     *sockio.Conn
@@ -147,6 +150,7 @@ func (s *Server) transmit(ctx context.Context, c net.Conn, src *source, br *bufi
 		if p, ok := a.(blockdev.PipeReader); ok && sock != nil && s.opts.SpliceMin > 0 && (!isUnix || pipebuf.ToUnixCheap()) {
 			cn.piped, cn.raw = p, sock.RawConn()
 			cn.pipes = make(chan *pipebuf.Pipe, s.opts.QueueDepth)
+			cn.mergeMax = mergeMax
 			defer cn.closePipes()
 		}
 		stopFlusher := cn.startFlusher()
@@ -190,54 +194,66 @@ func (cn *conn) readRequests(ctx context.Context) error {
 			<-cn.slots
 			return err
 		}
-		if cn.startPiped(req, payload) {
-			continue
+		if err := cn.dispatch(req, payload, true); err != nil {
+			return err
 		}
-		// Payload buffers come from the pool and go back to it after the reply, so
-		// steady-state reads and writes allocate nothing.
-		var buf []byte
-		if payload > 0 {
-			buf = s.bufs.get(int(payload))
-		}
-		if req.typ == cmdWrite {
-			if _, err := io.ReadFull(br, buf); err != nil {
-				cn.release(buf, payload)
-				return fmt.Errorf("read write payload: %w", err)
-			}
-			if payload >= largePayload && br.Buffered() == 0 {
-				cn.src.limit = requestSize
-			}
-		}
-		zeroes := req.typ == cmdWrite && payload >= zeroWriteMin && cn.asyncOK(req, payload) &&
-			blockdev.ZeroesCheaply(s.dev) && blockdev.AllZero(buf)
-		cn.wg.Add(1)
-		if !zeroes && cn.startAsync(req, buf, payload) {
-			continue
-		}
-		go func() {
-			defer cn.wg.Done()
-			defer cn.release(buf, payload)
-			if cn.gone.Load() {
-				return
-			}
-			if req.typ == cmdBlockStatus {
-				cn.blockStatus(req)
-				return
-			}
-			var errno uint32
-			var good int
-			if zeroes {
-				errno = s.zeroWrite(req)
-			} else {
-				errno, good = s.do(req, buf, cn.neg)
-			}
-			s.commands.Add(1)
-			if errno != 0 {
-				s.errs.Add(1)
-			}
-			cn.reply(req, errno, buf[:good])
-		}()
 	}
+}
+
+// dispatch starts req, whose slot and payload budget are held: on the pipe path, the
+// asynchronous path, or a goroutine of its own. merge lets a piped read take the
+// reads that continue it along (see mergeFollowers). It fails only when a write's
+// payload cannot be read.
+func (cn *conn) dispatch(req request, payload int64, merge bool) error {
+	s, br := cn.s, cn.r
+	if cn.startPiped(req, payload, merge) {
+		return nil
+	}
+	// Payload buffers come from the pool and go back to it after the reply, so
+	// steady-state reads and writes allocate nothing.
+	var buf []byte
+	if payload > 0 {
+		buf = s.bufs.get(int(payload))
+	}
+	if req.typ == cmdWrite {
+		if _, err := io.ReadFull(br, buf); err != nil {
+			cn.release(buf, payload)
+			return fmt.Errorf("read write payload: %w", err)
+		}
+		if payload >= largePayload && br.Buffered() == 0 {
+			cn.src.limit = requestSize
+		}
+	}
+	zeroes := req.typ == cmdWrite && payload >= zeroWriteMin && cn.asyncOK(req, payload) &&
+		blockdev.ZeroesCheaply(s.dev) && blockdev.AllZero(buf)
+	cn.wg.Add(1)
+	if !zeroes && cn.startAsync(req, buf, payload) {
+		return nil
+	}
+	go func() {
+		defer cn.wg.Done()
+		defer cn.release(buf, payload)
+		if cn.gone.Load() {
+			return
+		}
+		if req.typ == cmdBlockStatus {
+			cn.blockStatus(req)
+			return
+		}
+		var errno uint32
+		var good int
+		if zeroes {
+			errno = s.zeroWrite(req)
+		} else {
+			errno, good = s.do(req, buf, cn.neg)
+		}
+		s.commands.Add(1)
+		if errno != 0 {
+			s.errs.Add(1)
+		}
+		cn.reply(req, errno, buf[:good])
+	}()
+	return nil
 }
 
 func (cn *conn) release(buf []byte, payload int64) {

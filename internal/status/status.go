@@ -134,7 +134,10 @@ type Counters struct {
 	WriteBytes uint64
 	// ZeroWrites are writes of zeroes sent to the target as WRITE SAME.
 	ZeroWrites uint64
-	Errors     uint64
+	// MergedReads are client reads sent to the target within the read before them
+	// (adjacent reads merged into one command).
+	MergedReads uint64
+	Errors      uint64
 	// Reads fetched ahead of a sequential reader, reads served from them, and those
 	// dropped unread (blockdev.ReadAhead); shown when Status.ReadAhead.
 	ReadAheadFetched, ReadAheadHits, ReadAheadWasted uint64
@@ -191,6 +194,7 @@ func (s *Status) Lines() []KV {
 		KV{p + "read_bytes", strconv.FormatUint(s.Counters.ReadBytes, 10)},
 		KV{p + "write_bytes", strconv.FormatUint(s.Counters.WriteBytes, 10)},
 		KV{p + "zero_writes", strconv.FormatUint(s.Counters.ZeroWrites, 10)},
+		KV{p + "merged_reads", strconv.FormatUint(s.Counters.MergedReads, 10)},
 		KV{p + "errors", strconv.FormatUint(s.Counters.Errors, 10)},
 	)
 	if s.ReadAhead {

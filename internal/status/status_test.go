@@ -21,7 +21,7 @@ func sample() *Status {
 		Session: Session{ISID: "400001370000", TSIH: 7, Params: []KV{
 			{"HeaderDigest", "None"}, {"MaxRecvDataSegmentLength", "262144"},
 		}},
-		Counters: Counters{Reconnects: 1, Commands: 2, ReadBytes: 3, WriteBytes: 4, ZeroWrites: 6, Errors: 5},
+		Counters: Counters{Reconnects: 1, Commands: 2, ReadBytes: 3, WriteBytes: 4, ZeroWrites: 6, MergedReads: 7, Errors: 5},
 		IBFT: []KV{
 			{"hw.ibft.initiator_name", "iqn.2024-01.org.example:host"},
 			{"hw.ibft.target0_chap_secret", "hunter2"},
@@ -43,7 +43,8 @@ func TestMarshalKeys(t *testing.T) {
 		"net.isboot.session.isid: 400001370000\n", "net.isboot.session.tsih: 7\n",
 		"net.isboot.session.HeaderDigest: None\n", "net.isboot.session.MaxRecvDataSegmentLength: 262144\n",
 		"net.isboot.reconnects: 1\n", "net.isboot.commands: 2\n", "net.isboot.read_bytes: 3\n",
-		"net.isboot.write_bytes: 4\n", "net.isboot.zero_writes: 6\n", "net.isboot.errors: 5\n",
+		"net.isboot.write_bytes: 4\n", "net.isboot.zero_writes: 6\n", "net.isboot.merged_reads: 7\n",
+		"net.isboot.errors: 5\n",
 		"net.isboot.last_error: login: timeout second line\n",
 		"hw.ibft.initiator_name: iqn.2024-01.org.example:host\n", "hw.ibft.target0_address: 10.0.2.2\n",
 	} {

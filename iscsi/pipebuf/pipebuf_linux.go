@@ -132,23 +132,34 @@ func (p *Pipe) SpliceFrom(sc *sockio.Conn, n int) error {
 // SpliceTo moves every byte held to the socket behind rc, in order, waiting for room
 // as a write would (deadlines apply). The pipe is empty afterwards, also on error.
 func (p *Pipe) SpliceTo(rc syscall.RawConn) error {
-	defer p.Reset()
-	for i := range p.segs {
+	return p.SpliceNTo(rc, p.n)
+}
+
+// SpliceNTo moves the first n bytes held to the socket behind rc, as SpliceTo does,
+// and keeps the rest for the next call: one pipe can answer several requests in
+// turn. On error the pipe is emptied.
+func (p *Pipe) SpliceNTo(rc syscall.RawConn, n int) error {
+	if n > p.n {
+		p.Reset()
+		return fmt.Errorf("pipebuf: splice of %d bytes from a pipe holding %d", n, p.n)
+	}
+	for i := 0; n > 0 && i < len(p.segs); i++ {
 		s := &p.segs[i]
 		if s.n == 0 {
 			continue
 		}
+		want := min(s.n, n)
 		flags := unix.SPLICE_F_NONBLOCK | unix.SPLICE_F_MOVE
-		if p.n > s.n {
+		if n > want {
 			flags |= unix.SPLICE_F_MORE
 		}
 		var opErr error
 		err := rc.Write(func(fd uintptr) bool {
-			for s.n > 0 {
-				m, err := splice(uintptr(s.r), fd, s.n, flags)
+			for want > 0 {
+				m, err := splice(uintptr(s.r), fd, want, flags)
 				switch {
 				case m > 0:
-					s.n, p.n = s.n-int(m), p.n-int(m)
+					s.n, p.n, n, want = s.n-int(m), p.n-int(m), n-int(m), want-int(m)
 				case err == unix.EINTR:
 				case err == unix.EAGAIN:
 					return false // the socket is full: wait for room
@@ -162,12 +173,16 @@ func (p *Pipe) SpliceTo(rc syscall.RawConn) error {
 			}
 			return true
 		})
+		if err == nil {
+			err = opErr
+		}
 		if err != nil {
+			p.Reset()
 			return err
 		}
-		if opErr != nil {
-			return opErr
-		}
+	}
+	if p.n == 0 {
+		p.Reset()
 	}
 	return nil
 }

@@ -1,0 +1,234 @@
+package nbd
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/isboot/isboot/internal/blockdev"
+	"github.com/isboot/isboot/internal/testkit/testenv"
+	"github.com/isboot/isboot/iscsi/pipebuf"
+)
+
+// TestAdjacentReadsMergedThroughISCSI serves a tgtd LUN full of random bytes over TCP
+// and sends runs of adjacent reads in one write, as nbdcopy does, with reads that do
+// not continue the one before in between, with simple and with structured replies.
+// Each reply must carry its own request's bytes, and the runs must have gone to the
+// target merged (MergedReads). nbdcopy at its default request size (256 KiB) must
+// copy the LUN intact.
+func TestAdjacentReadsMergedThroughISCSI(t *testing.T) {
+	testenv.Require(t, "integration test", "tgtd", "nbdcopy")
+	d, lun, data := randomLUN(t, 32<<20, "merged", 91)
+	srv := NewServer(lun, Options{ExportName: d.IQN, Logf: t.Logf})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	go srv.Serve(ctx, l)
+
+	type extent struct{ off, n uint64 }
+	var extents []extent
+	var batch []byte
+	for run := range uint64(6) {
+		off := run * 5 << 20
+		for i := range uint64(12) { // 12 x 64-192 KiB, each continuing the last
+			n := (64 + 64*(i%3)) << 10
+			extents = append(extents, extent{off, n})
+			off += n
+		}
+		extents = append(extents, extent{off + 4096, 64 << 10}) // a gap
+	}
+	for i, e := range extents {
+		batch = append(batch, encodeRequest(cmdRead, 0, uint64(i), e.off, uint32(e.n), nil)...)
+	}
+	for _, structured := range []bool{false, true} {
+		before := srv.Stats()
+		var tc *testClient
+		if structured {
+			tc = dialStructuredNet(t, "tcp", l.Addr().String(), false)
+		} else {
+			tc = dialTest(t, "tcp", l.Addr().String(), d.IQN)
+		}
+		if _, err := tc.c.Write(batch); err != nil {
+			t.Fatal(err)
+		}
+		seen := map[uint64]bool{}
+		for range extents {
+			var cookie uint64
+			var b []byte
+			if structured {
+				chunks, err := tc.structuredReply()
+				if err != nil || len(chunks) != 1 || chunks[0].typ != replyOffsetData || len(chunks[0].payload) < 8 {
+					t.Fatalf("structured reply: %v, %+v", err, chunks)
+				}
+				cookie, b = chunks[0].cookie, chunks[0].payload[8:]
+				if cookie < uint64(len(extents)) && binary.BigEndian.Uint64(chunks[0].payload) != extents[cookie].off {
+					t.Fatalf("read %d: chunk at offset %d, want %d", cookie, binary.BigEndian.Uint64(chunks[0].payload), extents[cookie].off)
+				}
+			} else {
+				var errno uint32
+				var err error
+				cookie, errno, b, err = tc.recv(func(c uint64) int { return int(extents[c].n) })
+				if err != nil || errno != 0 {
+					t.Fatalf("reply %d: errno %d, %v", cookie, errno, err)
+				}
+			}
+			if cookie >= uint64(len(extents)) || seen[cookie] {
+				t.Fatalf("reply for cookie %d, unknown or answered twice", cookie)
+			}
+			seen[cookie] = true
+			e := extents[cookie]
+			if !bytes.Equal(b, data[e.off:e.off+e.n]) {
+				t.Fatalf("read %d (%d bytes at %d) returned other bytes", cookie, e.n, e.off)
+			}
+		}
+		st := srv.Stats()
+		merged := st.MergedReads - before.MergedReads
+		if merged == 0 || st.Commands-before.Commands != uint64(len(extents)) || st.Errors != 0 {
+			t.Errorf("structured %v, after %d reads in runs of 12: %+v, want some merged, every read counted, no errors", structured, len(extents), st)
+		}
+		t.Logf("structured %v: %d reads, %d merged into the read before", structured, len(extents), merged)
+	}
+
+	// nbdcopy's requests merge only while the server is behind (its requests then
+	// wait in the buffer), which a short copy on an idle machine may never be: what
+	// is checked here is the copy.
+	before := srv.Stats()
+	out := filepath.Join(t.TempDir(), "copy")
+	run(t, "nbdcopy", "nbd://"+l.Addr().String(), out)
+	if got, _ := os.ReadFile(out); !bytes.Equal(got, data) {
+		t.Fatal("nbdcopy: the copy differs from what was written")
+	}
+	st := srv.Stats()
+	t.Logf("nbdcopy: %d reads, %d merged", st.Commands-before.Commands, st.MergedReads-before.MergedReads)
+}
+
+// pipeMem is a memory device with the pipe path of an iSCSI LUN: it refuses piped
+// reads above maxPipe, as a LUN refuses those above its largest transfer, and every
+// read that covers bad fails as a medium error would.
+type pipeMem struct {
+	*blockdev.Mem
+	maxPipe int
+	bad     int64
+
+	mu     sync.Mutex
+	pipeNs []int // the size of every piped read taken
+}
+
+func (d *pipeMem) covers(n int, off int64) bool { return off <= d.bad && d.bad < off+int64(n) }
+
+func (d *pipeMem) ReadAt(p []byte, off int64) (int, error) {
+	if d.covers(len(p), off) {
+		return 0, errMedium
+	}
+	return d.Mem.ReadAt(p, off)
+}
+
+func (d *pipeMem) ReadAtAsync(p []byte, off int64, done func(int, error)) {
+	go func() { done(d.ReadAt(p, off)) }()
+}
+
+func (d *pipeMem) WriteAtAsync(p []byte, off int64, fua bool, done func(int, error)) {
+	go func() { done(d.WriteAt(p, off)) }()
+}
+
+func (d *pipeMem) ReadAtPipe(p *pipebuf.Pipe, n int, off int64, done func(int, error)) bool {
+	if n > d.maxPipe {
+		return false
+	}
+	d.mu.Lock()
+	d.pipeNs = append(d.pipeNs, n)
+	d.mu.Unlock()
+	go func() {
+		b := make([]byte, n)
+		if _, err := d.ReadAt(b, off); err != nil {
+			done(0, err)
+			return
+		}
+		if err := p.Write(b); err != nil {
+			done(0, err)
+			return
+		}
+		done(n, nil)
+	}()
+	return true
+}
+
+// TestMergedReadFallbacks sends runs of adjacent 64 KiB reads to a device that
+// refuses piped reads above 256 KiB and has a bad block: the merges the device
+// refuses are retried smaller, and a merged read that fails is answered read by read,
+// so only the read that covers the bad block fails, and every other one returns its
+// bytes.
+func TestMergedReadFallbacks(t *testing.T) {
+	const size = 4 << 20
+	dev := &pipeMem{Mem: blockdev.NewMem(size, 512, false), maxPipe: 256 << 10, bad: 2<<20 + 5*(64<<10) + 512}
+	data := randBytes(size, 5)
+	dev.Mem.WriteAt(data, 0)
+	var mu sync.Mutex
+	var logs []string
+	logf := func(f string, a ...any) { mu.Lock(); logs = append(logs, f); mu.Unlock() }
+	srv := NewServer(dev, Options{Logf: logf})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go srv.Serve(ctx, l)
+	tc := dialTest(t, "tcp", l.Addr().String(), "")
+
+	const n = 64 << 10
+	var batch []byte
+	var offs []uint64
+	// The first two runs find the largest merge the device takes (1 MiB and 512 KiB
+	// are refused); the third covers the bad block.
+	for _, base := range []uint64{0, 1 << 20, 2 << 20} {
+		for i := range uint64(16) {
+			offs = append(offs, base+i*n)
+			batch = append(batch, encodeRequest(cmdRead, 0, uint64(len(offs)-1), base+i*n, n, nil)...)
+		}
+	}
+	if _, err := tc.c.Write(batch); err != nil {
+		t.Fatal(err)
+	}
+	badCookie := uint64(32 + 5)
+	for range offs {
+		cookie, errno, b, err := tc.recv(func(uint64) int { return n })
+		if err != nil || cookie >= uint64(len(offs)) {
+			t.Fatalf("reply %d: %v", cookie, err)
+		}
+		switch {
+		case cookie == badCookie && errno != errIO:
+			t.Errorf("the read over the bad block: errno %d, want EIO", errno)
+		case cookie != badCookie && errno != 0:
+			t.Errorf("read %d (at %d): errno %d, want success", cookie, offs[cookie], errno)
+		case cookie != badCookie && !bytes.Equal(b, data[offs[cookie]:offs[cookie]+n]):
+			t.Errorf("read %d (at %d) returned other bytes", cookie, offs[cookie])
+		}
+	}
+	st := srv.Stats()
+	if st.Commands != uint64(len(offs)) || st.Errors != 1 || st.MergedReads == 0 {
+		t.Errorf("stats %+v: want %d commands, 1 error, some merged", st, len(offs))
+	}
+	dev.mu.Lock()
+	t.Logf("piped reads: %v; %+v", dev.pipeNs, st)
+	if !slices.Contains(dev.pipeNs, dev.maxPipe) {
+		t.Errorf("piped reads %v: none as large as the device takes (%d), after it refused larger ones", dev.pipeNs, dev.maxPipe)
+	}
+	dev.mu.Unlock()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(logs) != 1 || !strings.Contains(logs[0], "nbd: %s at %d+%d") {
+		t.Errorf("logged %q, want the one failed read", logs)
+	}
+}
