@@ -52,12 +52,9 @@ type conn struct {
 	ctrl       chan ctrlReq
 	windowOpen chan struct{}
 	flushKick  chan struct{} // sendDirect queued commands for the writer to flush
-	// writerFlushes counts the writes the writer goroutine made (tests compare it
-	// with the commands sent).
-	writerFlushes atomic.Uint64
-	release       chan struct{}
-	tmfResp       chan byte
-	logoutResp    chan byte
+	release    chan struct{}
+	tmfResp    chan byte
+	logoutResp chan byte
 	// logoutWait: the Logout Response's Time2Wait and Time2Retain, in seconds,
 	// stored before its response code goes to logoutResp.
 	logoutWait, logoutRetain atomic.Uint32

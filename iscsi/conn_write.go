@@ -111,9 +111,6 @@ func (c *conn) writeRun() error {
 				c.wmu.Lock()
 				continue
 			}
-			if len(c.wr.out) > 0 {
-				c.writerFlushes.Add(1)
-			}
 			if err := c.wr.flush(); err != nil {
 				return err
 			}
@@ -177,13 +174,10 @@ func (c *conn) sendDirect(ref taskRef, deferFlush bool) bool {
 	switch {
 	case c.senders.Add(-1) != 0 || err != nil || len(c.wr.out) == 0:
 		// Another caller waits for wmu and flushes after its own command.
-	case deferFlush && c.inflight.commands.Load() > 1:
+	case deferFlush:
 		// A caller that starts many commands from one goroutine (execAsync) leaves
 		// the flush to the writer, which on a busy CPU runs after the caller queued
-		// the rest of its batch: one write for many commands. A command alone in
-		// flight (a reader waiting for each read, as systemd mostly does at boot)
-		// has nothing to share its write with: it leaves now, and the writer's
-		// wake-up and yield are saved.
+		// the rest of its batch: one write for many commands.
 		select {
 		case c.flushKick <- struct{}{}:
 		default:

@@ -207,10 +207,6 @@ func (o *asyncOp) done(_ int, err error) {
 	default:
 		s.writeBytes.Add(uint64(o.req.length))
 	}
-	if cn.replyAlone(o) {
-		cn.finish(o)
-		return
-	}
 	cn.doneMu.Lock()
 	cn.finished = append(cn.finished, o)
 	cn.doneMu.Unlock()
@@ -218,64 +214,6 @@ func (o *asyncOp) done(_ int, err error) {
 	case cn.kick <- struct{}{}:
 	default:
 	}
-}
-
-// replyBuffer is the size of a connection's reply buffer.
-const replyBuffer = 64 << 10
-
-// aloneReplyMax bounds the replies replyAlone writes: what the socket does not take
-// at once goes to the reply buffer, which must hold it without writing.
-const aloneReplyMax = replyBuffer / 2
-
-// replyAlone answers o, a request that was alone on a kernel connection, from the
-// goroutine that completed it (the iSCSI reader), straight into the socket. At queue
-// depth 1, as systemd mostly reads at boot, waking the flusher cost more than the
-// write. It never waits for the socket, so a client that stops reading still holds
-// up only its own connection: what the socket does not take at once is copied to
-// the reply buffer for the flusher. It reports whether it answered o; the caller
-// then finishes it.
-func (cn *conn) replyAlone(o *asyncOp) bool {
-	if cn.sock == nil || cn.neg.structured || o.pipe != nil || len(cn.slots) != 1 {
-		return false
-	}
-	var data []byte
-	if o.errno == 0 && o.req.typ == cmdRead {
-		data = o.buf
-	}
-	if replySize+len(data) > aloneReplyMax || !cn.wmu.TryLock() {
-		return false
-	}
-	defer cn.wmu.Unlock()
-	if cn.werr != nil || cn.w.Buffered() > 0 || cn.waiting.Load() > 0 {
-		return false
-	}
-	cn.doneMu.Lock()
-	queued := len(cn.finished) > 0
-	cn.doneMu.Unlock()
-	if queued {
-		return false
-	}
-	hdr := cn.simpleHeader(o.req.cookie, o.errno)
-	cn.iov = [2][]byte{hdr, data}
-	n, err := cn.sock.TryWritev(cn.iov[:])
-	cn.iov = [2][]byte{}
-	switch {
-	case err != nil:
-		cn.fail(err)
-	case n < int64(len(hdr)):
-		cn.w.Write(hdr[n:])
-		cn.w.Write(data)
-	case n < int64(len(hdr)+len(data)):
-		cn.w.Write(data[n-int64(len(hdr)):])
-	default:
-		cn.s.aloneReplies.Add(1)
-		return true
-	}
-	select { // the flusher sends the rest once the socket takes it
-	case cn.kick <- struct{}{}:
-	default:
-	}
-	return true
 }
 
 // rerun answers the requests of a merged read that failed each with a read of its

@@ -91,15 +91,10 @@ func (cn *conn) writePipedReply(req request, p *pipebuf.Pipe, n int) {
 
 // simple writes a simple reply header. Caller holds the lock.
 func (cn *conn) simple(cookie uint64, errno uint32) {
-	cn.w.Write(cn.simpleHeader(cookie, errno))
-}
-
-// simpleHeader builds a simple reply header in cn.hdr. Caller holds the lock.
-func (cn *conn) simpleHeader(cookie uint64, errno uint32) []byte {
 	binary.BigEndian.PutUint32(cn.hdr[0:], magicSimpleRepl)
 	binary.BigEndian.PutUint32(cn.hdr[4:], errno)
 	binary.BigEndian.PutUint64(cn.hdr[8:], cookie)
-	return cn.hdr[:replySize]
+	cn.w.Write(cn.hdr[:replySize])
 }
 
 // chunk fills a structured reply chunk header into cn.hdr and returns the bytes

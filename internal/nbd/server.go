@@ -70,8 +70,6 @@ type Server struct {
 	rmw sync.Mutex
 
 	commands, readBytes, writeBytes, errs, spliced, zeroWrites, mergedReads atomic.Uint64
-	// aloneReplies counts the replies replyAlone wrote whole (for tests).
-	aloneReplies atomic.Uint64
 }
 
 // NewServer returns a server for dev.

@@ -90,21 +90,9 @@ func TestSplicedReadsThroughISCSI(t *testing.T) {
 // the other end and the channel ServeTransmission's result arrives on.
 func serveKernelStyle(t *testing.T, ctx context.Context, srv *Server) (*testClient, <-chan error) {
 	t.Helper()
-	return serveKernelStyleSndbuf(t, ctx, srv, 0)
-}
-
-// serveKernelStyleSndbuf is serveKernelStyle with the server's send buffer set to
-// sndbuf bytes (0: the default).
-func serveKernelStyleSndbuf(t *testing.T, ctx context.Context, srv *Server, sndbuf int) (*testClient, <-chan error) {
-	t.Helper()
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
-	}
-	if sndbuf > 0 {
-		if err := unix.SetsockoptInt(pair[0], unix.SOL_SOCKET, unix.SO_SNDBUF, sndbuf); err != nil {
-			t.Fatal(err)
-		}
 	}
 	conns := make([]net.Conn, 2)
 	for i, fd := range pair {

@@ -100,10 +100,6 @@ type conn struct {
 	// mergeFollowers); lowered when the device refuses one that large.
 	mergeMax uint32
 	kick     chan struct{} // wakes the flusher: replies wait in w or in finished
-	// sock is c's raw side (nil for a net.Pipe), for replies written without the
-	// flusher (replyAlone); iov is their scratch, guarded by wmu.
-	sock     *sockio.Conn
-	iov      [2][]byte
 	doneMu   sync.Mutex
 	finished []*asyncOp // guarded by doneMu
 }
@@ -140,8 +136,7 @@ func (s *Server) transmit(ctx context.Context, c net.Conn, src *source, br *bufi
 	if sock != nil {
 		src.Reader, w = sock, sock
 	}
-	cn := &conn{s: s, c: c, r: br, src: src, neg: neg, w: bufio.NewWriterSize(w, replyBuffer), sock: sock,
-		slots: make(chan struct{}, s.opts.QueueDepth)}
+	cn := &conn{s: s, c: c, r: br, src: src, neg: neg, w: bufio.NewWriterSize(w, 64<<10), slots: make(chan struct{}, s.opts.QueueDepth)}
 	if a, ok := s.dev.(blockdev.Async); ok {
 		cn.async, cn.ops = a, make(chan *asyncOp, s.opts.QueueDepth)
 		cn.exchanger, _ = a.(blockdev.Exchanger)

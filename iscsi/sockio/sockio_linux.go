@@ -38,7 +38,6 @@ type rawOp struct {
 	iov     []unix.Iovec
 	n       int64
 	err     error
-	try     bool // TryWritev: a full socket ends the call
 	fn, vfn func(fd uintptr) bool
 }
 
@@ -151,19 +150,6 @@ func (c *Conn) Writev(bufs [][]byte) (int64, error) {
 	return op.result(c.rc.Write(op.vfn))
 }
 
-// TryWritev is Writev that never waits for the socket: it writes what the socket
-// takes now, in order, and returns how many bytes that was (a full socket is no
-// error). bufs is consumed.
-func (c *Conn) TryWritev(bufs [][]byte) (int64, error) {
-	op := &c.wr
-	op.mu.Lock()
-	defer op.mu.Unlock()
-	op.bufs, op.n, op.err, op.try = bufs, 0, nil, true
-	n, err := op.result(c.rc.Write(op.vfn))
-	op.try = false
-	return n, err
-}
-
 func (c *Conn) writevFD(fd uintptr) bool {
 	op := &c.wr
 	for {
@@ -181,7 +167,7 @@ func (c *Conn) writevFD(fd uintptr) bool {
 		case e == unix.EINTR:
 			continue
 		case e == unix.EAGAIN:
-			return op.try
+			return false
 		case e != 0:
 			op.err = e
 			return true

@@ -15,8 +15,7 @@ type Conn struct{}
 // New returns nil.
 func New(net.Conn) *Conn { return nil }
 
-func (*Conn) RawConn() syscall.RawConn          { return nil }
-func (*Conn) Read([]byte) (int, error)          { return 0, io.ErrClosedPipe }
-func (*Conn) Write([]byte) (int, error)         { return 0, io.ErrClosedPipe }
-func (*Conn) Writev([][]byte) (int64, error)    { return 0, io.ErrClosedPipe }
-func (*Conn) TryWritev([][]byte) (int64, error) { return 0, io.ErrClosedPipe }
+func (*Conn) RawConn() syscall.RawConn       { return nil }
+func (*Conn) Read([]byte) (int, error)       { return 0, io.ErrClosedPipe }
+func (*Conn) Write([]byte) (int, error)      { return 0, io.ErrClosedPipe }
+func (*Conn) Writev([][]byte) (int64, error) { return 0, io.ErrClosedPipe }
