@@ -1,8 +1,10 @@
 package initproc
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -20,14 +22,77 @@ type modules struct {
 	prober *kmodule.Prober
 	err    error
 	tried  map[string]error
+	// opts and load are for tests: the zero opts read the running kernel's
+	// modules, a nil load is loadModuleFile.
+	opts kmodule.ProbeOpts
+	load func(path, params string) error
+
+	// The module Load asked for, its parameters, and what loading it and its
+	// dependencies failed with (the prober loads dependencies side by side).
+	name, params string
+	loadMu       sync.Mutex
+	loadErrs     []error
 }
 
 func (m *modules) init() error {
 	if m.prober == nil && m.err == nil {
-		m.prober, m.err = kmodule.NewProber(kmodule.ProbeOpts{})
+		// The prober resolves modules.dep; the loading is ours (loadFile).
+		opts := m.opts
+		opts.DryRunCB = m.loadFile
+		m.prober, m.err = kmodule.NewProber(opts)
 		m.tried = map[string]error{}
 	}
 	return m.err
+}
+
+// loadFile loads one module file for the prober, in dependency order: with the
+// parameters Load was given if it is the module asked for, without for a dependency.
+func (m *modules) loadFile(path string) {
+	params := ""
+	if sameModule(path, m.name) {
+		params = m.params
+	}
+	load := m.load
+	if load == nil {
+		load = loadModuleFile
+	}
+	if err := load(path, params); err != nil {
+		m.loadMu.Lock()
+		m.loadErrs = append(m.loadErrs, fmt.Errorf("%s: %w", filepath.Base(path), err))
+		m.loadMu.Unlock()
+	}
+}
+
+// loadModuleFile loads path with finit_module(2), so the kernel reads the file
+// itself. u-root's kmodule.FileInit would read an uncompressed module whole into
+// memory and pass it to init_module(2): for ext4's 2 MB, a growing buffer, its page
+// faults and a second copy, all on the boot's one emulated CPU. Compressed modules
+// still go through it, as this kernel may not decompress them.
+func loadModuleFile(path, params string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if strings.HasSuffix(path, ".ko") {
+		err = unix.FinitModule(int(f.Fd()), params, 0)
+	} else {
+		err = kmodule.FileInit(f, params, 0)
+	}
+	if err == unix.EEXIST {
+		return nil // loaded meanwhile (by the kernel's own request, or an earlier boot step)
+	}
+	return err
+}
+
+// sameModule reports whether the module file path is the module name; the kernel
+// treats '-' and '_' in module names alike.
+func sameModule(path, name string) bool {
+	base := filepath.Base(path)
+	if i := strings.Index(base, ".ko"); i >= 0 {
+		base = base[:i]
+	}
+	return strings.ReplaceAll(base, "-", "_") == strings.ReplaceAll(name, "-", "_")
 }
 
 // Load loads name (and what modules.dep says it needs) with params. Loading a module
@@ -42,7 +107,11 @@ func (m *modules) Load(name, params string) error {
 		return err
 	}
 	t0 := time.Now()
+	m.name, m.params, m.loadErrs = name, params, nil
 	err := m.prober.Probe(name, params)
+	if err == nil {
+		err = errors.Join(m.loadErrs...) // Probe returned: no loader runs any more
+	}
 	if err != nil && isBuiltin(name) {
 		err = nil
 	}
