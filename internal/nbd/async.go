@@ -1,6 +1,11 @@
 package nbd
 
-import "github.com/isboot/isboot/iscsi/pipebuf"
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/isboot/isboot/iscsi/pipebuf"
+)
 
 // Reads and writes take the device's asynchronous path when it has one (the iSCSI
 // LUN): the request leaves from the connection's reader, and its completion, on the
@@ -100,14 +105,39 @@ func (cn *conn) startPiped(req request, payload int64, merge bool) bool {
 // The kernel's own requests arrive merged already.
 const mergeMax = 1 << 20
 
+// A read the reader holds back for a follower waits at most mergeWait (in practice
+// up to a millisecond: the runtime's poller sleeps in whole milliseconds), and only
+// with mergeWaitDepth requests of the connection in flight.
+const (
+	mergeWait      = 200 * time.Microsecond
+	mergeWaitDepth = 4
+)
+
 // mergeFollowers takes from the reader's buffer the reads that continue req (the
 // next offset, the same flags), up to cn.mergeMax in all, and returns their union,
 // with subs holding req and each read taken, in order (subs stays empty when none
-// was). It takes only requests already buffered, each with a slot and budget free at
-// once: it never waits for a client.
+// was). It takes only requests with a slot and budget free at once. When the buffer
+// runs dry with enough of the connection's requests in flight, it waits for the next
+// request a little (mayWaitForFollower): a client that keeps many reads in flight
+// sends its next ones as replies reach it, a few microseconds apart, and without the
+// wait each would become a command of its own.
 func (cn *conn) mergeFollowers(req request, subs []request) (request, []request) {
 	union := req
-	for cn.r.Buffered() >= requestSize {
+	waited := false
+	for {
+		if cn.r.Buffered() < requestSize {
+			if waited || !cn.mayWaitForFollower(union) {
+				break
+			}
+			if hook := followerWaitHook.Load(); hook != nil {
+				(*hook)()
+			}
+			cn.c.SetReadDeadline(time.Now().Add(mergeWait))
+			cn.r.Peek(requestSize) // an error other than the deadline comes again on the next read
+			cn.c.SetReadDeadline(time.Time{})
+			waited = cn.r.Buffered() < requestSize // nothing came: wait no more
+			continue
+		}
 		b, _ := cn.r.Peek(requestSize)
 		next, err := decodeRequest((*[requestSize]byte)(b))
 		if err != nil || next.typ != cmdRead || next.flags != req.flags ||
@@ -135,6 +165,13 @@ func (cn *conn) mergeFollowers(req request, subs []request) (request, []request)
 		union.length += next.length
 	}
 	return union, subs
+}
+
+// mayWaitForFollower reports whether the reader may wait a little for a read that
+// continues union: only while the device already works on mergeWaitDepth of this
+// connection's requests, so the wait hides behind theirs, and union can grow.
+func (cn *conn) mayWaitForFollower(union request) bool {
+	return len(cn.slots) >= mergeWaitDepth && union.length+uint32(cn.s.opts.SpliceMin) <= cn.mergeMax
 }
 
 func (cn *conn) putPipe(p *pipebuf.Pipe) {
@@ -309,3 +346,7 @@ func (cn *conn) startFlusher() (stop func()) {
 	}()
 	return func() { close(quit); <-exited }
 }
+
+// followerWaitHook, when set (by tests), runs as the reader starts to wait for a
+// follower.
+var followerWaitHook atomic.Pointer[func()]

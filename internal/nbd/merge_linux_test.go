@@ -232,3 +232,123 @@ func TestMergedReadFallbacks(t *testing.T) {
 		t.Errorf("logged %q, want the one failed read", logs)
 	}
 }
+
+// heldPipeMem is a pipeMem whose reads from holdFrom on wait until gate closes, so a
+// test can keep requests in flight; started counts them as they reach the device.
+type heldPipeMem struct {
+	*pipeMem
+	holdFrom int64
+	gate     chan struct{}
+	started  chan struct{}
+}
+
+func (d *heldPipeMem) ReadAtPipe(p *pipebuf.Pipe, n int, off int64, done func(int, error)) bool {
+	if off < d.holdFrom {
+		return d.pipeMem.ReadAtPipe(p, n, off, done)
+	}
+	d.started <- struct{}{}
+	return d.pipeMem.ReadAtPipe(p, n, off, func(n int, err error) {
+		<-d.gate
+		done(n, err)
+	})
+}
+
+// TestMergeWaitsForFollower keeps four reads in flight and sends one more: the reader
+// holds it back for a read that continues it (sent only once the reader waits, so
+// it cannot have been buffered before) and answers both with one command. A read
+// that nothing follows is still answered, while the four are in flight; and with
+// nothing in flight the reader does not wait at all.
+func TestMergeWaitsForFollower(t *testing.T) {
+	const n = 64 << 10
+	const size = 8 << 20
+	dev := &heldPipeMem{pipeMem: &pipeMem{Mem: blockdev.NewMem(size, 512, false), maxPipe: 1 << 20, bad: -1},
+		holdFrom: 4 << 20, gate: make(chan struct{}), started: make(chan struct{}, 8)}
+	data := randBytes(size, 9)
+	dev.Mem.WriteAt(data, 0)
+	srv := NewServer(dev, Options{})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go srv.Serve(ctx, l)
+	tc := dialTest(t, "tcp", l.Addr().String(), "")
+	tc.c.SetReadDeadline(time.Now().Add(time.Minute)) // a lost reply fails, not hangs
+
+	var mu sync.Mutex
+	waits, follow := 0, []byte(nil)
+	hook := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		waits++
+		if follow != nil {
+			if _, err := tc.c.Write(follow); err != nil {
+				t.Error(err)
+			}
+			follow = nil
+		}
+	}
+	followerWaitHook.Store(&hook)
+	defer followerWaitHook.Store(nil)
+	expect := func(what string, want map[uint64]uint64) {
+		t.Helper()
+		for range want {
+			cookie, errno, b, err := tc.recv(func(uint64) int { return n })
+			off, ok := want[cookie]
+			if err != nil || errno != 0 || !ok {
+				t.Fatalf("%s: reply %d: errno %d, %v", what, cookie, errno, err)
+			}
+			if !bytes.Equal(b, data[off:off+n]) {
+				t.Fatalf("%s: read %d (at %d) returned other bytes", what, cookie, off)
+			}
+		}
+	}
+	waitsNow := func() int { mu.Lock(); defer mu.Unlock(); return waits }
+
+	// Nothing in flight: no wait.
+	tc.c.Write(encodeRequest(cmdRead, 0, 1, 0, n, nil))
+	expect("alone", map[uint64]uint64{1: 0})
+	if w := waitsNow(); w != 0 {
+		t.Fatalf("the reader waited %d times for a follower with nothing in flight", w)
+	}
+	// Four held reads in flight.
+	var held []byte
+	for i := range uint64(4) {
+		held = append(held, encodeRequest(cmdRead, 0, 10+i, 4<<20+i<<20, n, nil)...)
+	}
+	tc.c.Write(held)
+	for range 4 {
+		select {
+		case <-dev.started:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the held reads did not reach the device")
+		}
+	}
+	// A read, and its follower sent while the reader waits: one command.
+	mu.Lock()
+	follow = encodeRequest(cmdRead, 0, 3, 1<<20+n, n, nil)
+	mu.Unlock()
+	before := srv.Stats()
+	tc.c.Write(encodeRequest(cmdRead, 0, 2, 1<<20, n, nil))
+	expect("merged", map[uint64]uint64{2: 1 << 20})
+	mu.Lock()
+	unsent := follow != nil
+	mu.Unlock()
+	if unsent {
+		t.Fatal("the read was answered without the reader waiting for a follower, four reads in flight")
+	}
+	expect("merged", map[uint64]uint64{3: 1<<20 + n})
+	if st := srv.Stats(); st.MergedReads-before.MergedReads != 1 || waitsNow() == 0 {
+		t.Errorf("%d merged reads after %d waits, want the follower merged after a wait", st.MergedReads-before.MergedReads, waitsNow())
+	}
+	// A read that nothing follows: answered after the wait, the held reads still held.
+	w0 := waitsNow()
+	tc.c.Write(encodeRequest(cmdRead, 0, 4, 2<<20, n, nil))
+	expect("unfollowed", map[uint64]uint64{4: 2 << 20})
+	if waitsNow() == w0 {
+		t.Error("the reader did not wait for a follower with four reads in flight")
+	}
+	close(dev.gate)
+	expect("held", map[uint64]uint64{10: 4 << 20, 11: 5 << 20, 12: 6 << 20, 13: 7 << 20})
+}
