@@ -117,16 +117,20 @@ const (
 // next offset, the same flags), up to cn.mergeMax in all, and returns their union,
 // with subs holding req and each read taken, in order (subs stays empty when none
 // was). It takes only requests with a slot and budget free at once. When the buffer
-// runs dry with enough of the connection's requests in flight, it waits for the next
-// request a little (mayWaitForFollower): a client that keeps many reads in flight
-// sends its next ones as replies reach it, a few microseconds apart, and without the
-// wait each would become a command of its own.
+// runs dry with enough of the connection's requests in flight, it may wait for the
+// next request a little (mayWaitForFollower): a client that keeps many reads in
+// flight sends its next ones as replies reach it, a few microseconds apart, and
+// without the wait each would become a command of its own.
 func (cn *conn) mergeFollowers(req request, subs []request) (request, []request) {
 	union := req
-	waited := false
+	waited := false // the buffered request, if any, came during a wait
 	for {
 		if cn.r.Buffered() < requestSize {
-			if waited || !cn.mayWaitForFollower(union) {
+			if waited {
+				cn.followerMissed() // the wait ended empty
+				break
+			}
+			if !cn.mayWaitForFollower(union) {
 				break
 			}
 			if hook := followerWaitHook.Load(); hook != nil {
@@ -135,18 +139,14 @@ func (cn *conn) mergeFollowers(req request, subs []request) (request, []request)
 			cn.c.SetReadDeadline(time.Now().Add(mergeWait))
 			cn.r.Peek(requestSize) // an error other than the deadline comes again on the next read
 			cn.c.SetReadDeadline(time.Time{})
-			waited = cn.r.Buffered() < requestSize // nothing came: wait no more
+			waited = true
 			continue
 		}
 		b, _ := cn.r.Peek(requestSize)
 		next, err := decodeRequest((*[requestSize]byte)(b))
-		if err != nil || next.typ != cmdRead || next.flags != req.flags ||
-			next.off != union.off+uint64(union.length) || uint64(union.length)+uint64(next.length) > uint64(cn.mergeMax) {
-			break
-		}
-		payload, _ := cn.s.payload(next)
-		if int64(next.length) < int64(cn.s.opts.SpliceMin) || !cn.asyncOK(next, payload) {
-			break
+		payload, ok := cn.continues(union, next, err)
+		if !ok {
+			break // a wait that another request ended cost little: not a miss
 		}
 		select {
 		case cn.slots <- struct{}{}:
@@ -156,6 +156,10 @@ func (cn *conn) mergeFollowers(req request, subs []request) (request, []request)
 		if !cn.s.budget.TryAcquire(payload) {
 			<-cn.slots
 			break
+		}
+		if waited {
+			cn.followerScore = min(max(cn.followerScore, 0)+1, followerScoreMax) // one follower is enough to wait again
+			waited = false
 		}
 		cn.r.Discard(requestSize)
 		if len(subs) == 0 {
@@ -167,12 +171,43 @@ func (cn *conn) mergeFollowers(req request, subs []request) (request, []request)
 	return union, subs
 }
 
-// mayWaitForFollower reports whether the reader may wait a little for a read that
-// continues union: only while the device already works on mergeWaitDepth of this
-// connection's requests, so the wait hides behind theirs, and union can grow.
-func (cn *conn) mayWaitForFollower(union request) bool {
-	return len(cn.slots) >= mergeWaitDepth && union.length+uint32(cn.s.opts.SpliceMin) <= cn.mergeMax
+// continues reports whether next (decoded with err) is a piped read that continues
+// union and fits in a merge, and its payload.
+func (cn *conn) continues(union, next request, err error) (int64, bool) {
+	if err != nil || next.typ != cmdRead || next.flags != union.flags ||
+		next.off != union.off+uint64(union.length) || uint64(union.length)+uint64(next.length) > uint64(cn.mergeMax) {
+		return 0, false
+	}
+	payload, _ := cn.s.payload(next)
+	return payload, int64(next.length) >= int64(cn.s.opts.SpliceMin) && cn.asyncOK(next, payload)
 }
+
+// mayWaitForFollower reports whether the reader may wait a little for a read that
+// continues union: never for the kernel (its requests arrive merged already), only
+// while the device already works on mergeWaitDepth of this connection's requests, so
+// the wait hides behind theirs, and only while union can grow. A client whose waits
+// end empty (a last read, or random reads) is waited for again only every
+// followerProbe chances.
+func (cn *conn) mayWaitForFollower(union request) bool {
+	if cn.neg.kernel || len(cn.slots) < mergeWaitDepth || union.length+uint32(cn.s.opts.SpliceMin) > cn.mergeMax {
+		return false
+	}
+	if cn.followerScore < 0 {
+		cn.followerProbes++
+		return cn.followerProbes%followerProbe == 0
+	}
+	return true
+}
+
+func (cn *conn) followerMissed() { cn.followerScore = max(cn.followerScore-1, -followerScoreMax) }
+
+// followerScore counts waits that brought a follower up and those that ended empty down,
+// within ±followerScoreMax; below zero the reader waits only every followerProbe
+// chances, to notice when followers come again.
+const (
+	followerScoreMax = 8
+	followerProbe    = 16
+)
 
 func (cn *conn) putPipe(p *pipebuf.Pipe) {
 	p.Reset()

@@ -10,12 +10,14 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/isboot/isboot/internal/blockdev"
 	"github.com/isboot/isboot/internal/testkit/testenv"
 	"github.com/isboot/isboot/iscsi/pipebuf"
+	"golang.org/x/sys/unix"
 )
 
 // TestAdjacentReadsMergedThroughISCSI serves a tgtd LUN full of random bytes over TCP
@@ -233,8 +235,9 @@ func TestMergedReadFallbacks(t *testing.T) {
 	}
 }
 
-// heldPipeMem is a pipeMem whose reads from holdFrom on wait until gate closes, so a
-// test can keep requests in flight; started counts them as they reach the device.
+// heldPipeMem is a pipeMem whose small (unpiped) reads from holdFrom on wait until
+// gate closes, so a test can keep requests in flight without the reader looking for
+// their followers; started counts them as they reach the device.
 type heldPipeMem struct {
 	*pipeMem
 	holdFrom int64
@@ -242,12 +245,13 @@ type heldPipeMem struct {
 	started  chan struct{}
 }
 
-func (d *heldPipeMem) ReadAtPipe(p *pipebuf.Pipe, n int, off int64, done func(int, error)) bool {
+func (d *heldPipeMem) ReadAtAsync(p []byte, off int64, done func(int, error)) {
 	if off < d.holdFrom {
-		return d.pipeMem.ReadAtPipe(p, n, off, done)
+		d.pipeMem.ReadAtAsync(p, off, done)
+		return
 	}
 	d.started <- struct{}{}
-	return d.pipeMem.ReadAtPipe(p, n, off, func(n int, err error) {
+	d.pipeMem.ReadAtAsync(p, off, func(n int, err error) {
 		<-d.gate
 		done(n, err)
 	})
@@ -291,15 +295,22 @@ func TestMergeWaitsForFollower(t *testing.T) {
 	}
 	followerWaitHook.Store(&hook)
 	defer followerWaitHook.Store(nil)
+	const small = 4 << 10 // the held reads: below SpliceMin, so never piped nor merged
 	expect := func(what string, want map[uint64]uint64) {
 		t.Helper()
+		length := func(cookie uint64) int {
+			if cookie >= 10 && cookie < 14 {
+				return small
+			}
+			return n
+		}
 		for range want {
-			cookie, errno, b, err := tc.recv(func(uint64) int { return n })
+			cookie, errno, b, err := tc.recv(length)
 			off, ok := want[cookie]
 			if err != nil || errno != 0 || !ok {
 				t.Fatalf("%s: reply %d: errno %d, %v", what, cookie, errno, err)
 			}
-			if !bytes.Equal(b, data[off:off+n]) {
+			if !bytes.Equal(b, data[off:off+uint64(length(cookie))]) {
 				t.Fatalf("%s: read %d (at %d) returned other bytes", what, cookie, off)
 			}
 		}
@@ -315,7 +326,7 @@ func TestMergeWaitsForFollower(t *testing.T) {
 	// Four held reads in flight.
 	var held []byte
 	for i := range uint64(4) {
-		held = append(held, encodeRequest(cmdRead, 0, 10+i, 4<<20+i<<20, n, nil)...)
+		held = append(held, encodeRequest(cmdRead, 0, 10+i, 4<<20+i<<20, small, nil)...)
 	}
 	tc.c.Write(held)
 	for range 4 {
@@ -349,6 +360,85 @@ func TestMergeWaitsForFollower(t *testing.T) {
 	if waitsNow() == w0 {
 		t.Error("the reader did not wait for a follower with four reads in flight")
 	}
+	// Reads that nothing follows, as random reads: the reader soon stops waiting
+	// for each, and asks again only now and then.
+	w0 = waitsNow()
+	for i := range uint64(32) {
+		off := uint64(2<<20) + (i*7%32)*n
+		tc.c.Write(encodeRequest(cmdRead, 0, 100+i, off, n, nil))
+		expect("random", map[uint64]uint64{100 + i: off})
+	}
+	if w := waitsNow() - w0; w > 4 {
+		t.Errorf("the reader waited %d times for 32 reads that nothing followed, want a few probes", w)
+	}
 	close(dev.gate)
 	expect("held", map[uint64]uint64{10: 4 << 20, 11: 5 << 20, 12: 6 << 20, 13: 7 << 20})
+}
+
+// TestKernelConnectionNeverWaitsForFollower serves a connection as the kernel's
+// (ServeTransmission, a socketpair): its requests arrive merged already, so the
+// reader never holds a piped read back, even with reads in flight.
+func TestKernelConnectionNeverWaitsForFollower(t *testing.T) {
+	if !pipebuf.ToUnixCheap() {
+		t.Skip("this kernel does not splice into Unix sockets cheaply: the kernel's connection has no piped reads to merge")
+	}
+	const n = 64 << 10
+	const small = 4 << 10
+	dev := &heldPipeMem{pipeMem: &pipeMem{Mem: blockdev.NewMem(8<<20, 512, false), maxPipe: 1 << 20, bad: -1},
+		holdFrom: 4 << 20, gate: make(chan struct{}), started: make(chan struct{}, 8)}
+	data := randBytes(8<<20, 11)
+	dev.Mem.WriteAt(data, 0)
+	srv := NewServer(dev, Options{})
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(pair[0]), "server")
+	sc, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf := os.NewFile(uintptr(pair[1]), "client")
+	cc, err := net.FileConn(cf)
+	cf.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go srv.ServeTransmission(ctx, sc)
+	tc := &testClient{c: cc, r: newReader(cc)}
+	tc.c.SetReadDeadline(time.Now().Add(time.Minute))
+	var waits atomic.Int32
+	hook := func() { waits.Add(1) }
+	followerWaitHook.Store(&hook)
+	defer followerWaitHook.Store(nil)
+
+	var held []byte
+	for i := range uint64(4) {
+		held = append(held, encodeRequest(cmdRead, 0, 10+i, 4<<20+i<<20, small, nil)...)
+	}
+	tc.c.Write(held)
+	for range 4 {
+		<-dev.started
+	}
+	tc.c.Write(encodeRequest(cmdRead, 0, 1, 1<<20, n, nil))
+	cookie, errno, b, err := tc.recv(func(uint64) int { return n })
+	if err != nil || errno != 0 || cookie != 1 || !bytes.Equal(b, data[1<<20:1<<20+n]) {
+		t.Fatalf("reply %d, errno %d, %v (or other bytes)", cookie, errno, err)
+	}
+	close(dev.gate)
+	for range 4 {
+		if _, errno, _, err := tc.recv(func(uint64) int { return small }); err != nil || errno != 0 {
+			t.Fatalf("held read: errno %d, %v", errno, err)
+		}
+	}
+	if st := srv.Stats(); st.SplicedBytes == 0 {
+		t.Fatalf("the read was not spliced (%+v): the test proves nothing", st)
+	}
+	if w := waits.Load(); w != 0 {
+		t.Errorf("the reader waited %d times for a follower on the kernel's connection", w)
+	}
 }

@@ -99,9 +99,12 @@ type conn struct {
 	// mergeMax is the largest read that adjacent piped reads are merged into (see
 	// mergeFollowers); lowered when the device refuses one that large.
 	mergeMax uint32
-	kick     chan struct{} // wakes the flusher: replies wait in w or in finished
-	doneMu   sync.Mutex
-	finished []*asyncOp // guarded by doneMu
+	// followerScore and followerProbes pace the reader's waits for a follower (see
+	// mayWaitForFollower); only the reader uses them.
+	followerScore, followerProbes int
+	kick                          chan struct{} // wakes the flusher: replies wait in w or in finished
+	doneMu                        sync.Mutex
+	finished                      []*asyncOp // guarded by doneMu
 }
 
 // source is what a connection's buffered reader reads from: the net.Conn during the
