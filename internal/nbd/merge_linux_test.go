@@ -180,14 +180,7 @@ func TestMergedReadFallbacks(t *testing.T) {
 	var logs []string
 	logf := func(f string, a ...any) { mu.Lock(); logs = append(logs, f); mu.Unlock() }
 	srv := NewServer(dev, Options{Logf: logf})
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go srv.Serve(ctx, l)
-	tc := dialTest(t, "tcp", l.Addr().String(), "")
+	tc := serveTCP(t, srv)
 
 	const n = 64 << 10
 	var batch []byte
@@ -235,6 +228,30 @@ func TestMergedReadFallbacks(t *testing.T) {
 	}
 }
 
+// serveTCP serves srv on a loopback port until the test ends and returns a client
+// past the handshake.
+func serveTCP(t *testing.T, srv *Server) *testClient {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go srv.Serve(ctx, l)
+	return dialTest(t, "tcp", l.Addr().String(), "")
+}
+
+// newHeldPipeMem returns an 8 MiB heldPipeMem holding from 4 MiB on, filled with
+// random bytes from seed, and those bytes.
+func newHeldPipeMem(seed uint64) (*heldPipeMem, []byte) {
+	const size = 8 << 20
+	dev := &heldPipeMem{pipeMem: &pipeMem{Mem: blockdev.NewMem(size, 512, false), maxPipe: 1 << 20, bad: -1},
+		holdFrom: 4 << 20, gate: make(chan struct{}), started: make(chan struct{}, 8)}
+	data := randBytes(size, seed)
+	dev.Mem.WriteAt(data, 0)
+	return dev, data
+}
+
 // heldPipeMem is a pipeMem whose small (unpiped) reads from holdFrom on wait until
 // gate closes, so a test can keep requests in flight without the reader looking for
 // their followers; started counts them as they reach the device.
@@ -264,20 +281,9 @@ func (d *heldPipeMem) ReadAtAsync(p []byte, off int64, done func(int, error)) {
 // nothing in flight the reader does not wait at all.
 func TestMergeWaitsForFollower(t *testing.T) {
 	const n = 64 << 10
-	const size = 8 << 20
-	dev := &heldPipeMem{pipeMem: &pipeMem{Mem: blockdev.NewMem(size, 512, false), maxPipe: 1 << 20, bad: -1},
-		holdFrom: 4 << 20, gate: make(chan struct{}), started: make(chan struct{}, 8)}
-	data := randBytes(size, 9)
-	dev.Mem.WriteAt(data, 0)
+	dev, data := newHeldPipeMem(9)
 	srv := NewServer(dev, Options{})
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go srv.Serve(ctx, l)
-	tc := dialTest(t, "tcp", l.Addr().String(), "")
+	tc := serveTCP(t, srv)
 	tc.c.SetReadDeadline(time.Now().Add(time.Minute)) // a lost reply fails, not hangs
 
 	var mu sync.Mutex
@@ -384,10 +390,7 @@ func TestKernelConnectionNeverWaitsForFollower(t *testing.T) {
 	}
 	const n = 64 << 10
 	const small = 4 << 10
-	dev := &heldPipeMem{pipeMem: &pipeMem{Mem: blockdev.NewMem(8<<20, 512, false), maxPipe: 1 << 20, bad: -1},
-		holdFrom: 4 << 20, gate: make(chan struct{}), started: make(chan struct{}, 8)}
-	data := randBytes(8<<20, 11)
-	dev.Mem.WriteAt(data, 0)
+	dev, data := newHeldPipeMem(11)
 	srv := NewServer(dev, Options{})
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
