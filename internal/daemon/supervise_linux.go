@@ -60,6 +60,17 @@ func superviseMain(version string) int {
 	signal.Ignore(unix.SIGHUP, unix.SIGPIPE)
 	log := klog.Open("isboot", 0)
 	s := &supervisor{logf: log.Printf, rep: rep, files: []*os.File{os.Stdin, os.Stdout, os.Stderr}}
+	// Serving processes started before PID 1 execs the real init run raised
+	// (bootnice_linux.go).
+	s.boost.logf = log.Printf
+	execSeen := watchExec()
+	if execSeen != nil {
+		s.boost.on = true
+		go func() {
+			<-execSeen.done
+			s.boost.end()
+		}()
+	}
 	var err error
 	if s.exe, err = namedPath(); err != nil {
 		s.exe = "/proc/self/exe" // works, named "exe"
@@ -93,7 +104,7 @@ func superviseMain(version string) int {
 	log.SetVerbosity(cfg.Debug)
 	if cfg.EmptyInitramfs {
 		// Before enterRoot: the root to empty is the one we started in.
-		if err := emptyAfterExec(log.Debugf); err != nil {
+		if err := emptyAfterExec(execSeen, log.Debugf); err != nil {
 			log.Warnf("supervisor: %v", err)
 		}
 	}
@@ -126,6 +137,7 @@ type supervisor struct {
 
 	restarts uint64
 	served   bool // a serving process reported ready
+	boost    bootBoost
 }
 
 // child is one serving process.
@@ -252,6 +264,7 @@ func (s *supervisor) spawn() (*child, error) {
 		evR.Close()
 		return nil, fmt.Errorf("exec %s: %w", s.exe, err)
 	}
+	s.boost.raise(p.Pid)
 	c := &child{proc: p, cfgW: cfgW, started: time.Now(), events: make(chan Event, 16), exited: make(chan exitState, 1)}
 	go readEvents(evR, c.events)
 	go func() {

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/isboot/isboot/internal/blockdev"
 	"github.com/isboot/isboot/internal/nbd"
 )
@@ -278,4 +280,74 @@ func copyExe(src, dst string) error {
 		return err
 	}
 	return out.Close()
+}
+
+// Until the process that started the supervisor execs or exits (PID 1 execs the real
+// init), every serving process, a restarted one too, runs at bootNice on all its
+// threads; afterwards the current one is lowered and new ones start at 0.
+func TestServingProcessRaisedUntilTheBootEnds(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (a negative nice value)")
+	}
+	sup, dir := startSupervised(t, "", &syscall.SysProcAttr{Setsid: true})
+	statusDir := filepath.Join(dir, "run")
+	pid := waitPid(t, statusDir, 0)
+	if got := threadNices(t, pid); !allAre(got, bootNice) {
+		t.Fatalf("serving process during the boot: nice %v, want %d on every thread", got, bootNice)
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	pid = waitPid(t, statusDir, pid)
+	if got := threadNices(t, pid); !allAre(got, bootNice) {
+		t.Fatalf("serving process restarted during the boot: nice %v, want %d", got, bootNice)
+	}
+	if got := threadNices(t, sup.Cmd.Process.Pid); !allAre(got, 0) {
+		t.Errorf("supervisor: nice %v, want 0", got)
+	}
+	unix.Close(sup.execW) // as PID 1's exec does
+	sup.execW = -1
+	deadline := time.Now().Add(10 * time.Second)
+	for got := threadNices(t, pid); !allAre(got, 0); got = threadNices(t, pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("serving process after the boot: nice %v, want 0", got)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	pid = waitPid(t, statusDir, pid)
+	if got := threadNices(t, pid); !allAre(got, 0) {
+		t.Errorf("serving process restarted after the boot: nice %v, want 0", got)
+	}
+	stopSupervised(t, sup, statusDir)
+}
+
+// threadNices reads the nice value of each of pid's threads.
+func threadNices(t *testing.T, pid int) []int {
+	t.Helper()
+	stats, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+	var nices []int
+	for _, p := range stats {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue // the thread ended
+		}
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		n, err := strconv.Atoi(f[16]) // field 19 of proc(5), counting from the state (3)
+		if err != nil {
+			t.Fatalf("%s: nice %q: %v", p, f[16], err)
+		}
+		nices = append(nices, n)
+	}
+	if len(nices) == 0 {
+		t.Fatalf("pid %d: no threads", pid)
+	}
+	return nices
+}
+
+func allAre(nices []int, want int) bool {
+	for _, n := range nices {
+		if n != want {
+			return false
+		}
+	}
+	return true
 }

@@ -21,15 +21,18 @@ import (
 // hook unit): it prints systemd's own monotonic timestamps, which count from the
 // kernel's start, so neither QEMU's start nor the host's reading of the console
 // is in them, and powers off cleanly so the next boot finds the filesystem as the
-// image left it. Before that it prints systemd's critical chain to the unit and the
-// slowest units, for a reader of -v who wants to know where a slow boot went.
+// image left it. Before that it prints systemd's critical chain to the unit, the
+// slowest units and the processes that used the most CPU (all their threads, from
+// schedstat: a Go daemon's main thread alone shows almost nothing), for a reader
+// of -v who wants to know where a slow boot went.
 const bootHook = `echo "BENCH-BOOT unit=$(systemctl show -P ExecMainStartTimestampMonotonic isboot-test-hook.service) userspace=$(systemctl show -P UserspaceTimestampMonotonic)"
 for d in nbd0 sda; do [ -e /sys/block/$d/stat ] && echo "BENCH-IO $d $(cat /sys/block/$d/stat)"; done
 systemd-analyze critical-chain --no-pager isboot-test-hook.service 2>&1 | sed 's/^/BENCH-CHAIN /'
 systemd-analyze blame --no-pager 2>&1 | head -n 8 | sed 's/^/BENCH-BLAME /'
 echo "BENCH-BLAME cpu: $(head -n 1 /proc/stat)"
 [ -e /run/isboot/status ] && grep -E '^net.isboot.(commands|read_bytes|write_bytes|zero_writes|readahead)' /run/isboot/status | sed 's/^/BENCH-BLAME /'
-for p in /proc/[0-9]*; do read -r c < $p/comm 2>/dev/null; case "$c" in *isboot*|iscsi*) echo "BENCH-BLAME $c: $(cut -d' ' -f14,15 $p/stat) ticks";; esac; done
+for p in /proc/[0-9]*; do read -r c < $p/comm 2>/dev/null; case "$c" in *isboot*|iscsi*) echo "BENCH-BLAME $c: $(cut -d' ' -f14,15 $p/stat) ticks, $(grep -E '^sysc' $p/io | tr '\n' ' ')$(cat $p/task/*/status | awk '/ctxt_switches/ {n[$1] += $2} END {for (k in n) printf "%s %d ", k, n[k]}')";; esac; done
+for p in /proc/[0-9]*; do read -r c < $p/comm 2>/dev/null || continue; t=0; for s in $p/task/*/schedstat; do read -r ns _ < $s 2>/dev/null && t=$((t + ns)); done; echo "$((t / 1000000)) ms $c"; done | sort -rn | head -n 12 | sed 's/^/BENCH-CPU /'
 systemctl poweroff
 `
 
@@ -150,6 +153,8 @@ func bootOnce(b *testing.B, k vm.Kernel, g guest, tab string, hookArgs []string,
 				where = append(where, "chain: "+line[i+len("BENCH-CHAIN "):])
 			} else if i := strings.Index(line, "BENCH-BLAME "); i >= 0 {
 				where = append(where, "blame: "+line[i+len("BENCH-BLAME "):])
+			} else if i := strings.Index(line, "BENCH-CPU "); i >= 0 {
+				where = append(where, "cpu: "+line[i+len("BENCH-CPU "):])
 			}
 		}
 		b.Logf("%s: where systemd's time went:\n%s", g.name, strings.Join(where, "\n"))
