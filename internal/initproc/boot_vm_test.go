@@ -80,8 +80,8 @@ func TestBootScenarios(t *testing.T) {
 			cmdline: "root=/dev/nbd0p2 rootfstype=ext4 rootflags=noatime rw single -- one two", disk: rootimg.Options{ESP: true},
 			wantRoot: "/dev/nbd0p2", wantMount: "mount -t ext4 /dev/nbd0p2 /newroot -o noatime",
 			// The kernel hands /init bare words and what follows "--" (the VM harness
-			// appends no_timer_check); the real init must get them all, in order.
-			initArgs: "single one two no_timer_check"},
+			// puts its own parameters before it); the real init must get them all, in order.
+			initArgs: "single one two"},
 		{name: "bios-sanhook-gotgt", firmware: vm.BIOS, nic: "virtio-net-pci", gotgt: true,
 			disk: rootimg.Options{}, wantRoot: "/dev/nbd0p1"},
 		{name: "uefi-ipxe-tgtd-chap", firmware: vm.UEFI, nic: "e1000", chap: chap,

@@ -114,3 +114,19 @@ func TestConsoleWaitFor(t *testing.T) {
 		t.Fatalf("after exit: %v", err)
 	}
 }
+
+// The harness's own kernel parameters must reach the kernel: after "--" every word
+// is init's, so they go before it.
+func TestWithKernelParam(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"", "p=1"},
+		{"console=ttyS0 quiet", "console=ttyS0 quiet p=1"},
+		{"root=/dev/x single -- one two", "root=/dev/x single p=1 -- one two"},
+		{"-- one", "p=1 -- one"},
+		{"a -- b -- c", "a p=1 -- b -- c"},
+	} {
+		if got := withKernelParam(c.in, "p=1"); got != c.want {
+			t.Errorf("withKernelParam(%q) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}

@@ -65,6 +65,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -160,6 +161,17 @@ func (n NIC) romFile(fw Firmware) string {
 	return filepath.Join(ROMDir, prefix+name+".rom")
 }
 
+// withKernelParam adds p to cmdline where the kernel reads it: before a "--",
+// after which every word is init's.
+func withKernelParam(cmdline, p string) string {
+	words := strings.Fields(cmdline)
+	i := slices.Index(words, "--")
+	if i < 0 {
+		i = len(words)
+	}
+	return strings.Join(slices.Insert(words, i, p), " ")
+}
+
 // VM is a running (or finished) QEMU guest.
 type VM struct {
 	t       testing.TB
@@ -198,7 +210,7 @@ func start(t testing.TB, cfg Config) (*VM, error) {
 	// Under TCG on a loaded host the kernel's IO-APIC timer check can time out and
 	// panic ("IO-APIC + timer doesn't work"); the check proves nothing in a VM.
 	if !strings.Contains(cfg.Cmdline, "no_timer_check") {
-		cfg.Cmdline = strings.TrimSpace(cfg.Cmdline + " no_timer_check")
+		cfg.Cmdline = withKernelParam(cfg.Cmdline, "no_timer_check")
 	}
 	// TCG hands the guest the host's raw TSC, and on a host that is itself a VM
 	// that TSC can leap (hours, once, across a pause): a guest keeping time by it
@@ -206,7 +218,7 @@ func start(t testing.TB, cfg Config) (*VM, error) {
 	// QEMU drives from the host's monotonic clock. Benchmarks keep the TSC: its
 	// vDSO reads are what a real machine has, and a leap only spoils one run.
 	if _, bench := t.(*testing.B); !bench && !strings.Contains(cfg.Cmdline, "clocksource=") {
-		cfg.Cmdline += " clocksource=hpet"
+		cfg.Cmdline = withKernelParam(cfg.Cmdline, "clocksource=hpet")
 	}
 	if cfg.NIC == nil && cfg.Firmware != Direct {
 		cfg.NIC = &NIC{}
