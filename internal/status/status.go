@@ -253,16 +253,30 @@ func (s *Status) Lines() []KV {
 	return out
 }
 
-// Marshal renders s as the file's bytes.
+// Marshal renders s as the file's bytes. The daemon rewrites the file every second
+// while its counters move, on the boot's one emulated CPU too: so no fmt and no
+// replacer built per call.
 func (s *Status) Marshal() []byte {
-	var b bytes.Buffer
-	for _, e := range s.Lines() {
-		// A value never spans lines, whatever an error message held.
-		v := strings.NewReplacer("\n", " ", "\r", " ").Replace(e.Value)
-		fmt.Fprintf(&b, "%s: %s\n", e.Key, v)
+	lines := s.Lines()
+	n := 0
+	for _, e := range lines {
+		n += len(e.Key) + len(e.Value) + 3
 	}
-	return b.Bytes()
+	b := make([]byte, 0, n)
+	for _, e := range lines {
+		b = append(b, e.Key...)
+		b = append(b, ": "...)
+		v := e.Value
+		if strings.ContainsAny(v, "\n\r") {
+			v = oneLine.Replace(v) // a value never spans lines, whatever an error message held
+		}
+		b = append(b, v...)
+		b = append(b, '\n')
+	}
+	return b
 }
+
+var oneLine = strings.NewReplacer("\n", " ", "\r", " ")
 
 // Writer rewrites one status file.
 type Writer struct {
@@ -306,14 +320,29 @@ func (w *Writer) Write(s *Status) error {
 	if err != nil {
 		return fmt.Errorf("status: create %s/%s: %w", w.dir.Name(), tmp, err)
 	}
-	f := os.NewFile(uintptr(fd), tmp)
-	_, werr := f.Write(s.Marshal())
-	cerr := f.Close()
+	werr := writeAll(fd, s.Marshal())
+	cerr := unix.Close(fd)
 	if err := errors.Join(werr, cerr); err != nil {
 		return fmt.Errorf("status: write %s/%s: %w", w.dir.Name(), tmp, err)
 	}
 	if err := unix.Renameat(dfd, tmp, dfd, w.name); err != nil {
 		return fmt.Errorf("status: rename to %s: %w", w.Path(), err)
+	}
+	return nil
+}
+
+// writeAll writes b to the regular file fd (no os.File: that would try the poller
+// first, a system call for nothing).
+func writeAll(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Write(fd, b)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		b = b[n:]
 	}
 	return nil
 }
