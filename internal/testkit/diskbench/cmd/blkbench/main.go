@@ -182,9 +182,10 @@ type cpuStat struct {
 	tcp                            map[string]float64 // TcpExt counters
 }
 
-// tcpCounters are the TcpExt counters that show a receive queue in trouble: the
-// stack copying queued segments together (collapse) or dropping them (prune, ofo).
-var tcpCounters = []string{"PruneCalled", "TCPRcvCollapsed", "TCPRcvQDrop", "TCPOFOQueue", "DelayedACKs"}
+// tcpCounters are the TcpExt counters that show a receive queue in trouble (the
+// stack copying queued segments together (collapse) or dropping them (prune, ofo)),
+// and the segments in and out (Tcp), whose ratio shows how often the guest ACKs.
+var tcpCounters = []string{"PruneCalled", "TCPRcvCollapsed", "TCPRcvQDrop", "TCPOFOQueue", "DelayedACKs", "InSegs", "OutSegs"}
 
 func readCPU() cpuStat {
 	var c cpuStat
@@ -204,11 +205,15 @@ func readCPU() cpuStat {
 	}
 	c.daemon = daemonSwitches()
 	c.tcp = map[string]float64{}
-	if b, err := os.ReadFile("/proc/net/netstat"); err == nil {
+	for file, group := range map[string]string{"/proc/net/netstat": "TcpExt:", "/proc/net/snmp": "Tcp:"} {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			continue
+		}
 		lines := strings.Split(string(b), "\n")
 		for i := 0; i+1 < len(lines); i += 2 {
 			names, vals := strings.Fields(lines[i]), strings.Fields(lines[i+1])
-			if len(names) == 0 || names[0] != "TcpExt:" || len(vals) != len(names) {
+			if len(names) == 0 || names[0] != group || len(vals) != len(names) {
 				continue
 			}
 			for j, n := range names {
