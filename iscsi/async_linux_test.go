@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/isboot/isboot/internal/testkit/testtarget"
@@ -76,5 +77,41 @@ func TestAsyncReadWrite(t *testing.T) {
 	errs = asyncAll(1, func(_ int, done func(int, error)) { l.ReadAtAsync(make([]byte, 4096), 0, done) })
 	if !errors.Is(errs[0], ErrClosed) {
 		t.Fatalf("read after Close: %v", errs[0])
+	}
+}
+
+// TestLoneAsyncCommandFlushedByItsCaller reads one block at a time through the
+// asynchronous path: a command alone in flight leaves in its caller's own write, and
+// the writer goroutine is never woken to flush it. Reads 32 at a time still leave
+// their flushes to the writer, which batches them.
+func TestLoneAsyncCommandFlushedByItsCaller(t *testing.T) {
+	d := startTgtd(t, testtarget.TgtdOptions{Size: 8 << 20})
+	s := dial(t, faultConfig(d, d.Addr()))
+	l := s.LUN()
+	var flushes atomic.Int64
+	hook := func() { flushes.Add(1) }
+	writerFlushHook.Store(&hook)
+	defer writerFlushHook.Store(nil)
+	buf := make([]byte, 4096)
+	for i := range 64 {
+		done := make(chan error, 1)
+		l.ReadAtAsync(buf, int64(i)*4096, func(_ int, err error) { done <- err })
+		if err := <-done; err != nil {
+			t.Fatalf("read %d: %v", i, err)
+		}
+	}
+	if n := flushes.Load(); n != 0 {
+		t.Errorf("the writer goroutine flushed %d times for 64 reads made one at a time, want 0", n)
+	}
+	errs := asyncAll(256, func(i int, done func(int, error)) {
+		l.ReadAtAsync(make([]byte, 4096), int64(i)*4096, done)
+	})
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("batched read %d: %v", i, err)
+		}
+	}
+	if flushes.Load() == 0 {
+		t.Error("256 reads started together: the writer never flushed, so nothing was batched")
 	}
 }

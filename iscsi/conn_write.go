@@ -1,6 +1,9 @@
 package iscsi
 
-import "runtime"
+import (
+	"runtime"
+	"sync/atomic"
+)
 
 // ctrl kinds sent to the writer outside the command window.
 const (
@@ -43,6 +46,10 @@ func (c *conn) windowOK() bool {
 	// CmdSN may go up to MaxCmdSN inclusive.
 	return !c.windowKnown.Load() || !snLess(c.maxCmdSN.Load(), c.cmdSN)
 }
+
+// writerFlushHook, when set (by tests), runs when the writer goroutine is about to
+// write what callers and it queued.
+var writerFlushHook atomic.Pointer[func()]
 
 // writeRun is the writer goroutine. It holds wmu except while it waits, so callers
 // that find the connection idle (direct) send their own commands in between.
@@ -111,6 +118,11 @@ func (c *conn) writeRun() error {
 				c.wmu.Lock()
 				continue
 			}
+			if len(c.wr.out) > 0 {
+				if h := writerFlushHook.Load(); h != nil {
+					(*h)()
+				}
+			}
 			if err := c.wr.flush(); err != nil {
 				return err
 			}
@@ -174,10 +186,13 @@ func (c *conn) sendDirect(ref taskRef, deferFlush bool) bool {
 	switch {
 	case c.senders.Add(-1) != 0 || err != nil || len(c.wr.out) == 0:
 		// Another caller waits for wmu and flushes after its own command.
-	case deferFlush:
+	case deferFlush && c.inflight.commands.Load() > 1:
 		// A caller that starts many commands from one goroutine (execAsync) leaves
 		// the flush to the writer, which on a busy CPU runs after the caller queued
-		// the rest of its batch: one write for many commands.
+		// the rest of its batch: one write for many commands. A command alone in
+		// flight (a booting system's reads, one after another) has no batch to wait
+		// for: handing its flush to the writer cost a channel send, a wake-up and a
+		// goroutine switch per read.
 		select {
 		case c.flushKick <- struct{}{}:
 		default:
