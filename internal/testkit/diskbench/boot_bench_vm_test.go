@@ -23,8 +23,11 @@ import (
 // is in them, and powers off cleanly so the next boot finds the filesystem as the
 // image left it. Before that it prints systemd's critical chain to the unit, the
 // slowest units and the processes that used the most CPU (all their threads, from
-// schedstat: a Go daemon's main thread alone shows almost nothing), for a reader
-// of -v who wants to know where a slow boot went.
+// schedstat: a Go daemon's main thread alone shows almost nothing) and how long they
+// waited, runnable, for the CPU, for a reader of -v who wants to know where a slow
+// boot went. Booted with block tracing on
+// ($ISBOOT_BENCH_CMDLINE="trace_event=block:block_rq_issue,block:block_rq_complete
+// trace_buf_size=8M"), it also prints every request as BENCH-TRACE lines.
 const bootHook = `echo "BENCH-BOOT unit=$(systemctl show -P ExecMainStartTimestampMonotonic isboot-test-hook.service) userspace=$(systemctl show -P UserspaceTimestampMonotonic)"
 for d in nbd0 sda; do [ -e /sys/block/$d/stat ] && echo "BENCH-IO $d $(cat /sys/block/$d/stat)"; done
 systemd-analyze critical-chain --no-pager isboot-test-hook.service 2>&1 | sed 's/^/BENCH-CHAIN /'
@@ -32,7 +35,8 @@ systemd-analyze blame --no-pager 2>&1 | head -n 8 | sed 's/^/BENCH-BLAME /'
 echo "BENCH-BLAME cpu: $(head -n 1 /proc/stat)"
 [ -e /run/isboot/status ] && grep -E '^net.isboot.(commands|read_bytes|write_bytes|zero_writes|readahead)' /run/isboot/status | sed 's/^/BENCH-BLAME /'
 for p in /proc/[0-9]*; do read -r c < $p/comm 2>/dev/null; case "$c" in *isboot*|iscsi*) echo "BENCH-BLAME $c: $(cut -d' ' -f14,15 $p/stat) ticks, $(grep -E '^sysc' $p/io | tr '\n' ' ')$(cat $p/task/*/status | awk '/ctxt_switches/ {n[$1] += $2} END {for (k in n) printf "%s %d ", k, n[k]}')";; esac; done
-for p in /proc/[0-9]*; do read -r c < $p/comm 2>/dev/null || continue; t=0; for s in $p/task/*/schedstat; do read -r ns _ < $s 2>/dev/null && t=$((t + ns)); done; echo "$((t / 1000000)) ms $c"; done | sort -rn | head -n 12 | sed 's/^/BENCH-CPU /'
+for p in /proc/[0-9]*; do read -r c < $p/comm 2>/dev/null || continue; t=0; w=0; for s in $p/task/*/schedstat; do read -r ns wait _ < $s 2>/dev/null && t=$((t + ns)) && w=$((w + wait)); done; echo "$((t / 1000000)) ms $c (waited $((w / 1000000)) ms to run)"; done | sort -rn | head -n 12 | sed 's/^/BENCH-CPU /'
+t=/sys/kernel/tracing/trace; [ -e $t ] && grep -q block_rq $t && grep block_rq $t | sed 's/^/BENCH-TRACE /'
 systemctl poweroff
 `
 
@@ -124,7 +128,8 @@ func bootOnce(b *testing.B, k vm.Kernel, g guest, tab string, hookArgs []string,
 		Firmware: vm.Direct, Kernel: k.Image, Initrd: g.initrd,
 		// The anchor takes root=/dev/... only and otherwise mounts /dev/sda1, the
 		// same partition isboot finds by UUID.
-		Cmdline:    "console=ttyS0 panic=-1 net.ifnames=0 isboot.timeout=60 root=UUID=" + debroot.FSUUID,
+		Cmdline: strings.TrimSpace("console=ttyS0 panic=-1 net.ifnames=0 isboot.timeout=60 root=UUID=" + debroot.FSUUID +
+			" " + os.Getenv("ISBOOT_BENCH_CMDLINE")),
 		ACPITables: []string{tab},
 		NIC:        &vm.NIC{Model: "virtio-net-pci", MAC: "52:54:00:12:34:56"},
 		MemoryMB:   768, CPUs: 1,
