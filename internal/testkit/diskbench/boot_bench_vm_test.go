@@ -41,8 +41,9 @@ systemctl poweroff
 `
 
 // benchIO is the root disk's /sys/block/<dev>/stat at the hook: reads, merged,
-// sectors; the I/O the boot did, which the host's load does not change.
-var benchIO = regexp.MustCompile(`BENCH-IO (\w+) +(\d+) +(\d+) +(\d+)`)
+// sectors, and the milliseconds reads took, summed; the I/O the boot did, which the
+// host's load does not change, and how long the boot waited for it.
+var benchIO = regexp.MustCompile(`BENCH-IO (\w+) +(\d+) +(\d+) +(\d+) +(\d+)`)
 
 var bootTimes = regexp.MustCompile(`BENCH-BOOT unit=(\d+) userspace=(\d+)`)
 
@@ -148,8 +149,10 @@ func bootOnce(b *testing.B, k vm.Kernel, g guest, tab string, hookArgs []string,
 		b.Fatalf("%s guest did not power off: %v", g.name, err)
 	}
 	if io := benchIO.FindStringSubmatch(v.Console()); io != nil {
+		reads, _ := strconv.ParseFloat(io[2], 64)
 		sectors, _ := strconv.ParseFloat(io[4], 64)
-		b.Logf("%s: %s read %s requests, %.1f MiB by the hook", g.name, io[1], io[2], sectors/2048)
+		ms, _ := strconv.ParseFloat(io[5], 64)
+		b.Logf("%s: %s read %s requests, %.1f MiB by the hook, %.2f ms each on average", g.name, io[1], io[2], sectors/2048, ms/max(reads, 1))
 	}
 	if testing.Verbose() {
 		var where []string
