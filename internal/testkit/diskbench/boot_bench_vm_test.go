@@ -34,7 +34,7 @@ systemd-analyze critical-chain --no-pager isboot-test-hook.service 2>&1 | sed 's
 systemd-analyze blame --no-pager 2>&1 | head -n 8 | sed 's/^/BENCH-BLAME /'
 echo "BENCH-BLAME cpu: $(head -n 1 /proc/stat)"
 [ -e /run/isboot/status ] && grep -E '^net.isboot.(commands|read_bytes|write_bytes|zero_writes|readahead)' /run/isboot/status | sed 's/^/BENCH-BLAME /'
-for p in /proc/[0-9]*; do read -r c < $p/comm 2>/dev/null; case "$c" in *isboot*|iscsi*) echo "BENCH-BLAME $c: $(cut -d' ' -f14,15 $p/stat) ticks, $(grep -E '^sysc' $p/io | tr '\n' ' ')$(cat $p/task/*/status | awk '/ctxt_switches/ {n[$1] += $2} END {for (k in n) printf "%s %d ", k, n[k]}')";; esac; done
+for p in /proc/[0-9]*; do read -r c < $p/comm 2>/dev/null; case "$c" in *isboot*|iscsi*) echo "BENCH-BLAME $c: $(cut -d' ' -f14,15 $p/stat) ticks, nice $(cut -d' ' -f19 $p/stat), $(grep -E '^sysc' $p/io | tr '\n' ' ')$(cat $p/task/*/status | awk '/ctxt_switches/ {n[$1] += $2} END {for (k in n) printf "%s %d ", k, n[k]}')";; esac; done
 for p in /proc/[0-9]*; do read -r c < $p/comm 2>/dev/null || continue; t=0; w=0; for s in $p/task/*/schedstat; do read -r ns wait _ < $s 2>/dev/null && t=$((t + ns)) && w=$((w + wait)); done; echo "$((t / 1000000)) ms $c (waited $((w / 1000000)) ms to run)"; done | sort -rn | head -n 12 | sed 's/^/BENCH-CPU /'
 t=/sys/kernel/tracing/trace; [ -e $t ] && grep -q block_rq $t && grep block_rq $t | sed 's/^/BENCH-TRACE /'
 systemctl poweroff
