@@ -49,7 +49,7 @@ func (b *bootBoost) end() {
 	defer b.mu.Unlock()
 	b.on = false
 	if b.pid != 0 {
-		_ = unix.Setpriority(unix.PRIO_PGRP, b.pid, -10) // gone already: nothing to lower
+		_ = unix.Setpriority(unix.PRIO_PGRP, b.pid, 0) // gone already: nothing to lower
 		b.pid = 0
 	}
 }
