@@ -113,8 +113,9 @@ func serveMain(dial Dialer, version string, attach func(*nbd.Server, nbd.AttachC
 				rep.close()
 			}
 		},
-		Signals: sigs,
-		InUse:   func(dev string) bool { return devDir != nil && inUse(devDir, dev) },
+		Signals:     sigs,
+		InUse:       func(dev string) bool { return devDir != nil && inUse(devDir, dev) },
+		FollowQueue: true,
 	})
 	switch {
 	case err == nil:

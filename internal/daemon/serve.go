@@ -70,6 +70,9 @@ type Options struct {
 	Pid int
 	// KeepLease renews Config.Lease until its context ends; nil: netcfg.KeepLease.
 	KeepLease func(context.Context, netcfg.Lease, netcfg.KeepOptions)
+	// FollowQueue sets the process's priority from the kernel's queue on the
+	// device (queuePriority): for the serving process, which is alone in it.
+	FollowQueue bool
 }
 
 // Attachment is what Run needs of an attached kernel device (nbd.Attachment).
@@ -146,7 +149,11 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 		return err
 	}
 	lun := sess.LUN()
-	srv := nbd.NewServer(readAhead(lun, cfg.ReadAheadKB), nbd.Options{ExportName: cfg.TargetName, Logf: o.Logf})
+	nopts := nbd.Options{ExportName: cfg.TargetName, Logf: o.Logf}
+	if o.FollowQueue {
+		nopts.Depth = (&queuePriority{logf: o.Logf}).depth
+	}
+	srv := nbd.NewServer(readAhead(lun, cfg.ReadAheadKB), nopts)
 	att, err := o.Attach(srv, nbd.AttachConfig{
 		KernelConfig: nbd.KernelConfig{
 			Index: cfg.Device,

@@ -148,13 +148,11 @@ func (cn *conn) mergeFollowers(req request, subs []request) (request, []request)
 		if !ok {
 			break // a wait that another request ended cost little: not a miss
 		}
-		select {
-		case cn.slots <- struct{}{}:
-		default:
+		if !cn.tryTakeSlot() {
 			return union, subs
 		}
 		if !cn.s.budget.TryAcquire(payload) {
-			<-cn.slots
+			cn.returnSlot()
 			break
 		}
 		if waited {
@@ -323,7 +321,7 @@ func (cn *conn) finish(o *asyncOp) {
 	}
 	cn.release(buf, payload)
 	for range extra {
-		<-cn.slots
+		cn.returnSlot()
 	}
 	cn.wg.Done()
 }

@@ -43,6 +43,11 @@ type Options struct {
 	SpliceMin int
 	// Logf receives backend failures and protocol errors (default log.Printf).
 	Logf func(format string, args ...any)
+	// Depth, when set, hears how many requests are in flight over all connections
+	// each time a connection's reader takes one in (itself included), before the
+	// request starts: for a server that follows the client's queue (the daemon's
+	// priority, queuePriority). It runs on the reader and must be quick.
+	Depth func(inFlight int)
 }
 
 // Stats are cumulative counters over all connections.
@@ -68,6 +73,8 @@ type Server struct {
 	// rmw serialises read-modify-write cycles for unaligned writes, so two of them
 	// touching the same block cannot lose each other's bytes.
 	rmw sync.Mutex
+	// inFlight counts the requests that hold a connection's slot, over all of them.
+	inFlight atomic.Int32
 
 	commands, readBytes, writeBytes, errs, spliced, zeroWrites, mergedReads atomic.Uint64
 }

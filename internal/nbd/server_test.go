@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -291,6 +292,50 @@ func TestQueueDepthBoundsRequestsInFlight(t *testing.T) {
 	}
 	if len(seen) != 16 || dev.maxInside.Load() > 4 {
 		t.Errorf("replies for %d cookies, max in flight %d", len(seen), dev.maxInside.Load())
+	}
+}
+
+// Options.Depth hears the requests in flight as each one comes in, itself counted:
+// three held at the device are 1, 2, 3; once they are answered, the next is 1 again.
+func TestDepthCountsRequestsInFlight(t *testing.T) {
+	dev := &gateDev{Mem: blockdev.NewMem(1<<20, 512, false), gate: make(chan struct{})}
+	var mu sync.Mutex
+	var depths []int
+	sock, srv := serveUnix(t, dev, Options{Depth: func(n int) {
+		mu.Lock()
+		depths = append(depths, n)
+		mu.Unlock()
+	}})
+	tc := dialTest(t, "unix", sock, "")
+	for i := range 3 {
+		if err := tc.send(cmdRead, 0, uint64(i), 0, 512, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for dev.inside.Load() < 3 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(dev.gate)
+	for range 3 {
+		if _, errno, _, err := tc.recv(func(uint64) int { return 512 }); err != nil || errno != 0 {
+			t.Fatalf("reply: errno %d, %v", errno, err)
+		}
+	}
+	// A slot goes back just after its reply is written: wait for the last one.
+	for srv.inFlight.Load() != 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if err := tc.send(cmdRead, 0, 9, 512, 512, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, errno, _, err := tc.recv(func(uint64) int { return 512 }); err != nil || errno != 0 {
+		t.Fatalf("reply: errno %d, %v", errno, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []int{1, 2, 3, 1}; !slices.Equal(depths, want) {
+		t.Errorf("depths heard %v, want %v", depths, want)
 	}
 }
 

@@ -187,9 +187,9 @@ func (cn *conn) readRequests(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		cn.slots <- struct{}{}
+		cn.takeSlot()
 		if err := s.budget.Acquire(ctx, payload); err != nil {
-			<-cn.slots
+			cn.returnSlot()
 			return err
 		}
 		if err := cn.dispatch(req, payload, true); err != nil {
@@ -259,6 +259,33 @@ func (cn *conn) release(buf []byte, payload int64) {
 		cn.s.bufs.put(buf)
 	}
 	cn.s.budget.Release(payload)
+	cn.returnSlot()
+}
+
+// takeSlot waits for room for one more request in flight on the connection, and
+// tells Options.Depth how many are in flight on all of them.
+func (cn *conn) takeSlot() {
+	cn.slots <- struct{}{}
+	n := cn.s.inFlight.Add(1)
+	if cn.s.opts.Depth != nil {
+		cn.s.opts.Depth(int(n))
+	}
+}
+
+// tryTakeSlot takes a slot if one is free, without telling Options.Depth: for the
+// reads merged into one already counted.
+func (cn *conn) tryTakeSlot() bool {
+	select {
+	case cn.slots <- struct{}{}:
+		cn.s.inFlight.Add(1)
+		return true
+	default:
+		return false
+	}
+}
+
+func (cn *conn) returnSlot() {
+	cn.s.inFlight.Add(-1)
 	<-cn.slots
 }
 
