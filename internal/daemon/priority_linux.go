@@ -4,6 +4,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -31,11 +32,12 @@ const (
 )
 
 // queuePriority sets the process's nice value from the queue depth it hears
-// (nbd.Options.Depth). Only a change of level costs a system call.
+// (nbd.Options.Depth). Only a change of level costs a system call or the lock;
+// every request calls depth.
 type queuePriority struct {
-	mu    sync.Mutex
-	known bool // level holds what was last set; false until the first depth
-	level int  // the nice value set
+	// level holds the nice value set last plus levelKnown; 0 until the first.
+	level atomic.Int32
+	mu    sync.Mutex // one change at a time
 	// set sets the process's nice value; nil: setProcessNice.
 	set  func(nice int) error
 	logf func(string, ...any)
@@ -51,9 +53,12 @@ func (q *queuePriority) depth(n int) {
 	case n >= batchDepth:
 		want = 0
 	}
+	if want == 1 || q.level.Load() == int32(want+levelKnown) {
+		return
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if want == 1 || (q.known && q.level == want) {
+	if q.level.Load() == int32(want+levelKnown) {
 		return
 	}
 	set := q.set
@@ -69,8 +74,11 @@ func (q *queuePriority) depth(n int) {
 	}
 	// Recorded even when it failed: a failure that comes again is not retried on
 	// every request.
-	q.known, q.level = true, want
+	q.level.Store(int32(want + levelKnown))
 }
+
+// levelKnown marks queuePriority.level as set: nice values lie in -20..19.
+const levelKnown = 100
 
 // setProcessNice gives every thread of the process the nice value n. Linux keeps
 // it per thread, and a new thread inherits its creator's. The serving process leads
