@@ -181,13 +181,13 @@ func (cn *conn) continues(union, next request, err error) (int64, bool) {
 }
 
 // mayWaitForFollower reports whether the reader may wait a little for a read that
-// continues union: never for the kernel (its requests arrive merged already), only
-// while the device already works on mergeWaitDepth of this connection's requests, so
-// the wait hides behind theirs, and only while union can grow. A client whose waits
+// continues union: only while the device already works on mergeWaitDepth of this
+// connection's requests, so the wait hides behind theirs, and only while union can
+// grow. (The kernel's connection has no piped reads, so it never waits.) A client whose waits
 // end empty (a last read, or random reads) is waited for again only every
 // followerProbe chances.
 func (cn *conn) mayWaitForFollower(union request) bool {
-	if cn.neg.kernel || len(cn.slots) < mergeWaitDepth || union.length+uint32(cn.s.opts.SpliceMin) > cn.mergeMax {
+	if len(cn.slots) < mergeWaitDepth || union.length+uint32(cn.s.opts.SpliceMin) > cn.mergeMax {
 		return false
 	}
 	if cn.followerScore < 0 {

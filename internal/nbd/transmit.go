@@ -144,8 +144,13 @@ func (s *Server) transmit(ctx context.Context, c net.Conn, src *source, br *bufi
 		cn.async, cn.ops = a, make(chan *asyncOp, s.opts.QueueDepth)
 		cn.exchanger, _ = a.(blockdev.Exchanger)
 		cn.kick = make(chan struct{}, 1)
+		// The kernel's own socket is never spliced into: its receive worker takes a
+		// spliced reply a TCP segment at a time. In the TCG guest, on Linux 6.1 and on
+		// Debian 12's 6.12 alike, spliced sequential reads ran at 46-48 MiB/s with 3.5
+		// times the context switches, against 53-71 MiB/s copied (which also keeps
+		// them in reach of the read-ahead).
 		_, isUnix := c.(*net.UnixConn)
-		if p, ok := a.(blockdev.PipeReader); ok && sock != nil && s.opts.SpliceMin > 0 && (!isUnix || pipebuf.ToUnixCheap()) {
+		if p, ok := a.(blockdev.PipeReader); ok && sock != nil && s.opts.SpliceMin > 0 && !neg.kernel && (!isUnix || pipebuf.ToUnixCheap()) {
 			cn.piped, cn.raw = p, sock.RawConn()
 			cn.pipes = make(chan *pipebuf.Pipe, s.opts.QueueDepth)
 			cn.mergeMax = mergeMax

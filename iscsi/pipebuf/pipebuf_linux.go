@@ -235,7 +235,8 @@ func (p *Pipe) Close() {
 // copying. Before Linux 6.5 every pipe buffer became its own sendpage call, each
 // waking the reader: spliced from a 1500-byte-MTU socket, ~700 wake-ups per MiB,
 // where a write wakes it ~30 times. Since 6.5 (MSG_SPLICE_PAGES) a splice is one
-// sendmsg.
+// sendmsg. The kernel's NBD socket is never spliced into whatever this says: its
+// receive worker was slower with pipes on 6.12 as well (nbd.Server.transmit).
 var ToUnixCheap = sync.OnceValue(func() bool {
 	var u unix.Utsname
 	if unix.Uname(&u) != nil {
