@@ -51,15 +51,18 @@ func (a *Archive) AddModules(kernelRoot, kver string, names ...string) error {
 		if set.files[rel] {
 			continue
 		}
-		// Debian's kernel ships plain .ko; others compress them, and u-root's kmodule
-		// decompresses before init_module, so those go in as they are.
-		switch path.Ext(rel) {
-		case ".ko", ".gz", ".xz", ".zst":
-		default:
-			return fmt.Errorf("initramfs: module %s: not a .ko, .ko.gz, .ko.xz or .ko.zst", rel)
+		src := filepath.Join(dir, filepath.FromSlash(rel))
+		dst := path.Join("lib/modules", kver, plainModule(rel))
+		if path.Ext(rel) == ".ko" {
+			err = a.AddFile(dst, src, 0o644)
+		} else {
+			// Compressed modules go in decompressed (see decompressModule).
+			var data []byte
+			if data, err = decompressModule(src); err == nil {
+				err = a.AddBytes(dst, data, 0o644)
+			}
 		}
-		dst := path.Join("lib/modules", kver, rel)
-		if err := a.AddFile(dst, filepath.Join(dir, filepath.FromSlash(rel)), 0o644); err != nil {
+		if err != nil {
 			return err
 		}
 		set.files[rel] = true
@@ -67,8 +70,9 @@ func (a *Archive) AddModules(kernelRoot, kver string, names ...string) error {
 	return nil
 }
 
-// Modules returns the module files (paths relative to lib/modules/<kver>) the
-// archive holds for kver, sorted.
+// Modules returns the module files the archive holds for kver, sorted, as the
+// kernel tree names them (paths relative to lib/modules/<kver>; a compressed one
+// keeps its suffix, though the archive holds it decompressed as .ko).
 func (a *Archive) Modules(kver string) []string {
 	set := a.mods[kver]
 	if set == nil {
@@ -95,8 +99,9 @@ func (s *modSet) metadata() map[string][]byte {
 	for rel := range s.files {
 		names[modName(rel)] = true
 	}
+	dep := filterLines(s.idx.depRaw, func(f []string) bool { return len(f) > 0 && s.files[strings.TrimSuffix(f[0], ":")] })
 	return map[string][]byte{
-		"modules.dep":     filterLines(s.idx.depRaw, func(f []string) bool { return len(f) > 0 && s.files[strings.TrimSuffix(f[0], ":")] }),
+		"modules.dep":     plainModuleDep(dep),
 		"modules.alias":   filterLines(s.idx.aliasRaw, func(f []string) bool { return len(f) == 3 && f[0] == "alias" && names[f[2]] }),
 		"modules.softdep": filterLines(s.idx.softdepRaw, func(f []string) bool { return len(f) > 1 && f[0] == "softdep" && names[modName(f[1])] }),
 		"modules.builtin": s.idx.builtinRaw,

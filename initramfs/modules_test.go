@@ -1,11 +1,16 @@
 package initramfs
 
 import (
+	"bytes"
+	"compress/gzip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
 )
 
 // fakeKernel writes a small module tree with hard, soft and alias dependencies.
@@ -18,7 +23,8 @@ func fakeKernel(t *testing.T) (root, kver string) {
 			"kernel/virtio/virtio.ko:\nkernel/net/failover.ko:\n" +
 			"kernel/fs/ext4.ko: kernel/lib/crc16.ko\nkernel/lib/crc16.ko:\n" +
 			"kernel/crypto/crc32c_generic.ko:\nkernel/crypto/crc32c-intel.ko:\nkernel/block/nbd.ko:\n" +
-			"kernel/misc/packed.ko.xz:\n",
+			"kernel/misc/packed.ko.xz: kernel/misc/gpacked.ko.gz kernel/misc/zpacked.ko.zst\n" +
+			"kernel/misc/gpacked.ko.gz:\nkernel/misc/zpacked.ko.zst:\nkernel/misc/broken.ko.xz:\n",
 		"modules.alias": "# Aliases\nalias pci:v00001AF4d00001000sv*sd*bc*sc*i* virtio_pci\n" +
 			"alias virtio:d00000001v* virtio_net\nalias crypto-crc32c crc32c_intel\nalias crypto-crc32c crc32c_generic\n" +
 			"alias block-major-43-* nbd\n",
@@ -28,9 +34,14 @@ func fakeKernel(t *testing.T) (root, kver string) {
 	for rel := range map[string]bool{"kernel/net/virtio_net.ko": true, "kernel/virtio/virtio.ko": true,
 		"kernel/net/failover.ko": true, "kernel/fs/ext4.ko": true, "kernel/lib/crc16.ko": true,
 		"kernel/crypto/crc32c_generic.ko": true, "kernel/crypto/crc32c-intel.ko": true,
-		"kernel/block/nbd.ko": true, "kernel/misc/packed.ko.xz": true} {
+		"kernel/block/nbd.ko": true} {
 		files[rel] = "ELF " + rel
 	}
+	for rel, compress := range map[string]func([]byte) []byte{"kernel/misc/packed.ko.xz": xzBytes,
+		"kernel/misc/gpacked.ko.gz": gzipBytes, "kernel/misc/zpacked.ko.zst": zstdBytes} {
+		files[rel] = string(compress([]byte("ELF " + plainModule(rel))))
+	}
+	files["kernel/misc/broken.ko.xz"] = "ELF, not xz"
 	for rel, data := range files {
 		p := filepath.Join(dir, rel)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
@@ -85,14 +96,69 @@ func TestAddModulesErrors(t *testing.T) {
 	if err := New().AddModules(root, kver, "no_such_module"); err == nil {
 		t.Error("AddModules(no_such_module) succeeded")
 	}
-	// Compressed modules go in as they are (u-root's kmodule decompresses them).
-	a := New()
-	if err := a.AddModules(root, kver, "packed"); err != nil || !slices.Equal(a.Modules(kver), []string{"kernel/misc/packed.ko.xz"}) {
-		t.Errorf("AddModules(packed) = %v, modules %q", err, a.Modules(kver))
+	if err := New().AddModules(root, kver, "broken"); err == nil || !strings.Contains(err.Error(), "broken.ko.xz") {
+		t.Errorf("a module that does not decompress: %v, want an error naming it", err)
 	}
 	if err := New().AddModules(root, "9.9.9", "nbd"); err == nil || !strings.Contains(err.Error(), "modules.dep") {
 		t.Errorf("missing kernel: %v", err)
 	}
+}
+
+// TestAddModulesDecompresses checks that compressed modules (xz, gzip, zstd) go into
+// the archive decompressed, as .ko, and that modules.dep names them so.
+func TestAddModulesDecompresses(t *testing.T) {
+	root, kver := fakeKernel(t)
+	a := New()
+	if err := a.AddModules(root, kver, "packed"); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"kernel/misc/gpacked.ko.gz", "kernel/misc/packed.ko.xz", "kernel/misc/zpacked.ko.zst"}
+	if !slices.Equal(a.Modules(kver), want) {
+		t.Errorf("modules %q, want %q", a.Modules(kver), want)
+	}
+	_, contents := readArchive(t, build(t, a))
+	base := "lib/modules/" + kver + "/"
+	for _, rel := range want {
+		plain := plainModule(rel)
+		if got := contents[base+plain]; got != "ELF "+plain {
+			t.Errorf("%s: %q, want the decompressed module", plain, got)
+		}
+		if _, ok := contents[base+rel]; ok {
+			t.Errorf("%s is in the archive compressed", rel)
+		}
+	}
+	wantDep := "kernel/misc/packed.ko: kernel/misc/gpacked.ko kernel/misc/zpacked.ko\nkernel/misc/gpacked.ko:\nkernel/misc/zpacked.ko:\n"
+	if dep := contents[base+"modules.dep"]; dep != wantDep {
+		t.Errorf("modules.dep:\n%s\nwant:\n%s", dep, wantDep)
+	}
+}
+
+func xzBytes(b []byte) []byte {
+	var buf bytes.Buffer
+	w, err := xz.NewWriter(&buf)
+	if err != nil {
+		panic(err)
+	}
+	w.Write(b)
+	w.Close()
+	return buf.Bytes()
+}
+
+func gzipBytes(b []byte) []byte {
+	var buf bytes.Buffer
+	w := gzip.NewWriter(&buf)
+	w.Write(b)
+	w.Close()
+	return buf.Bytes()
+}
+
+func zstdBytes(b []byte) []byte {
+	w, err := zstd.NewWriter(nil)
+	if err != nil {
+		panic(err)
+	}
+	defer w.Close()
+	return w.EncodeAll(b, nil)
 }
 
 // debianKernel returns the root and version of the Debian kernel `make deps` unpacked,
