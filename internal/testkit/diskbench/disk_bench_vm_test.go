@@ -142,7 +142,7 @@ func BenchmarkDiskInVM(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		for j := range guests {
 			g := (i + j) % len(guests)
-			r := run(b, k, guests[g], tab)
+			r := run(b, k, guests[g], tab, tgt.Pid())
 			hwm = max(hwm, r.daemonHWM)
 			b.Logf("%s on %s: seq write %.1f MiB/s, seq read %.1f MiB/s, random 4k read %.0f IOPS, one at a time %.0f µs each",
 				guests[g].name, guests[g].dev, r.seqWrite, r.seqRead, r.randIOPS, r.qd1Micros)
@@ -170,7 +170,7 @@ func BenchmarkDiskInVM(b *testing.B) {
 }
 
 // run boots g, waits for blkbench's line and the guest's own power-off.
-func run(b *testing.B, k vm.Kernel, g guest, tab string) result {
+func run(b *testing.B, k vm.Kernel, g guest, tab string, tgtdPid int) result {
 	b.Helper()
 	v := vm.Start(b, vm.Config{
 		Firmware: vm.Direct, Kernel: k.Image, Initrd: g.initrd,
@@ -180,6 +180,25 @@ func run(b *testing.B, k vm.Kernel, g guest, tab string) result {
 		MemoryMB:   512, CPUs: 1,
 	})
 	ctx := context.Background()
+	// The host's side of each sequential phase: QEMU's threads and tgtd, per MiB.
+	procs := map[string]int{"qemu": v.Pid(), "tgtd": tgtdPid}
+	failed := `|blkbench: ERROR|isboot: boot failed: |ANCHOR-ERROR |Kernel panic - `
+	for _, phase := range []string{"seq-write", "seq-read"} {
+		var before hostCPU
+		for _, mark := range []string{"begin", "end"} {
+			m, err := v.WaitFor(ctx, 8*time.Minute, `(blkbench: `+mark+` `+phase+failed+`)[^\n]*\n`)
+			if err != nil {
+				b.Fatalf("%s guest: %v", g.name, err)
+			}
+			if !strings.Contains(m[0], mark+" "+phase) {
+				b.Fatalf("%s guest failed: %s", g.name, strings.TrimSpace(m[0]))
+			}
+			if mark == "begin" {
+				before = sampleHostCPU(procs)
+			}
+		}
+		b.Logf("%s: host cpu %s %s (per MiB)", g.name, phase, sampleHostCPU(procs).perUnit(before, scratchSize>>20))
+	}
 	// Boot ~10 s, then at worst a few MiB/s for 2 x 256 MiB under a loaded TCG host.
 	// Up to the line end: the console may hold half a line when WaitFor looks.
 	m, err := v.WaitFor(ctx, 8*time.Minute, `(blkbench: (dev=|ERROR)|isboot: boot failed: |ANCHOR-ERROR |Kernel panic - )[^\n]*\n`)
@@ -193,6 +212,11 @@ func run(b *testing.B, k vm.Kernel, g guest, tab string) result {
 	}
 	if err := v.Wait(ctx, 60*time.Second); err != nil {
 		b.Fatalf("%s guest did not power off: %v", g.name, err)
+	}
+	if dir := os.Getenv("ISBOOT_BENCH_CONSOLE"); dir != "" { // the whole console, for profiling
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("disk-%s-%d.log", g.name, time.Now().UnixNano())), []byte(v.Console()), 0o644); err != nil {
+			b.Logf("console: %v", err)
+		}
 	}
 	for _, l := range cpuLine.FindAllString(v.Console(), -1) {
 		b.Logf("%s: %s", g.name, strings.TrimSpace(l))

@@ -420,6 +420,9 @@ func (v *VM) WaitForReport(ctx context.Context, timeout time.Duration, pattern s
 	}
 }
 
+// Pid is QEMU's process ID (its threads are the guest's CPU and devices).
+func (v *VM) Pid() int { return v.cmd.Process.Pid }
+
 // Elapsed is the time since QEMU started.
 func (v *VM) Elapsed() time.Duration { return time.Since(v.started) }
 

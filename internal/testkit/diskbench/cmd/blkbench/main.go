@@ -27,6 +27,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -80,6 +81,9 @@ func run(dev string, offset, size int64, seqBS, randBS, qd int, randFor, qd1For 
 	seq := func(write bool) (float64, error) {
 		name := map[bool]string{true: "seq-write", false: "seq-read"}[write]
 		defer cpuSince(name, readCPU(), float64(size)/(1<<20), "MiB")
+		// For the host, which samples its own side (QEMU's threads, the target) in between.
+		fmt.Printf("blkbench: begin %s\n", name)
+		defer fmt.Printf("blkbench: end %s\n", name)
 		t0 := time.Now()
 		for off := offset; off < offset+size; off += int64(seqBS) {
 			var n int
@@ -179,6 +183,8 @@ func alignedBuf(n int) ([]byte, error) {
 type cpuStat struct {
 	user, sys, softirq, idle, ctxt float64
 	daemon                         float64            // isboot daemon's context switches, all threads
+	ksoftirqd                      float64            // ksoftirqd/0's CPU: network receive work deferred behind the runnable tasks
+	daemonCPU                      float64            // the serving process's CPU, all threads
 	tcp                            map[string]float64 // TcpExt counters
 }
 
@@ -204,6 +210,8 @@ func readCPU() cpuStat {
 		}
 	}
 	c.daemon = daemonSwitches()
+	c.ksoftirqd = threadTicks("ksoftirqd/0")
+	c.daemonCPU = pidTicks(daemonPid())
 	c.tcp = map[string]float64{}
 	for file, group := range map[string]string{"/proc/net/netstat": "TcpExt:", "/proc/net/snmp": "Tcp:"} {
 		b, err := os.ReadFile(file)
@@ -236,23 +244,17 @@ func cpuSince(phase string, before cpuStat, units float64, unit string) {
 	for _, k := range tcpCounters {
 		fmt.Fprintf(&tcp, " %s=%.0f", k, a.tcp[k]-before.tcp[k])
 	}
-	fmt.Printf("blkbench: cpu %s user=%.1fms sys=%.1fms softirq=%.1fms idle=%.1fms ctxt=%.0f daemon-ctxt=%.0f (per %s); tcp:%s\n", phase,
-		ms(a.user, before.user), ms(a.sys, before.sys), ms(a.softirq, before.softirq), ms(a.idle, before.idle),
-		(a.ctxt-before.ctxt)/units, (a.daemon-before.daemon)/units, unit, tcp.String())
+	fmt.Printf("blkbench: cpu %s user=%.1fms sys=%.1fms softirq=%.1fms idle=%.1fms ksoftirqd=%.1fms daemon=%.1fms ctxt=%.0f daemon-ctxt=%.0f (per %s) daemon-nice=%s; tcp:%s\n", phase,
+		ms(a.user, before.user), ms(a.sys, before.sys), ms(a.softirq, before.softirq), ms(a.idle, before.idle), ms(a.ksoftirqd, before.ksoftirqd), ms(a.daemonCPU, before.daemonCPU),
+		(a.ctxt-before.ctxt)/units, (a.daemon-before.daemon)/units, unit, daemonNice(), tcp.String())
 }
 
 // daemonSwitches sums the context switches of every thread of the isboot daemon
 // named in /run/isboot/status (0 without one: the kernel initiator's guest).
 func daemonSwitches() float64 {
-	b, err := os.ReadFile("/run/isboot/status")
-	if err != nil {
+	pid := daemonPid()
+	if pid == "" {
 		return 0
-	}
-	var pid string
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "net.isboot.pid: "); ok {
-			pid = strings.TrimSpace(v)
-		}
 	}
 	tasks, _ := os.ReadDir("/proc/" + pid + "/task")
 	var sum float64
@@ -266,4 +268,73 @@ func daemonSwitches() float64 {
 		}
 	}
 	return sum
+}
+
+// daemonPid is the serving process named in /run/isboot/status ("" without one).
+func daemonPid() string {
+	b, err := os.ReadFile("/run/isboot/status")
+	if err != nil {
+		return ""
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "net.isboot.pid: "); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+// daemonNice is the serving process's nice value now ("-" without one): it follows
+// the queue, so a phase that ends raised never had a queue the daemon could see.
+func daemonNice() string {
+	b, err := os.ReadFile("/proc/" + daemonPid() + "/stat")
+	if err != nil {
+		return "-"
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:]) // f[0] is field 3
+	if len(f) < 17 {
+		return "-"
+	}
+	return f[16]
+}
+
+// threadTicks is the user and system ticks of the first task whose name is comm.
+func threadTicks(comm string) float64 {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, st := range stats {
+		if ticks, name := statTicks(st); name == comm {
+			return ticks
+		}
+	}
+	return 0
+}
+
+// pidTicks is the user and system ticks of process pid, all its threads (0 for "").
+func pidTicks(pid string) float64 {
+	if pid == "" {
+		return 0
+	}
+	ticks, _ := statTicks("/proc/" + pid + "/stat")
+	return ticks
+}
+
+// statTicks reads utime+stime and the name from a /proc stat file.
+func statTicks(file string) (ticks float64, comm string) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return 0, ""
+	}
+	s := string(b)
+	open, close := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+	if open < 0 || close < open {
+		return 0, ""
+	}
+	f := strings.Fields(s[close+1:]) // f[0] is field 3
+	if len(f) < 13 {
+		return 0, ""
+	}
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return ut + st, s[open+1 : close]
 }
