@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -22,6 +23,20 @@ import (
 // raised, it would preempt the process submitting the requests at each one, the
 // kernel would never hand it a batch, and random 4 KiB reads at queue depth 32
 // fell from about 4,300 to 700-1,500 IOPS in the same guest (bootnice_linux.go).
+//
+// Raised, the daemon can also hide the queue it would lower itself for: when it
+// preempts every submitter at each request, the queue never gets deeper than one or
+// two, and it stays raised. In the TCG guest random 4 KiB reads at queue depth 32
+// ran at 880-1,940 IOPS in 5 of 13 runs of BenchmarkDiskInVM (against about 3,500
+// in the others), each read answered alone: 3.6 context switches of the daemon per
+// read against 0.4. From inside, that looks like one reader waiting on each read:
+// one in flight, the daemon busy, and others waiting for the CPU (PSI's CPU
+// pressure and the runnable count were as high with one reader as with 32). So
+// the daemon tries: raised and busy (at least hogShare of a CPU over a window),
+// it goes to the default for probeFor. A queue that was held back then builds up,
+// and the depth rule keeps it lowered. Without one it is raised again, and tries
+// again after a window twice as long, up to maxWindow: a lone reader loses the
+// raise for 1 % of the time.
 const (
 	promptNice = -10
 	// promptDepth and batchDepth are the requests in flight at or below which the
@@ -29,6 +44,13 @@ const (
 	// keeps a queue that wavers from switching at every request.
 	promptDepth = 2
 	batchDepth  = 8
+
+	hogShare  = 0.4
+	probeFor  = 30 * time.Millisecond
+	minWindow = 200 * time.Millisecond
+	maxWindow = 3200 * time.Millisecond
+	// checkEvery is how many requests go by between looks at the clock.
+	checkEvery = 8
 )
 
 // queuePriority sets the process's nice value from the queue depth it hears
@@ -37,9 +59,23 @@ const (
 type queuePriority struct {
 	// level holds the nice value set last plus levelKnown; 0 until the first.
 	level atomic.Int32
-	mu    sync.Mutex // one change at a time
+	// requests counts calls, for looking at the clock every checkEvery of them.
+	requests atomic.Uint32
+	// probeOn is set while a probe runs, for the lock-free path.
+	probeOn atomic.Bool
+	mu      sync.Mutex // one change at a time; guards what follows
+	// windowStart and cpuStart begin the window over which the process's CPU share
+	// is measured while raised; zero when none runs. window is its length.
+	windowStart time.Time
+	cpuStart    time.Duration
+	window      time.Duration
+	probeEnd    time.Time // while probeOn
+
 	// set sets the process's nice value; nil: setProcessNice.
-	set  func(nice int) error
+	set func(nice int) error
+	// now and cpu are the clock and the process's CPU time; nil: the real ones.
+	now  func() time.Time
+	cpu  func() time.Duration
 	logf func(string, ...any)
 	warn sync.Once
 }
@@ -53,6 +89,12 @@ func (q *queuePriority) depth(n int) {
 	case n >= batchDepth:
 		want = 0
 	}
+	raised := q.level.Load() == promptNice+levelKnown
+	if raised && q.requests.Add(1)%checkEvery == 0 || q.probeOn.Load() {
+		q.mu.Lock()
+		want = q.watch(n, want)
+		q.mu.Unlock()
+	}
 	if want == 1 || q.level.Load() == int32(want+levelKnown) {
 		return
 	}
@@ -61,6 +103,80 @@ func (q *queuePriority) depth(n int) {
 	if q.level.Load() == int32(want+levelKnown) {
 		return
 	}
+	q.setLocked(want)
+}
+
+// watch measures the raised process's CPU share and runs the probe; it returns the
+// level depth should go to (1: none). Caller holds mu.
+func (q *queuePriority) watch(n, want int) int {
+	now := q.clock()
+	if q.window == 0 {
+		q.window = minWindow
+	}
+	if q.probeOn.Load() {
+		switch {
+		case n >= batchDepth: // the queue came: the depth rule has it from here
+			q.probeOn.Store(false)
+			q.window = minWindow
+			return 0
+		case now.Before(q.probeEnd):
+			return 1 // lowered until the probe ends
+		}
+		// No queue: whoever waits on each read gets the raised priority back.
+		q.probeOn.Store(false)
+		q.window = min(2*q.window, maxWindow)
+		q.windowStart, q.cpuStart = now, q.cpuTime()
+		if n <= promptDepth {
+			return promptNice
+		}
+		return 1 // one building up: the depth rule decides from here
+	}
+	if q.level.Load() != promptNice+levelKnown {
+		q.windowStart = time.Time{}
+		return want
+	}
+	if q.windowStart.IsZero() {
+		q.windowStart, q.cpuStart = now, q.cpuTime()
+		return want
+	}
+	wall := now.Sub(q.windowStart)
+	if wall < q.window {
+		return want
+	}
+	cpu := q.cpuTime()
+	used := cpu - q.cpuStart
+	q.windowStart, q.cpuStart = now, cpu
+	if float64(used) < hogShare*float64(wall) {
+		q.window = minWindow // not busy: the next busy spell is looked at soon
+		return want
+	}
+	q.probeEnd = now.Add(probeFor)
+	q.probeOn.Store(true)
+	q.setLocked(0)
+	return 1
+}
+
+func (q *queuePriority) clock() time.Time {
+	if q.now != nil {
+		return q.now()
+	}
+	return time.Now()
+}
+
+// cpuTime is the CPU the process has used, all threads.
+func (q *queuePriority) cpuTime() time.Duration {
+	if q.cpu != nil {
+		return q.cpu()
+	}
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_PROCESS_CPUTIME_ID, &ts) != nil {
+		return 0
+	}
+	return time.Duration(ts.Nano())
+}
+
+// setLocked sets the nice value and records it. Caller holds mu.
+func (q *queuePriority) setLocked(want int) {
 	set := q.set
 	if set == nil {
 		set = setProcessNice
