@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"testing"
 	"time"
 
@@ -476,4 +477,82 @@ func TestWaitQueued(t *testing.T) {
 	if n, err := r.Read(make([]byte, 100)); err != nil || n != 10 {
 		t.Fatalf("Read after WaitQueued = %d, %v; want 10 bytes", n, err)
 	}
+}
+
+// Without window scaling (QEMU's user network offers none) the window we offer never
+// passes 64 KiB, even where rcv_ssthresh has grown past it, as it does once a large
+// SO_RCVLOWAT has raised the window clamp. A large segment is then read as it
+// arrives: a mark above the window stalled the sender until the wait's bound.
+func TestSegmentReadWithoutWindowScaling(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the connection runs in a network namespace with net.ipv4.tcp_window_scaling=0")
+	}
+	// This goroutine's thread enters the namespace and is never unlocked: it ends
+	// with the test, so no other goroutine runs in the namespace.
+	runtime.LockOSThread()
+	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		t.Fatalf("unshare: %v", err)
+	}
+	lo, err := unix.NewIfreq("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lo.SetUint16(unix.IFF_UP | unix.IFF_LOOPBACK | unix.IFF_RUNNING)
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, lo); err != nil {
+		t.Fatalf("lo up: %v", err)
+	}
+	if err := os.WriteFile("/proc/sys/net/ipv4/tcp_window_scaling", []byte("0"), 0); err != nil {
+		t.Fatalf("tcp_window_scaling: %v", err)
+	}
+
+	a, b := netpair.TCP(t)
+	a.SetNoDelay(true)
+	r := raw(t, b)
+	info := tcpInfo(t, b)
+	if info.Options&tcpiOptWscale != 0 {
+		t.Fatalf("window scaling negotiated (tcp_info options %#x): the namespace's sysctl did not apply", info.Options)
+	}
+	// A large mark on the fresh connection raises its window clamp, as the segment
+	// marks of the first reads do in a guest.
+	rc, _ := b.SyscallConn()
+	rc.Control(func(fd uintptr) {
+		unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1<<20)
+		unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1)
+	})
+	r.Coalesce(func() int { return 1 }, 2*time.Second)
+	warm(t, a, r)
+	if ss := tcpInfo(t, b).Rcv_ssthresh; ss <= maxUnscaledWindow {
+		t.Fatalf("rcv_ssthresh %d after the warm-up: the case under test (above 64 KiB) did not arise", ss)
+	}
+	const seg = 128 << 10
+	writeSlowly(a, seg, 4, 50*time.Millisecond)
+	r.Promise(seg)
+	start := time.Now()
+	n, err := r.Read(make([]byte, seg))
+	if err != nil || n != seg/4 {
+		t.Fatalf("Read without window scaling = %d, %v; want the first %d bytes (window cap %d)", n, err, seg/4, r.segCap)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("Read without window scaling took %v", d)
+	}
+	io.ReadFull(r, make([]byte, seg-n))
+}
+
+func tcpInfo(t *testing.T, c *net.TCPConn) *unix.TCPInfo {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info *unix.TCPInfo
+	rc.Control(func(fd uintptr) { info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) })
+	if err != nil {
+		t.Fatalf("TCP_INFO: %v", err)
+	}
+	return info
 }
