@@ -279,17 +279,26 @@ func TestSegmentReadWithinTheWindow(t *testing.T) {
 	a.SetNoDelay(true)
 	r := raw(t, b)
 	r.Coalesce(func() int { return 1 }, 2*time.Second)
+	readsAsItArrives(t, a, r, "on a narrow window")
+}
+
+// readsAsItArrives sends a 128 KiB segment through a→r in four pieces and checks that
+// a promised Read takes the first piece as it comes, not the segment once whole. It
+// returns with the rest read.
+func readsAsItArrives(t *testing.T, a *net.TCPConn, r *Conn, what string) {
+	t.Helper()
 	const seg = 128 << 10
 	writeSlowly(a, seg, 4, 50*time.Millisecond)
 	r.Promise(seg)
 	start := time.Now()
 	n, err := r.Read(make([]byte, seg))
 	if err != nil || n != seg/4 {
-		t.Fatalf("Read on a narrow window = %d, %v; want the first %d bytes (window cap %d)", n, err, seg/4, r.segCap)
+		t.Fatalf("Read %s = %d, %v; want the first %d bytes (window cap %d)", what, n, err, seg/4, r.segCap)
 	}
 	if d := time.Since(start); d > time.Second {
-		t.Fatalf("Read on a narrow window took %v", d)
+		t.Fatalf("Read %s took %v", what, d)
 	}
+	io.ReadFull(r, make([]byte, seg-n))
 }
 
 // A segment that stops arriving halfway is read as far as it came once the wait
@@ -529,18 +538,7 @@ func TestSegmentReadWithoutWindowScaling(t *testing.T) {
 	if ss := tcpInfo(t, b).Rcv_ssthresh; ss <= maxUnscaledWindow {
 		t.Fatalf("rcv_ssthresh %d after the warm-up: the case under test (above 64 KiB) did not arise", ss)
 	}
-	const seg = 128 << 10
-	writeSlowly(a, seg, 4, 50*time.Millisecond)
-	r.Promise(seg)
-	start := time.Now()
-	n, err := r.Read(make([]byte, seg))
-	if err != nil || n != seg/4 {
-		t.Fatalf("Read without window scaling = %d, %v; want the first %d bytes (window cap %d)", n, err, seg/4, r.segCap)
-	}
-	if d := time.Since(start); d > time.Second {
-		t.Fatalf("Read without window scaling took %v", d)
-	}
-	io.ReadFull(r, make([]byte, seg-n))
+	readsAsItArrives(t, a, r, "without window scaling")
 }
 
 func tcpInfo(t *testing.T, c *net.TCPConn) *unix.TCPInfo {
