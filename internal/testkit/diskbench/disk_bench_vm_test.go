@@ -46,7 +46,7 @@ echo "BENCH-ROOT-UP $dev"
 /bin/blkbench -dev "$dev" -offset %d -size %d -rand-for %s
 if [ -f /run/isboot/status ]; then
 	pid=$(grep '^net.isboot.pid:' /run/isboot/status | cut -d' ' -f2)
-	echo "BENCH-DAEMON $(grep -E '^(VmHWM|VmRSS|RssAnon|RssFile)' /proc/$pid/status | tr -s ' \t\n' ' ')"
+	echo "BENCH-DAEMON $(grep -E '^(VmHWM|VmRSS|RssAnon|RssFile)' /proc/$pid/status | tr -s ' \t\n' ' ') $(grep AnonHugePages /proc/$pid/smaps_rollup | tr -s ' ')"
 	sleep 2 # the status file shows new counters within a second
 	echo "BENCH-COUNTERS $(grep -E '^net.isboot.(commands|read_bytes|write_bytes|readahead)' /run/isboot/status | tr '\n' ' ')"
 fi

@@ -57,6 +57,11 @@ func run(dev string, offset, size int64, seqBS, randBS, qd int, randFor, qd1For 
 	if dev == "" || offset%int64(seqBS) != 0 || size%int64(seqBS) != 0 || size < int64(randBS) {
 		return errors.New("need -dev, and -offset and -size multiples of -seq-bs")
 	}
+	// Under TCG a clock read through the HPET or ACPI PM timer is a device access:
+	// a guest that fell back from the TSC pays it on every timestamp.
+	if cs, err := os.ReadFile("/sys/devices/system/clocksource/clocksource0/current_clocksource"); err == nil {
+		fmt.Printf("blkbench: clocksource %s\n", strings.TrimSpace(string(cs)))
+	}
 	f, err := os.OpenFile(dev, os.O_RDWR|unix.O_DIRECT, 0)
 	if err != nil {
 		return err
@@ -186,6 +191,30 @@ type cpuStat struct {
 	ksoftirqd                      float64            // ksoftirqd/0's CPU: network receive work deferred behind the runnable tasks
 	daemonCPU                      float64            // the serving process's CPU, all threads
 	tcp                            map[string]float64 // TcpExt counters
+	softirqs                       map[string]float64 // softirqs raised, by kind (/proc/softirqs, all CPUs)
+}
+
+// softirqKinds are the kinds printed: network receive and send, the timers (the Go
+// runtime's sleeps and the TCP timers), block completions, RCU and the scheduler.
+var softirqKinds = []string{"NET_RX", "NET_TX", "TIMER", "HRTIMER", "BLOCK", "RCU", "SCHED"}
+
+func readSoftirqs() map[string]float64 {
+	m := map[string]float64{}
+	b, err := os.ReadFile("/proc/softirqs")
+	if err != nil {
+		return m
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || !strings.HasSuffix(f[0], ":") {
+			continue
+		}
+		for _, v := range f[1:] {
+			x, _ := strconv.ParseFloat(v, 64)
+			m[strings.TrimSuffix(f[0], ":")] += x
+		}
+	}
+	return m
 }
 
 // tcpCounters are the TcpExt counters that show a receive queue in trouble (the
@@ -212,6 +241,7 @@ func readCPU() cpuStat {
 	c.daemon = daemonSwitches()
 	c.ksoftirqd = threadTicks("ksoftirqd/0")
 	c.daemonCPU = pidTicks(daemonPid())
+	c.softirqs = readSoftirqs()
 	c.tcp = map[string]float64{}
 	for file, group := range map[string]string{"/proc/net/netstat": "TcpExt:", "/proc/net/snmp": "Tcp:"} {
 		b, err := os.ReadFile(file)
@@ -243,6 +273,10 @@ func cpuSince(phase string, before cpuStat, units float64, unit string) {
 	var tcp strings.Builder
 	for _, k := range tcpCounters {
 		fmt.Fprintf(&tcp, " %s=%.0f", k, a.tcp[k]-before.tcp[k])
+	}
+	tcp.WriteString("; softirqs per " + unit + ":")
+	for _, k := range softirqKinds {
+		fmt.Fprintf(&tcp, " %s=%.0f", k, (a.softirqs[k]-before.softirqs[k])/units)
 	}
 	fmt.Printf("blkbench: cpu %s user=%.1fms sys=%.1fms softirq=%.1fms idle=%.1fms ksoftirqd=%.1fms daemon=%.1fms ctxt=%.0f daemon-ctxt=%.0f (per %s) daemon-nice=%s; tcp:%s\n", phase,
 		ms(a.user, before.user), ms(a.sys, before.sys), ms(a.softirq, before.softirq), ms(a.idle, before.idle), ms(a.ksoftirqd, before.ksoftirqd), ms(a.daemonCPU, before.daemonCPU),
