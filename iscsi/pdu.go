@@ -171,7 +171,7 @@ func (p *pduReader) readData(dst []byte) error {
 	if p.promise != nil {
 		p.promise(len(dst) - p.br.Buffered())
 	}
-	if _, err := io.ReadFull(p.r, dst); err != nil {
+	if err := p.readFull(dst); err != nil {
 		return err
 	}
 	pad := padLen(len(dst))
@@ -192,6 +192,17 @@ func (p *pduReader) readData(dst []byte) error {
 		}
 	}
 	return nil
+}
+
+// readFull fills dst from the stream. A large segment's bytes past what the buffer
+// holds are read straight from the socket: through the buffer its tail would be read
+// and copied twice (sockio.ReadFullPast).
+func (p *pduReader) readFull(dst []byte) error {
+	if p.head == nil || p.r != io.Reader(p.br) || len(dst)-p.br.Buffered() < largeSegment {
+		_, err := io.ReadFull(p.r, dst)
+		return err
+	}
+	return sockio.ReadFullPast(p.br, p.head, dst)
 }
 
 // canSplice reports whether readDataTo moves data without copying it.

@@ -203,6 +203,17 @@ func (cn *conn) readRequests(ctx context.Context) error {
 	}
 }
 
+// readPayload reads a write's payload. A large one's bytes past what the buffer holds
+// come straight from the socket: through the buffer its tail would be read and copied
+// twice, with the start of the next request's (sockio.ReadFullPast).
+func (cn *conn) readPayload(buf []byte) error {
+	if len(buf)-cn.r.Buffered() < largePayload {
+		_, err := io.ReadFull(cn.r, buf)
+		return err
+	}
+	return sockio.ReadFullPast(cn.r, cn.src, buf)
+}
+
 // dispatch starts req, whose slot and payload budget are held: on the pipe path, the
 // asynchronous path, or a goroutine of its own. merge lets a piped read take the
 // reads that continue it along (see mergeFollowers). It fails only when a write's
@@ -219,7 +230,7 @@ func (cn *conn) dispatch(req request, payload int64, merge bool) error {
 		buf = s.bufs.get(int(payload))
 	}
 	if req.typ == cmdWrite {
-		if _, err := io.ReadFull(br, buf); err != nil {
+		if err := cn.readPayload(buf); err != nil {
 			cn.release(buf, payload)
 			return fmt.Errorf("read write payload: %w", err)
 		}
