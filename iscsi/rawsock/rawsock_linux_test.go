@@ -539,6 +539,20 @@ func TestSegmentReadWithoutWindowScaling(t *testing.T) {
 		t.Fatalf("rcv_ssthresh %d after the warm-up: the case under test (above 64 KiB) did not arise", ss)
 	}
 	readsAsItArrives(t, a, r, "without window scaling")
+	// The options do not change after the handshake: one sample settles it.
+	buf := make([]byte, segMin)
+	for i := 0; i < 3*segSample; i++ {
+		r.Promise(segMin)
+		if _, err := a.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(r, buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r.samples != 1 {
+		t.Fatalf("the window was sampled %d times on a connection without window scaling, want once", r.samples)
+	}
 }
 
 func tcpInfo(t *testing.T, c *net.TCPConn) *unix.TCPInfo {
