@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -117,6 +118,31 @@ func (d *Tgtd) Pid() int {
 		return 0
 	}
 	return d.cmd.Process.Pid
+}
+
+// CPU is the user and system time the running tgtd has used, all its threads
+// together (/proc/PID/stat, in 10 ms clock ticks), or 0 when it is not running.
+// Benchmarks whose ratios tgtd bounds print what each initiator costs the target.
+func (d *Tgtd) CPU() time.Duration {
+	pid := d.Pid()
+	if pid == 0 {
+		return 0
+	}
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	i := strings.LastIndexByte(string(stat), ')') // the name may hold spaces and ')'
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(stat[i+1:])) // f[0] is field 3, the state
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64) // field 14, utime
+	st, _ := strconv.ParseInt(f[12], 10, 64) // field 15, stime
+	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
 func (d *Tgtd) start() error {
